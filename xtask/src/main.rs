@@ -1,0 +1,2 @@
+//! `cargo xtask <command>`: project automation.
+fn main() {}
