@@ -1,0 +1,1 @@
+//! discovery:// targets and balancing for tonic.
