@@ -1,0 +1,768 @@
+//! The registry core: a sans-IO, concurrent map of instances.
+//!
+//! Every method takes the current time (`now`, ns since the Unix epoch), so
+//! lease expiry, eviction and protection are tested without a runtime or a
+//! clock. HTTP handlers, the eviction ticker, replication and long polls are
+//! thin shells around it.
+//!
+//! ```
+//! use discovery_server::registry::{Registry, RegistryParams, RegisterOptions, InstanceKey, Fetched};
+//! use naming::{Instance, Status};
+//!
+//! let reg = Registry::new(RegistryParams::default());
+//! let ins = Instance {
+//!     zone: "sh001".into(), env: "dev".into(), appid: "demo.svc".into(),
+//!     hostname: "h1".into(), addrs: vec!["grpc://10.0.0.1:9000".into()],
+//!     status: Status::Up, ..Default::default()
+//! };
+//! let now = 1_700_000_000_000_000_000;
+//! reg.register(ins, RegisterOptions::default(), now);
+//! let Fetched::Found(json) = reg.fetch("dev", "demo.svc", None, 1) else { panic!() };
+//! assert!(json.starts_with(br#"{"instances":{"sh001":[{"region":"""#));
+//! assert!(reg.renew(&InstanceKey::new("dev", "demo.svc", "sh001", "h1"), None, now + 1).is_found());
+//! ```
+
+mod guard;
+mod watch;
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use naming::{Instance, Scheduler, Status};
+use parking_lot::Mutex;
+use rand::{Rng, seq::SliceRandom};
+use serde::{Serialize, Serializer, ser::SerializeMap};
+
+pub use guard::GuardState;
+pub(crate) use watch::{ParkGuard, Subscription, Watchers};
+
+use guard::Guard;
+
+/// Identity of an app: its change counter and its pollers are per (env, appid).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AppKey {
+    /// Deploy env.
+    pub env: String,
+    /// Application id.
+    pub appid: String,
+}
+
+impl AppKey {
+    /// Builds a key.
+    pub fn new(env: impl Into<String>, appid: impl Into<String>) -> Self {
+        AppKey {
+            env: env.into(),
+            appid: appid.into(),
+        }
+    }
+}
+
+/// Identity of an instance: (env, appid, zone, hostname).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceKey {
+    /// Deploy env.
+    pub env: String,
+    /// Application id.
+    pub appid: String,
+    /// Zone.
+    pub zone: String,
+    /// Hostname.
+    pub hostname: String,
+}
+
+impl InstanceKey {
+    /// Builds a key.
+    pub fn new(
+        env: impl Into<String>,
+        appid: impl Into<String>,
+        zone: impl Into<String>,
+        hostname: impl Into<String>,
+    ) -> Self {
+        InstanceKey {
+            env: env.into(),
+            appid: appid.into(),
+            zone: zone.into(),
+            hostname: hostname.into(),
+        }
+    }
+
+    /// The key of an instance.
+    pub fn of(ins: &Instance) -> Self {
+        Self::new(&ins.env, &ins.appid, &ins.zone, &ins.hostname)
+    }
+
+    fn app(&self) -> AppKey {
+        AppKey::new(&self.env, &self.appid)
+    }
+}
+
+/// Lease, eviction and protection settings (spec §5.1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistryParams {
+    /// An instance not renewed for this long is evicted (unless protected).
+    pub lease: Duration,
+    /// Eviction tick.
+    pub evict_interval: Duration,
+    /// Renew period assumed by the guard.
+    pub renew_interval: Duration,
+    /// Evicted even when protected.
+    pub evict_ceiling: Duration,
+    /// Protected when renews fall below this share of the expected ones.
+    pub renew_threshold: f64,
+    /// Largest share of the registry one tick may evict.
+    pub max_evict_fraction: f64,
+    /// How often the expected renew count is re-based on the registry size.
+    pub expected_reset_interval: Duration,
+    /// Whether the guard may suspend eviction.
+    pub self_preservation: bool,
+    /// How long an app emptied of instances keeps its counter.
+    pub tombstone_retention: Duration,
+}
+
+impl Default for RegistryParams {
+    fn default() -> Self {
+        RegistryParams {
+            lease: Duration::from_secs(90),
+            evict_interval: Duration::from_secs(60),
+            renew_interval: Duration::from_secs(30),
+            evict_ceiling: Duration::from_secs(3600),
+            renew_threshold: 0.85,
+            max_evict_fraction: 0.15,
+            expected_reset_interval: Duration::from_secs(15 * 60),
+            self_preservation: true,
+            tombstone_retention: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+impl RegistryParams {
+    /// Renews one instance is expected to send per eviction tick, ≥ 1.
+    pub fn renews_per_tick(&self) -> i64 {
+        let ratio = self.evict_interval.as_secs_f64() / self.renew_interval.as_secs_f64();
+        (ratio.round() as i64).max(1)
+    }
+}
+
+/// How a register treats the caller's timestamps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegisterOptions {
+    /// `> 0` overrides the new copy's `dirty_timestamp`.
+    pub dirty_timestamp: i64,
+    /// `> 0` overrides the new copy's `reg_timestamp` (peer-originated only).
+    pub reg_timestamp: i64,
+}
+
+/// What a register did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// The copy stored after the register.
+    pub instance: Instance,
+    /// Whether the key was new.
+    pub is_new: bool,
+    /// False when the stored copy had a newer `dirty_timestamp` and won.
+    pub applied: bool,
+}
+
+/// What a renew found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewed {
+    /// App or hostname unknown.
+    NotFound,
+    /// Renewed; the copies agree (or the caller is a client).
+    Ok(Instance),
+    /// Renewed, but the peer's copy is newer: "send me yours" (`-404`).
+    PeerNewer(Instance),
+    /// Renewed, but ours is newer: "take mine" (`-409`).
+    PeerOlder(Instance),
+}
+
+impl Renewed {
+    /// Whether the instance exists.
+    pub fn is_found(&self) -> bool {
+        !matches!(self, Renewed::NotFound)
+    }
+}
+
+/// A metadata change of `set`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetadataPatch {
+    /// `null`: remove every key.
+    Clear,
+    /// Merge key by key; `None` removes the key.
+    Merge(BTreeMap<String, Option<String>>),
+}
+
+/// A `set` request (spec §3.8, §4.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetRequest {
+    /// Deploy env.
+    pub env: String,
+    /// Application id.
+    pub appid: String,
+    /// Zone of every listed hostname.
+    pub zone: String,
+    /// Targets; each must exist.
+    pub hostnames: Vec<String>,
+    /// Empty, or one status per hostname.
+    pub status: Vec<Status>,
+    /// Empty, or one patch per hostname.
+    pub metadata: Vec<MetadataPatch>,
+    /// The change's time; 0 = now.
+    pub set_timestamp: i64,
+}
+
+/// Why a `set` changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetError {
+    /// A listed hostname does not exist.
+    #[error("hostname {0} not found")]
+    NotFound(String),
+    /// `status` or `metadata` does not pair with `hostname`.
+    #[error("{0} count does not match hostname count")]
+    LengthMismatch(&'static str),
+}
+
+/// Answer of a fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// No such app (or only a tombstone).
+    Unknown,
+    /// The app exists but not in the requested zone.
+    ZoneAbsent {
+        /// The app's counter.
+        latest_timestamp: i64,
+    },
+    /// InstancesInfo JSON.
+    Found(Bytes),
+}
+
+/// Classification of one polled app (spec §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PollState {
+    /// Not registered in scope, no live tombstone.
+    Missing,
+    /// Nothing newer than the caller's timestamp.
+    Current,
+    /// Newer, with UP instances: InstancesInfo JSON.
+    Newer(Bytes),
+    /// Newer, but no UP instance (all waiting, or a tombstone).
+    NewerEmpty(Bytes),
+}
+
+/// What an eviction tick did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TickReport {
+    /// Guard state used for the decision.
+    pub guard: GuardState,
+    /// Instances whose lease had expired.
+    pub candidates: usize,
+    /// The ones removed.
+    pub evicted: Vec<Instance>,
+}
+
+#[derive(Debug, Default)]
+struct App {
+    zones: BTreeMap<String, BTreeMap<String, Instance>>,
+    /// The change counter; survives the last instance as a tombstone.
+    latest: i64,
+    /// Set while the app has no instance.
+    emptied_at: Option<i64>,
+    /// InstancesInfo of UP instances of all zones at the current state,
+    /// built once and shared by every poller and fetcher.
+    up_cache: Mutex<Option<Bytes>>,
+}
+
+impl App {
+    fn bump(&mut self, now: i64) {
+        self.latest = now.max(self.latest + 1);
+        self.touch();
+    }
+
+    /// Invalidates the shared answer after any change, renews included
+    /// (answers carry `renew_timestamp`).
+    fn touch(&mut self) {
+        *self.up_cache.get_mut() = None;
+    }
+
+    fn is_live_tombstone(&self, now: i64, retention: i64) -> bool {
+        self.emptied_at.is_some_and(|t| now - t < retention)
+    }
+}
+
+/// The registry core.
+#[derive(Debug)]
+pub struct Registry {
+    params: RegistryParams,
+    apps: DashMap<AppKey, App>,
+    schedulers: DashMap<AppKey, Scheduler>,
+    watchers: Arc<Watchers>,
+    guard: Guard,
+    size: AtomicI64,
+    last_reset: AtomicI64,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(params: RegistryParams) -> Self {
+        let guard = Guard::new(
+            params.renews_per_tick(),
+            params.renew_threshold,
+            params.self_preservation,
+        );
+        Registry {
+            params,
+            apps: DashMap::new(),
+            schedulers: DashMap::new(),
+            watchers: Arc::new(Watchers::default()),
+            guard,
+            size: AtomicI64::new(0),
+            last_reset: AtomicI64::new(0),
+        }
+    }
+
+    /// The settings.
+    pub fn params(&self) -> &RegistryParams {
+        &self.params
+    }
+
+    /// Number of instances.
+    pub fn len(&self) -> usize {
+        usize::try_from(self.size.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    /// Whether the registry holds no instance.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of apps with at least one instance.
+    pub fn apps(&self) -> usize {
+        self.apps.iter().filter(|a| !a.zones.is_empty()).count()
+    }
+
+    /// The guard's current view.
+    pub fn guard_state(&self) -> GuardState {
+        self.guard.state()
+    }
+
+    pub(crate) fn watchers(&self) -> &Arc<Watchers> {
+        &self.watchers
+    }
+
+    /// Requests currently holding a long poll.
+    pub fn parked_polls(&self) -> usize {
+        self.watchers.parked()
+    }
+
+    fn changed(&self, key: &AppKey) {
+        self.watchers.notify(key);
+    }
+
+    /// Registers a copy by the register rule (spec §4.3): a new key takes
+    /// the copy; an existing key is replaced unless its `dirty_timestamp` is
+    /// newer, keeping its `up_timestamp`. The counter is bumped and pollers
+    /// are woken in every case.
+    pub fn register(&self, mut ins: Instance, opts: RegisterOptions, now: i64) -> Registered {
+        ins.reg_timestamp = now;
+        ins.up_timestamp = now;
+        ins.renew_timestamp = now;
+        ins.dirty_timestamp = now;
+        ins.latest_timestamp = now;
+        if opts.dirty_timestamp > 0 {
+            ins.dirty_timestamp = opts.dirty_timestamp;
+        }
+        if opts.reg_timestamp > 0 {
+            ins.reg_timestamp = opts.reg_timestamp;
+        }
+        self.store(ins, now)
+    }
+
+    /// Merges a copy received from a peer's `fetch/all` or adopted from a
+    /// `-409` answer: the peer's timestamps are kept, then the register rule
+    /// applies.
+    pub fn merge(&self, ins: Instance, now: i64) -> Registered {
+        self.store(ins, now)
+    }
+
+    fn store(&self, ins: Instance, now: i64) -> Registered {
+        let key = AppKey::new(&ins.env, &ins.appid);
+        let out = {
+            let mut app = self.apps.entry(key.clone()).or_default();
+            let app = &mut *app;
+            let zone = app.zones.entry(ins.zone.clone()).or_default();
+            let out = match zone.get_mut(&ins.hostname) {
+                Some(old) if ins.dirty_timestamp < old.dirty_timestamp => Registered {
+                    instance: old.clone(),
+                    is_new: false,
+                    applied: false,
+                },
+                Some(old) => {
+                    let mut ins = ins;
+                    ins.up_timestamp = old.up_timestamp;
+                    *old = ins;
+                    Registered {
+                        instance: old.clone(),
+                        is_new: false,
+                        applied: true,
+                    }
+                }
+                None => {
+                    zone.insert(ins.hostname.clone(), ins.clone());
+                    Registered {
+                        instance: ins,
+                        is_new: true,
+                        applied: true,
+                    }
+                }
+            };
+            app.emptied_at = None;
+            app.bump(now);
+            out
+        };
+        if out.is_new {
+            self.size.fetch_add(1, Ordering::Relaxed);
+            self.guard.key_added();
+        }
+        self.changed(&key);
+        out
+    }
+
+    /// Renews a lease. A peer passes its copy's `dirty_timestamp` so that the
+    /// answer tells which side must repair the other (spec §3.2). Renews do
+    /// not bump the counter and wake nobody.
+    pub fn renew(&self, key: &InstanceKey, peer_dirty: Option<i64>, now: i64) -> Renewed {
+        let Some(mut app) = self.apps.get_mut(&key.app()) else {
+            return Renewed::NotFound;
+        };
+        let app = &mut *app;
+        let Some(ins) = app
+            .zones
+            .get_mut(&key.zone)
+            .and_then(|z| z.get_mut(&key.hostname))
+        else {
+            return Renewed::NotFound;
+        };
+        ins.renew_timestamp = now;
+        let ins = ins.clone();
+        app.touch();
+        self.guard.renewed();
+        match peer_dirty {
+            Some(d) if d > ins.dirty_timestamp => Renewed::PeerNewer(ins),
+            Some(d) if d < ins.dirty_timestamp => Renewed::PeerOlder(ins),
+            _ => Renewed::Ok(ins),
+        }
+    }
+
+    /// Removes an instance; `None` when it does not exist.
+    pub fn cancel(&self, key: &InstanceKey, now: i64) -> Option<Instance> {
+        let app_key = key.app();
+        let removed = {
+            let mut app = self.apps.get_mut(&app_key)?;
+            let app = &mut *app;
+            let zone = app.zones.get_mut(&key.zone)?;
+            let removed = zone.remove(&key.hostname)?;
+            if zone.is_empty() {
+                app.zones.remove(&key.zone);
+            }
+            if app.zones.is_empty() {
+                app.emptied_at = Some(now);
+            }
+            app.bump(now);
+            removed
+        };
+        self.size.fetch_sub(1, Ordering::Relaxed);
+        self.guard.key_removed();
+        self.changed(&app_key);
+        Some(removed)
+    }
+
+    /// Changes status and metadata of existing instances, all or nothing
+    /// (spec §4.4).
+    pub fn set(&self, req: &SetRequest, now: i64) -> Result<(), SetError> {
+        if !req.status.is_empty() && req.status.len() != req.hostnames.len() {
+            return Err(SetError::LengthMismatch("status"));
+        }
+        if !req.metadata.is_empty() && req.metadata.len() != req.hostnames.len() {
+            return Err(SetError::LengthMismatch("metadata"));
+        }
+        let ts = if req.set_timestamp == 0 {
+            now
+        } else {
+            req.set_timestamp
+        };
+        let key = AppKey::new(&req.env, &req.appid);
+        {
+            let missing = || SetError::NotFound(req.hostnames.first().cloned().unwrap_or_default());
+            let mut app = self.apps.get_mut(&key).ok_or_else(missing)?;
+            let app = &mut *app;
+            let zone = app.zones.get_mut(&req.zone).ok_or_else(missing)?;
+            if let Some(h) = req.hostnames.iter().find(|h| !zone.contains_key(*h)) {
+                return Err(SetError::NotFound(h.clone()));
+            }
+            for (i, host) in req.hostnames.iter().enumerate() {
+                let Some(ins) = zone.get_mut(host) else {
+                    continue;
+                };
+                if let Some(status) = req.status.get(i) {
+                    ins.status = *status;
+                    if *status == Status::Up {
+                        ins.up_timestamp = ts;
+                    }
+                }
+                match req.metadata.get(i) {
+                    Some(MetadataPatch::Clear) => ins.metadata.clear(),
+                    Some(MetadataPatch::Merge(patch)) => {
+                        for (k, v) in patch {
+                            match v {
+                                Some(v) => ins.metadata.insert(k.clone(), v.clone()),
+                                None => ins.metadata.remove(k),
+                            };
+                        }
+                    }
+                    None => {}
+                }
+                ins.latest_timestamp = ts;
+                ins.dirty_timestamp = ts;
+            }
+            app.bump(now);
+        }
+        self.changed(&key);
+        Ok(())
+    }
+
+    /// Installs, replaces or (with `None`) removes an app's scheduler; a
+    /// change bumps the app's counter so that pollers see it.
+    pub fn set_scheduler(&self, key: &AppKey, scheduler: Option<Scheduler>, now: i64) {
+        let changed = match scheduler {
+            Some(s) => self.schedulers.insert(key.clone(), s.clone()).as_ref() != Some(&s),
+            None => self.schedulers.remove(key).is_some(),
+        };
+        if !changed {
+            return;
+        }
+        if let Some(mut app) = self.apps.get_mut(key) {
+            app.bump(now);
+        } else {
+            return;
+        }
+        self.changed(key);
+    }
+
+    /// Apps that have a scheduler.
+    pub fn scheduled_apps(&self) -> Vec<AppKey> {
+        self.schedulers.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// An app's instances in `zone` (all when `None`) whose status matches
+    /// the bitmask, as InstancesInfo JSON.
+    pub fn fetch(&self, env: &str, appid: &str, zone: Option<&str>, mask: u32) -> Fetched {
+        let key = AppKey::new(env, appid);
+        let Some(app) = self.apps.get(&key) else {
+            return Fetched::Unknown;
+        };
+        if app.zones.is_empty() {
+            return Fetched::Unknown;
+        }
+        if let Some(z) = zone {
+            if !app.zones.contains_key(z) {
+                return Fetched::ZoneAbsent {
+                    latest_timestamp: app.latest,
+                };
+            }
+        }
+        Fetched::Found(self.info_json(&key, &app, zone, mask))
+    }
+
+    fn info_json(&self, key: &AppKey, app: &App, zone: Option<&str>, mask: u32) -> Bytes {
+        let cacheable = zone.is_none() && mask == Status::Up.as_u32();
+        if cacheable {
+            if let Some(b) = app.up_cache.lock().as_ref() {
+                return b.clone();
+            }
+        }
+        let scheduler = self.schedulers.get(key);
+        let view = InfoView {
+            app,
+            zone,
+            mask,
+            scheduler: scheduler.as_deref(),
+        };
+        let bytes = Bytes::from(serde_json::to_vec(&view).expect("serializing to memory"));
+        if cacheable {
+            *app.up_cache.lock() = Some(bytes.clone());
+        }
+        bytes
+    }
+
+    /// Classifies one polled app for a caller at `since` (spec §6).
+    pub fn poll_state(&self, key: &AppKey, zone: Option<&str>, since: i64, now: i64) -> PollState {
+        let Some(app) = self.apps.get(key) else {
+            return PollState::Missing;
+        };
+        let retention = nanos(self.params.tombstone_retention);
+        let in_scope = match zone {
+            None => !app.zones.is_empty(),
+            Some(z) => app.zones.contains_key(z),
+        };
+        let tombstone = app.zones.is_empty() && app.is_live_tombstone(now, retention);
+        if !in_scope && !tombstone {
+            return PollState::Missing;
+        }
+        if app.latest <= since {
+            return PollState::Current;
+        }
+        let up = Status::Up.as_u32();
+        let json = self.info_json(key, &app, zone, up);
+        let has_up = app
+            .zones
+            .iter()
+            .filter(|(z, _)| zone.is_none_or(|want| want == z.as_str()))
+            .flat_map(|(_, hosts)| hosts.values())
+            .any(|i| i.status == Status::Up);
+        if has_up {
+            PollState::Newer(json)
+        } else {
+            PollState::NewerEmpty(json)
+        }
+    }
+
+    /// Every instance, for `fetch/all`: appid → instances sorted by
+    /// (env, zone, hostname).
+    pub fn all(&self) -> BTreeMap<String, Vec<Instance>> {
+        let mut out: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
+        for app in &self.apps {
+            if app.zones.is_empty() {
+                continue;
+            }
+            out.entry(app.key().appid.clone())
+                .or_default()
+                .extend(app.zones.values().flat_map(|z| z.values().cloned()));
+        }
+        for list in out.values_mut() {
+            list.sort_by(|a, b| (&a.env, &a.zone, &a.hostname).cmp(&(&b.env, &b.zone, &b.hostname)));
+        }
+        out
+    }
+
+    /// One copy, if present.
+    pub fn get(&self, key: &InstanceKey) -> Option<Instance> {
+        self.apps
+            .get(&key.app())?
+            .zones
+            .get(&key.zone)?
+            .get(&key.hostname)
+            .cloned()
+    }
+
+    /// One eviction tick (spec §5.3): rolls the guard, evicts lease-expired
+    /// instances (all of them past `evict_ceiling`, the others only when not
+    /// protected), at most `max_evict_fraction` of the registry, chosen at
+    /// random; drops expired tombstones; re-bases the guard when due.
+    pub fn tick<R: Rng + ?Sized>(&self, now: i64, rng: &mut R) -> TickReport {
+        let guard = self.guard.roll();
+        let lease = nanos(self.params.lease);
+        let ceiling = nanos(self.params.evict_ceiling);
+        let mut size = 0usize;
+        let mut candidates = Vec::new();
+        for app in &self.apps {
+            for ins in app.zones.values().flat_map(BTreeMap::values) {
+                size += 1;
+                let age = now - ins.renew_timestamp;
+                if age > ceiling || (!guard.protected && age > lease) {
+                    candidates.push(InstanceKey::of(ins));
+                }
+            }
+        }
+        let keep = (size as f64 * (1.0 - self.params.max_evict_fraction)).floor() as usize;
+        let cap = size - keep.min(size);
+        let found = candidates.len();
+        candidates.shuffle(rng);
+        candidates.truncate(cap);
+        let evicted = candidates
+            .iter()
+            .filter_map(|k| {
+                // A renew may have landed since the scan; re-check under the lock.
+                let ins = self.get(k)?;
+                let age = now - ins.renew_timestamp;
+                (age > ceiling || (!guard.protected && age > lease)).then(|| self.cancel(k, now))?
+            })
+            .collect();
+
+        let retention = nanos(self.params.tombstone_retention);
+        self.apps
+            .retain(|_, app| !(app.zones.is_empty() && !app.is_live_tombstone(now, retention)));
+
+        let reset_every = nanos(self.params.expected_reset_interval);
+        let last = self.last_reset.load(Ordering::Relaxed);
+        if last == 0 {
+            self.last_reset.store(now, Ordering::Relaxed);
+        } else if now - last >= reset_every {
+            self.last_reset.store(now, Ordering::Relaxed);
+            self.guard.reset(self.len());
+        }
+        TickReport {
+            guard,
+            candidates: found,
+            evicted,
+        }
+    }
+
+    /// Whether the last tick found the registry protected.
+    pub fn is_protected(&self) -> bool {
+        self.guard.is_protected()
+    }
+}
+
+pub(crate) fn nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// Serializes InstancesInfo straight from the stored maps.
+struct InfoView<'a> {
+    app: &'a App,
+    zone: Option<&'a str>,
+    mask: u32,
+    scheduler: Option<&'a Scheduler>,
+}
+
+impl Serialize for InfoView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Zones<'a>(&'a InfoView<'a>);
+        struct Hosts<'a>(&'a BTreeMap<String, Instance>, u32);
+        impl Serialize for Zones<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let v = self.0;
+                let mut m = s.serialize_map(None)?;
+                for (z, hosts) in &v.app.zones {
+                    if v.zone.is_none_or(|want| want == z) {
+                        m.serialize_entry(z, &Hosts(hosts, v.mask))?;
+                    }
+                }
+                m.end()
+            }
+        }
+        impl Serialize for Hosts<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.values().filter(|i| i.status.matches(self.1)))
+            }
+        }
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("instances", &Zones(self))?;
+        if let Some(sch) = self.scheduler {
+            m.serialize_entry("scheduler", sch)?;
+        }
+        m.serialize_entry("latest_timestamp", &self.app.latest)?;
+        m.end()
+    }
+}
+
+#[cfg(test)]
+mod tests;
