@@ -1,0 +1,821 @@
+//! The HTTP API of bilibili/discovery (spec §3): an axum [`Router`] whose
+//! handlers parse, call the [registry core](crate::registry), and encode.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use discovery_server::{config::Config, server};
+//!
+//! let node = server::start(Config::default(), Some("127.0.0.1:0".parse()?)).await?;
+//! println!("serving on {}", node.addr());
+//! node.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::State,
+    response::{IntoResponse, Response},
+    routing::{MethodRouter, get, post},
+};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, StatusCode};
+use naming::{Instance, Status};
+use tokio::sync::watch;
+
+use crate::{
+    config::Config,
+    params::Params,
+    registry::{
+        AppKey, Fetched, InstanceKey, MetadataPatch, PollState, RegisterOptions, Registry, Renewed,
+        SetError, SetRequest,
+    },
+    replication::{Op, Origin, Replicator},
+    reply::{self, BAD_REQUEST, CONFLICT, NOT_FOUND, NOT_MODIFIED, Reply, SERVER_ERROR},
+};
+
+/// Header carrying the answering node's id, so that a node recognises
+/// itself behind any address.
+pub const NODE_ID_HEADER: &str = "x-discovery-node-id";
+
+/// Wall-clock nanoseconds that advance with tokio's clock, so that timers and
+/// timestamps move together (and tests can pause both).
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    wall0: i64,
+    mono0: tokio::time::Instant,
+}
+
+impl Clock {
+    /// A clock anchored at the current wall time.
+    pub fn new() -> Self {
+        let wall0 = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        Clock {
+            wall0,
+            mono0: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Nanoseconds since the Unix epoch.
+    pub fn now(&self) -> i64 {
+        let elapsed = i64::try_from(self.mono0.elapsed().as_nanos()).unwrap_or(i64::MAX);
+        self.wall0.saturating_add(elapsed)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The node's lifecycle (spec §7.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Pulling peers' registries; reads other than `fetch/all` answer `-500`.
+    Syncing = 0,
+    /// Init-protect: every read answers `-500`.
+    Protected = 1,
+    /// Normal operation.
+    Serving = 2,
+    /// Shutting down.
+    Draining = 3,
+}
+
+/// Who this node is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeIdentity {
+    /// Random id sent in [`NODE_ID_HEADER`].
+    pub id: String,
+    /// `host:port` peers and clients use.
+    pub advertise: String,
+}
+
+/// One entry of `/discovery/nodes`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeStatus {
+    /// `host:port`.
+    pub addr: String,
+    /// 0 = UP, 1 = Lost.
+    pub status: u8,
+    /// The node's zone.
+    pub zone: String,
+}
+
+/// Source of `/discovery/nodes`.
+pub trait Members: Send + Sync + 'static {
+    /// Local-zone nodes and self, sorted by address.
+    fn nodes(&self) -> Vec<NodeStatus>;
+}
+
+/// Shared state of the handlers.
+pub struct Api {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) node: NodeIdentity,
+    pub(crate) clock: Clock,
+    phase: AtomicU8,
+    shutdown: watch::Receiver<bool>,
+    replicator: Arc<dyn Replicator>,
+    members: Arc<dyn Members>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("node", &self.node)
+            .field("phase", &self.phase())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Api {
+    /// Assembles the handlers' state.
+    pub fn new(
+        registry: Arc<Registry>,
+        config: Arc<Config>,
+        node: NodeIdentity,
+        clock: Clock,
+        shutdown: watch::Receiver<bool>,
+        replicator: Arc<dyn Replicator>,
+        members: Arc<dyn Members>,
+    ) -> Self {
+        Api {
+            registry,
+            config,
+            node,
+            clock,
+            phase: AtomicU8::new(Phase::Serving as u8),
+            shutdown,
+            replicator,
+            members,
+        }
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Syncing,
+            1 => Phase::Protected,
+            2 => Phase::Serving,
+            _ => Phase::Draining,
+        }
+    }
+
+    /// Moves to another phase.
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Release);
+    }
+
+    /// The registry core.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// `-500` while reads are not served (spec §7.5).
+    fn gate(&self, fetch_all: bool) -> Option<Reply> {
+        match self.phase() {
+            Phase::Serving | Phase::Draining => None,
+            Phase::Syncing if fetch_all => None,
+            Phase::Syncing | Phase::Protected => Some(Reply::code(SERVER_ERROR)),
+        }
+    }
+
+    /// How long a long poll may hold (spec §2.3).
+    fn hold(&self, headers: &HeaderMap) -> Duration {
+        let mut hold = self
+            .config
+            .registry
+            .poll_hold
+            .min(self.config.http_server.timeout);
+        let client = headers
+            .get("x1-bmspy-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .and_then(|ms| match ms {
+                ms if ms > 20 => Some(ms - 20),
+                ms if ms >= 1 => Some(ms),
+                _ => None,
+            });
+        if let Some(ms) = client {
+            hold = hold.min(Duration::from_millis(ms.unsigned_abs()));
+        }
+        if let Some(w) = self.config.http_server.write_timeout {
+            hold = hold.min(w.saturating_sub(Duration::from_secs(1)));
+        }
+        hold
+    }
+
+    async fn shutting_down(&self) {
+        let mut rx = self.shutdown.clone();
+        // An Err means the server is gone, which is a shutdown too.
+        let _ = rx.wait_for(|down| *down).await;
+    }
+
+    fn check_len(&self, name: &str, value: &str) -> Result<(), Reply> {
+        let max = self.config.limits.max_field_len;
+        if value.len() > max {
+            return Err(Reply::message(
+                BAD_REQUEST,
+                format!("parameter '{name}' exceeds limits.max_field_len ({max})"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A required key field within the length limit.
+    fn key_field<'p>(&self, p: &'p Params, name: &str) -> Result<&'p str, Reply> {
+        let v = p.required(name)?;
+        self.check_len(name, v)?;
+        Ok(v)
+    }
+
+    fn instance_key(&self, p: &Params) -> Result<InstanceKey, Reply> {
+        Ok(InstanceKey::new(
+            self.key_field(p, "env")?,
+            self.key_field(p, "appid")?,
+            self.key_field(p, "zone")?,
+            self.key_field(p, "hostname")?,
+        ))
+    }
+
+    fn check_appids(&self, appids: &[&str]) -> Result<(), Reply> {
+        let max = self.config.limits.max_appids_per_poll;
+        if appids.len() > max {
+            return Err(Reply::message(
+                BAD_REQUEST,
+                format!("{} appids exceed limits.max_appids_per_poll ({max})", appids.len()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+type Shared = State<Arc<Api>>;
+
+/// The discovery routes plus `/healthz` and `/readyz`.
+pub fn router(api: Arc<Api>) -> Router {
+    let node_id = HeaderValue::from_str(&api.node.id).expect("hex id is a valid header value");
+    let d = |m: MethodRouter<Arc<Api>>| m.fallback(method_not_allowed);
+    Router::new()
+        .route("/discovery/register", d(post(register)))
+        .route("/discovery/renew", d(post(renew)))
+        .route("/discovery/cancel", d(post(cancel)))
+        .route("/discovery/set", d(post(set)))
+        .route("/discovery/fetch/all", d(get(fetch_all)))
+        .route("/discovery/fetch", d(get(fetch)))
+        .route("/discovery/fetchs", d(get(fetchs)))
+        .route("/discovery/poll", d(get(poll)))
+        .route("/discovery/polls", d(get(polls)))
+        .route("/discovery/nodes", d(get(nodes)))
+        .route("/healthz", d(get(healthz)))
+        .route("/readyz", d(get(readyz)))
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(
+            move |mut res: Response| {
+                let id = node_id.clone();
+                async move {
+                    res.headers_mut().insert(NODE_ID_HEADER, id);
+                    res
+                }
+            },
+        ))
+        .with_state(api)
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(http::header::CONTENT_TYPE, "text/plain")],
+        "404 page not found",
+    )
+        .into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(http::header::CONTENT_TYPE, "text/plain")],
+        "Method Not Allowed",
+    )
+        .into_response()
+}
+
+/// Runs a handler body that may bail out early with a [`Reply`].
+fn respond(r: Result<Response, Reply>) -> Response {
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn bind(api: &Api, req: Request<Body>) -> Result<Params, Reply> {
+    Params::bind(req, api.config.limits.max_body_bytes).await
+}
+
+fn origin(p: &Params) -> Option<Origin> {
+    if p.bool("replication") {
+        None
+    } else if p.bool("from_zone") {
+        Some(Origin::OtherZone)
+    } else {
+        Some(Origin::Client)
+    }
+}
+
+fn is_peer(p: &Params) -> bool {
+    p.bool("replication") || p.bool("from_zone")
+}
+
+/// Decodes register/set metadata values: strings as they are, `null` as
+/// `""` (register) or removal (set), anything else as compact JSON text.
+fn metadata_value(v: serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s),
+        serde_json::Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+async fn register(State(api): Shared, req: Request<Body>) -> Response {
+    respond(register_inner(&api, req).await)
+}
+
+async fn register_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
+    let p = bind(api, req).await?;
+    let key = api.instance_key(&p)?;
+    let status = match p.u32("status")? {
+        0 => return Err(Reply::bad_param("status", "required")),
+        s @ (1 | 2) => Status::from(s),
+        s => return Err(Reply::bad_param("status", format!("{s} is not 1 (UP) or 2 (waiting)"))),
+    };
+    let peer = is_peer(&p);
+    let mut addrs: Vec<String> = p.list("addrs").into_iter().map(str::to_string).collect();
+    if peer && addrs.len() == 1 && addrs[0].contains(',') {
+        // The Go original's peers comma-join the addresses of an instance.
+        addrs = addrs[0]
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect();
+    }
+    if addrs.is_empty() {
+        return Err(Reply::bad_param("addrs", "required"));
+    }
+    let limits = &api.config.limits;
+    if addrs.len() > limits.max_addrs {
+        return Err(Reply::message(
+            BAD_REQUEST,
+            format!("{} addrs exceed limits.max_addrs ({})", addrs.len(), limits.max_addrs),
+        ));
+    }
+    for a in &addrs {
+        api.check_len("addrs", a)?;
+    }
+    let region = p.str("region");
+    let version = p.str("version");
+    api.check_len("region", region)?;
+    api.check_len("version", version)?;
+    let metadata = parse_register_metadata(api, p.str("metadata"))?;
+    let dirty_timestamp = p.i64("dirty_timestamp")?;
+    let reg_timestamp = p.i64("reg_timestamp")?;
+    p.i64("latest_timestamp")?;
+
+    if api.registry.len() >= limits.max_instances && api.registry.get(&key).is_none() {
+        return Err(Reply::message(
+            BAD_REQUEST,
+            format!("registry is full: limits.max_instances ({})", limits.max_instances),
+        ));
+    }
+    let ins = Instance {
+        region: region.to_string(),
+        zone: key.zone,
+        env: key.env,
+        appid: key.appid,
+        hostname: key.hostname,
+        addrs,
+        version: version.to_string(),
+        metadata,
+        status,
+        ..Default::default()
+    };
+    let opts = RegisterOptions {
+        dirty_timestamp: dirty_timestamp.max(0),
+        reg_timestamp: if peer { reg_timestamp.max(0) } else { 0 },
+    };
+    let out = api.registry.register(ins, opts, api.clock.now());
+    if let Some(origin) = origin(&p) {
+        api.replicator
+            .replicate(Op::Register(out.instance), origin)
+            .await;
+    }
+    Ok(Reply::ok().into_response())
+}
+
+fn parse_register_metadata(api: &Api, text: &str) -> Result<BTreeMap<String, String>, Reply> {
+    if text.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let limits = &api.config.limits;
+    if text.len() > limits.max_metadata_bytes {
+        return Err(Reply::message(
+            BAD_REQUEST,
+            format!("metadata exceeds limits.max_metadata_bytes ({})", limits.max_metadata_bytes),
+        ));
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|_| Reply::code(BAD_REQUEST))?;
+    let map = match value {
+        serde_json::Value::Null => return Ok(BTreeMap::new()),
+        serde_json::Value::Object(m) => m,
+        _ => return Err(Reply::bad_param("metadata", "not a JSON object")),
+    };
+    if map.len() > limits.max_metadata_keys {
+        return Err(Reply::message(
+            BAD_REQUEST,
+            format!("metadata exceeds limits.max_metadata_keys ({})", limits.max_metadata_keys),
+        ));
+    }
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| (k, metadata_value(v).unwrap_or_default()))
+        .collect())
+}
+
+async fn renew(State(api): Shared, req: Request<Body>) -> Response {
+    respond(renew_inner(&api, req).await)
+}
+
+async fn renew_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
+    let p = bind(api, req).await?;
+    let key = api.instance_key(&p)?;
+    let dirty = p.i64("dirty_timestamp")?;
+    let peer_dirty = is_peer(&p).then_some(dirty);
+    let out = api.registry.renew(&key, peer_dirty, api.clock.now());
+    let reply = match &out {
+        Renewed::NotFound => return Ok(Reply::code(NOT_FOUND).null().into_response()),
+        Renewed::Ok(i) => Reply::ok().json(i),
+        Renewed::PeerNewer(i) => Reply::code(NOT_FOUND).json(i),
+        Renewed::PeerOlder(i) => Reply::code(CONFLICT).json(i),
+    };
+    if let (Some(origin), Renewed::Ok(i) | Renewed::PeerNewer(i) | Renewed::PeerOlder(i)) =
+        (origin(&p), out)
+    {
+        api.replicator.replicate(Op::Renew(i), origin).await;
+    }
+    Ok(reply.into_response())
+}
+
+async fn cancel(State(api): Shared, req: Request<Body>) -> Response {
+    respond(cancel_inner(&api, req).await)
+}
+
+async fn cancel_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
+    let p = bind(api, req).await?;
+    let key = api.instance_key(&p)?;
+    p.i64("latest_timestamp")?;
+    let now = api.clock.now();
+    let Some(gone) = api.registry.cancel(&key, now) else {
+        return Ok(Reply::code(NOT_FOUND).into_response());
+    };
+    if let Some(origin) = origin(&p) {
+        api.replicator.replicate(Op::Cancel(gone, now), origin).await;
+    }
+    Ok(Reply::ok().into_response())
+}
+
+async fn set(State(api): Shared, req: Request<Body>) -> Response {
+    respond(set_inner(&api, req).await)
+}
+
+async fn set_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
+    let p = bind(api, req).await?;
+    let zone = api.key_field(&p, "zone")?;
+    let env = api.key_field(&p, "env")?;
+    let appid = api.key_field(&p, "appid")?;
+    let hostnames = p.list("hostname");
+    if hostnames.is_empty() {
+        return Err(Reply::bad_param("hostname", "required"));
+    }
+    let status = p
+        .i64_list("status")?
+        .into_iter()
+        .map(|s| match s {
+            1 | 2 => Ok(Status::from(s as u32)),
+            s => Err(Reply::bad_param("status", format!("{s} is not 1 (UP) or 2 (waiting)"))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let metadata = p
+        .list("metadata")
+        .into_iter()
+        .map(parse_set_metadata)
+        .collect::<Result<Vec<_>, _>>()?;
+    let set_timestamp = p.i64("set_timestamp")?;
+    let now = api.clock.now();
+    let mut req = SetRequest {
+        env: env.to_string(),
+        appid: appid.to_string(),
+        zone: zone.to_string(),
+        hostnames: hostnames.into_iter().map(str::to_string).collect(),
+        status,
+        metadata,
+        set_timestamp: if set_timestamp == 0 { now } else { set_timestamp },
+    };
+    match api.registry.set(&req, now) {
+        Ok(()) => {}
+        Err(SetError::NotFound(h)) => {
+            return Err(Reply::bad_param("hostname", format!("{h} not found")));
+        }
+        Err(SetError::LengthMismatch(name)) => {
+            return Err(Reply::bad_param(name, "count does not match hostname count"));
+        }
+    }
+    if let Some(origin) = origin(&p) {
+        req.set_timestamp = req.set_timestamp.max(1);
+        api.replicator.replicate(Op::Set(req), origin).await;
+    }
+    Ok(Reply::ok().into_response())
+}
+
+fn parse_set_metadata(text: &str) -> Result<MetadataPatch, Reply> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|_| Reply::code(BAD_REQUEST))?;
+    match value {
+        serde_json::Value::Null => Ok(MetadataPatch::Clear),
+        serde_json::Value::Object(m) => Ok(MetadataPatch::Merge(
+            m.into_iter().map(|(k, v)| (k, metadata_value(v))).collect(),
+        )),
+        _ => Err(Reply::bad_param("metadata", "not a JSON object or null")),
+    }
+}
+
+async fn fetch_all(State(api): Shared) -> Response {
+    if let Some(r) = api.gate(true) {
+        return r.into_response();
+    }
+    Reply::ok().json(&api.registry.all()).into_response()
+}
+
+/// `zone` and the required `status` bitmask of the fetch routes.
+fn fetch_scope(p: &Params) -> Result<(Option<&str>, u32), Reply> {
+    let zone = Some(p.str("zone")).filter(|z| !z.is_empty());
+    match p.u32("status")? {
+        0 => Err(Reply::bad_param("status", "required")),
+        s => Ok((zone, s)),
+    }
+}
+
+async fn fetch(State(api): Shared, req: Request<Body>) -> Response {
+    respond(fetch_inner(&api, req).await)
+}
+
+async fn fetch_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
+    if let Some(r) = api.gate(false) {
+        return Err(r);
+    }
+    let p = bind(api, req).await?;
+    let env = p.required("env")?;
+    let appid = p.required("appid")?;
+    let (zone, status) = fetch_scope(&p)?;
+    let reply = match api.registry.fetch(env, appid, zone, status) {
+        Fetched::Found(json) => Reply::ok().data(json),
+        Fetched::Unknown => Reply::code(NOT_FOUND).null(),
+        Fetched::ZoneAbsent { latest_timestamp } => Reply::code(NOT_FOUND).data(Bytes::from(
+            format!(r#"{{"instances":{{}},"latest_timestamp":{latest_timestamp}}}"#),
+        )),
+    };
+    Ok(reply.into_response())
+}
+
+async fn fetchs(State(api): Shared, req: Request<Body>) -> Response {
+    respond(fetchs_inner(&api, req).await)
+}
+
+async fn fetchs_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
+    if let Some(r) = api.gate(false) {
+        return Err(r);
+    }
+    let p = bind(api, req).await?;
+    let env = p.required("env")?;
+    let appids = p.list("appid");
+    if appids.is_empty() {
+        return Err(Reply::bad_param("appid", "required"));
+    }
+    api.check_appids(&appids)?;
+    let (zone, status) = fetch_scope(&p)?;
+    let mut found = BTreeMap::new();
+    for appid in appids {
+        if let Fetched::Found(json) = api.registry.fetch(env, appid, zone, status) {
+            found.insert(appid, json);
+        }
+    }
+    let mut buf = Vec::with_capacity(found.values().map(Bytes::len).sum::<usize>() + 64);
+    buf.push(b'{');
+    for (i, (appid, json)) in found.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        serde_json::to_writer(&mut buf, appid).expect("writing to memory");
+        buf.push(b':');
+        buf.extend_from_slice(json);
+    }
+    buf.push(b'}');
+    Ok(Reply::ok().data(Bytes::from(buf)).into_response())
+}
+
+/// What a long poll is about: its apps, their timestamps, its zone.
+struct Watch<'p> {
+    env: &'p str,
+    zone: Option<&'p str>,
+    apps: Vec<(&'p str, i64)>,
+}
+
+impl Watch<'_> {
+    fn classify(&self, api: &Api) -> Vec<PollState> {
+        let now = api.clock.now();
+        self.apps
+            .iter()
+            .map(|(appid, since)| {
+                api.registry
+                    .poll_state(&AppKey::new(self.env, *appid), self.zone, *since, now)
+            })
+            .collect()
+    }
+}
+
+/// Waits for the first change of any subscribed app.
+async fn any_change(subs: &mut [crate::registry::Subscription]) {
+    let futs: Vec<_> = subs.iter_mut().map(|s| Box::pin(s.changed())).collect();
+    futures_util::future::select_all(futs).await;
+}
+
+async fn poll(State(api): Shared, headers: HeaderMap, req: Request<Body>) -> Response {
+    respond(poll_inner(&api, &headers, req).await)
+}
+
+async fn poll_inner(api: &Api, headers: &HeaderMap, req: Request<Body>) -> Result<Response, Reply> {
+    if let Some(r) = api.gate(false) {
+        return Err(r);
+    }
+    let p = bind(api, req).await?;
+    let env = p.required("env")?;
+    p.required("hostname")?;
+    let appids = p.list("appid");
+    let Some(appid) = appids.first().copied() else {
+        return Err(Reply::bad_param("appid", "required"));
+    };
+    let stamps = p.i64_list("latest_timestamp")?;
+    let since = if stamps.len() == appids.len() { stamps[0] } else { 0 };
+    let watch = Watch {
+        env,
+        zone: Some(p.str("zone")).filter(|z| !z.is_empty()),
+        apps: vec![(appid, since)],
+    };
+    let mut subs = vec![api.registry.watchers().subscribe(AppKey::new(env, appid))];
+    let answer = |state: PollState| match state {
+        PollState::Missing => Some(reply::poll_miss(appid)),
+        PollState::Newer(json) | PollState::NewerEmpty(json) => {
+            Some(Reply::ok().data(json).into_response())
+        }
+        PollState::Current => None,
+    };
+    let first = watch.classify(api).pop().unwrap_or(PollState::Missing);
+    if let Some(r) = answer(first) {
+        return Ok(r);
+    }
+    let _parked = api.registry.watchers().park();
+    let hold = tokio::time::sleep(api.hold(headers));
+    tokio::pin!(hold);
+    loop {
+        tokio::select! {
+            () = any_change(&mut subs) => {
+                let state = watch.classify(api).pop().unwrap_or(PollState::Missing);
+                if let Some(r) = answer(state) {
+                    return Ok(r);
+                }
+            }
+            () = &mut hold => return Ok(Reply::code(NOT_MODIFIED).into_response()),
+            () = api.shutting_down() => return Ok(Reply::code(NOT_MODIFIED).into_response()),
+        }
+    }
+}
+
+async fn polls(State(api): Shared, headers: HeaderMap, req: Request<Body>) -> Response {
+    respond(polls_inner(&api, &headers, req).await)
+}
+
+async fn polls_inner(api: &Api, headers: &HeaderMap, req: Request<Body>) -> Result<Response, Reply> {
+    if let Some(r) = api.gate(false) {
+        return Err(r);
+    }
+    let p = bind(api, req).await?;
+    let env = p.required("env")?;
+    p.required("hostname")?;
+    let appids = p.list("appid");
+    if appids.is_empty() {
+        return Err(Reply::bad_param("appid", "required"));
+    }
+    api.check_appids(&appids)?;
+    let stamps = p.i64_list("latest_timestamp")?;
+    if stamps.len() != appids.len() {
+        return Err(Reply::code(BAD_REQUEST));
+    }
+    let watch = Watch {
+        env,
+        zone: Some(p.str("zone")).filter(|z| !z.is_empty()),
+        apps: appids.iter().copied().zip(stamps).collect(),
+    };
+    let mut seen = HashSet::new();
+    let mut subs: Vec<_> = appids
+        .iter()
+        .filter(|a| seen.insert(**a))
+        .map(|a| api.registry.watchers().subscribe(AppKey::new(env, *a)))
+        .collect();
+
+    let first = watch.classify(api);
+    if first.iter().any(|s| matches!(s, PollState::Newer(_))) {
+        return Ok(polls_answer(&watch, &first));
+    }
+    let missing_at_start: Vec<bool> = first.iter().map(|s| *s == PollState::Missing).collect();
+    if api.registry.parked_polls() >= api.config.limits.max_pollers {
+        return Ok(Reply::message(NOT_MODIFIED, "too many parked polls (limits.max_pollers)").into_response());
+    }
+    let _parked = api.registry.watchers().park();
+    let hold = tokio::time::sleep(api.hold(headers));
+    tokio::pin!(hold);
+    loop {
+        tokio::select! {
+            () = any_change(&mut subs) => {
+                let states = watch.classify(api);
+                let newly_missing = states
+                    .iter()
+                    .zip(&missing_at_start)
+                    .any(|(s, was)| *s == PollState::Missing && !was);
+                let newer = states
+                    .iter()
+                    .any(|s| matches!(s, PollState::Newer(_) | PollState::NewerEmpty(_)));
+                if newer || newly_missing {
+                    return Ok(polls_answer(&watch, &states));
+                }
+            }
+            () = &mut hold => {
+                let states = watch.classify(api);
+                if states.iter().any(|s| matches!(s, PollState::Newer(_) | PollState::NewerEmpty(_))) {
+                    return Ok(polls_answer(&watch, &states));
+                }
+                return Ok(Reply::code(NOT_MODIFIED).into_response());
+            }
+            () = api.shutting_down() => return Ok(Reply::code(NOT_MODIFIED).into_response()),
+        }
+    }
+}
+
+fn polls_answer(watch: &Watch<'_>, states: &[PollState]) -> Response {
+    let mut data = BTreeMap::new();
+    let mut missing = Vec::new();
+    for ((appid, _), state) in watch.apps.iter().zip(states) {
+        match state {
+            PollState::Newer(json) | PollState::NewerEmpty(json) => {
+                data.insert(*appid, json);
+            }
+            PollState::Missing if !missing.contains(appid) => missing.push(*appid),
+            PollState::Missing | PollState::Current => {}
+        }
+    }
+    reply::polls_map(data, &missing)
+}
+
+async fn nodes(State(api): Shared) -> Response {
+    if let Some(r) = api.gate(false) {
+        return r.into_response();
+    }
+    Reply::ok().json(&api.members.nodes()).into_response()
+}
+
+async fn healthz() -> Response {
+    (StatusCode::OK, "ok").into_response()
+}
+
+async fn readyz(State(api): Shared) -> Response {
+    match api.phase() {
+        Phase::Serving => (StatusCode::OK, "ready").into_response(),
+        phase => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {phase:?}"),
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

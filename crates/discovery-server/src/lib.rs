@@ -14,5 +14,7 @@ pub mod config;
 pub mod registry;
 pub mod server;
 
+pub mod replication;
+
 mod params;
 mod reply;

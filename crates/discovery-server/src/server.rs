@@ -1,0 +1,361 @@
+//! Running a node: bind, self-register, tick, shut down.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use discovery_server::{config::Config, server};
+//!
+//! // Port 0: the OS picks; the bound address is advertised.
+//! let node = server::start(Config::default(), Some("127.0.0.1:0".parse()?)).await?;
+//! let url = format!("http://{}/discovery/nodes", node.addr());
+//! # let _ = url;
+//! node.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+};
+
+use naming::{DISCOVERY_APPID, Instance, Status};
+use rand::{SeedableRng, rngs::StdRng};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tracing::{info, warn};
+
+use crate::{
+    api::{self, Api, Clock, Members, NodeIdentity, NodeStatus, Phase},
+    config::{Config, load_schedulers},
+    registry::{InstanceKey, RegisterOptions, Registry, Renewed},
+    replication::{Op, Origin, Replicator, Standalone},
+};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address is unusable.
+    #[error("invalid listen address {addr:?}: {reason}")]
+    Address {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// Binding failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// `/discovery/nodes` of a node without cluster membership: itself and the
+/// static same-zone nodes of its config.
+#[derive(Debug)]
+struct StaticMembers {
+    own: String,
+    zone: String,
+    nodes: Vec<String>,
+}
+
+impl Members for StaticMembers {
+    fn nodes(&self) -> Vec<NodeStatus> {
+        let mut addrs: Vec<&String> = self.nodes.iter().chain([&self.own]).collect();
+        addrs.sort();
+        addrs.dedup();
+        addrs
+            .into_iter()
+            .map(|addr| NodeStatus {
+                addr: addr.clone(),
+                status: 0,
+                zone: self.zone.clone(),
+            })
+            .collect()
+    }
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct ServerHandle {
+    addr: SocketAddr,
+    api: Arc<Api>,
+    shutdown_tx: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    serve: JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The handlers' state (registry, phase).
+    pub fn api(&self) -> &Arc<Api> {
+        &self.api
+    }
+
+    /// The registry core.
+    pub fn registry(&self) -> &Arc<Registry> {
+        self.api.registry()
+    }
+
+    /// Graceful shutdown: stop taking part (cancel our own record only),
+    /// answer held polls with `-304`, finish in-flight requests, stop.
+    pub async fn shutdown(self) {
+        self.api.set_phase(Phase::Draining);
+        for t in &self.tasks {
+            t.abort();
+        }
+        cancel_self(&self.api).await;
+        let _ = self.shutdown_tx.send(true);
+        let drain = self.api.config.cluster.drain_timeout;
+        let mut serve = self.serve;
+        if tokio::time::timeout(drain, &mut serve).await.is_err() {
+            warn!("connections still open after {drain:?}; closing them");
+            serve.abort();
+        }
+        info!(addr = %self.addr, "stopped");
+    }
+}
+
+/// The address clients and peers should use for a node bound to `bound`.
+fn advertised(config: &Config, bound: SocketAddr) -> String {
+    if let Some(a) = &config.cluster.advertise {
+        return a.clone();
+    }
+    if bound.ip().is_unspecified() {
+        // A wildcard bind is reachable on the host's primary address.
+        let ip = primary_ipv4().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        return SocketAddr::new(ip, bound.port()).to_string();
+    }
+    bound.to_string()
+}
+
+/// The source address the kernel would use towards a public address; no
+/// packet is sent.
+fn primary_ipv4() -> Option<IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+fn self_instance(api: &Api) -> Instance {
+    let env = &api.config.env;
+    Instance {
+        region: env.region.clone(),
+        zone: env.zone.clone(),
+        env: env.deploy_env.clone(),
+        appid: DISCOVERY_APPID.to_string(),
+        hostname: env.host.clone(),
+        addrs: vec![format!("http://{}", api.node.advertise)],
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        status: Status::Up,
+        ..Default::default()
+    }
+}
+
+async fn register_self(api: &Api, replicator: &dyn Replicator) {
+    let out = api
+        .registry
+        .register(self_instance(api), RegisterOptions::default(), api.clock.now());
+    replicator
+        .replicate(Op::Register(out.instance), Origin::Client)
+        .await;
+}
+
+async fn cancel_self(api: &Api) {
+    let key = InstanceKey::of(&self_instance(api));
+    if api.registry.cancel(&key, api.clock.now()).is_some() {
+        info!(appid = DISCOVERY_APPID, host = %key.hostname, "cancelled own record");
+    }
+}
+
+/// Starts a node. `listen` overrides `httpServer.addr` (port 0 allowed).
+pub async fn start(config: Config, listen: Option<SocketAddr>) -> Result<ServerHandle, StartError> {
+    start_with(config, listen, Arc::new(Standalone)).await
+}
+
+/// Starts a node with a given replicator.
+pub async fn start_with(
+    config: Config,
+    listen: Option<SocketAddr>,
+    replicator: Arc<dyn Replicator>,
+) -> Result<ServerHandle, StartError> {
+    let addr = match listen {
+        Some(a) => a,
+        None => config
+            .http_server
+            .addr
+            .parse()
+            .map_err(|e: std::net::AddrParseError| StartError::Address {
+                addr: config.http_server.addr.clone(),
+                reason: e.to_string(),
+            })?,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+        addr: addr.to_string(),
+        source,
+    })?;
+    let bound = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: addr.to_string(),
+        source,
+    })?;
+    let advertise = advertised(&config, bound);
+    let node = NodeIdentity {
+        id: format!("{:016x}", rand::random::<u64>()),
+        advertise: advertise.clone(),
+    };
+    let clock = Clock::new();
+    let registry = Arc::new(Registry::new(config.registry.params.clone()));
+    for (key, s) in &config.schedulers {
+        registry.set_scheduler(key, Some(s.clone()), clock.now());
+    }
+    let members = Arc::new(StaticMembers {
+        own: advertise.clone(),
+        zone: config.env.zone.clone(),
+        nodes: config.nodes.clone(),
+    });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let config = Arc::new(config);
+    let api = Arc::new(Api::new(
+        registry,
+        Arc::clone(&config),
+        node,
+        clock,
+        shutdown_rx.clone(),
+        Arc::clone(&replicator),
+        members,
+    ));
+    if config.enable_protect {
+        api.set_phase(Phase::Protected);
+    }
+
+    let app = api::router(Arc::clone(&api));
+    let mut down = shutdown_rx.clone();
+    let serve = tokio::spawn(async move {
+        let graceful = async move {
+            let _ = down.wait_for(|d| *d).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(graceful)
+            .await
+        {
+            warn!("server error: {e}");
+        }
+    });
+    info!(
+        addr = %bound,
+        advertise = %advertise,
+        zone = %config.env.zone,
+        env = %config.env.deploy_env,
+        "discovery listening on {bound}"
+    );
+
+    let mut tasks = vec![
+        tokio::spawn(evict_loop(Arc::clone(&api))),
+        tokio::spawn(self_renew_loop(Arc::clone(&api), Arc::clone(&replicator))),
+    ];
+    if config.enable_protect {
+        tasks.push(tokio::spawn(init_protect(Arc::clone(&api))));
+    }
+    register_self(&api, replicator.as_ref()).await;
+    Ok(ServerHandle {
+        addr: bound,
+        api,
+        shutdown_tx,
+        tasks,
+        serve,
+    })
+}
+
+/// Init-protect of a node without peers: reads stay gated for
+/// `init_protect_period` (spec §5.4).
+async fn init_protect(api: Arc<Api>) {
+    let period = api.config.registry.init_protect_period;
+    warn!(?period, "init-protect: reads answer -500 until a peer syncs us or the period ends");
+    tokio::time::sleep(period).await;
+    if api.phase() == Phase::Protected {
+        api.set_phase(Phase::Serving);
+        info!("init-protect over; serving reads");
+    }
+}
+
+async fn evict_loop(api: Arc<Api>) {
+    let every = api.config.registry.params.evict_interval;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rng = StdRng::from_os_rng();
+    let mut was_protected = false;
+    loop {
+        tick.tick().await;
+        let report = api.registry.tick(api.clock.now(), &mut rng);
+        let g = report.guard;
+        if g.protected != was_protected {
+            if g.protected {
+                warn!(
+                    renews = g.renews,
+                    threshold = g.threshold,
+                    expected = g.expected,
+                    "protect mode on: renews below threshold, lease expiry suspended"
+                );
+            } else {
+                info!(renews = g.renews, threshold = g.threshold, "protect mode off");
+            }
+            was_protected = g.protected;
+        }
+        if !report.evicted.is_empty() {
+            info!(
+                evicted = report.evicted.len(),
+                candidates = report.candidates,
+                "evicted instances whose lease expired"
+            );
+        }
+    }
+}
+
+async fn self_renew_loop(api: Arc<Api>, replicator: Arc<dyn Replicator>) {
+    let every = api.config.registry.params.renew_interval;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let key = InstanceKey::of(&self_instance(&api));
+    loop {
+        tick.tick().await;
+        match api.registry.renew(&key, None, api.clock.now()) {
+            Renewed::NotFound => {
+                warn!("own record was gone; registering again");
+                register_self(&api, replicator.as_ref()).await;
+            }
+            Renewed::Ok(i) | Renewed::PeerNewer(i) | Renewed::PeerOlder(i) => {
+                replicator.replicate(Op::Renew(i), Origin::Client).await;
+            }
+        }
+    }
+}
+
+/// Reloads scheduler files (SIGHUP), bumping the apps whose scheduler
+/// changed.
+pub fn reload_schedulers(api: &Api) {
+    let Some(dir) = api.config.scheduler_dir.as_deref() else {
+        info!("no config directory; no schedulers to reload");
+        return;
+    };
+    let (fresh, errors) = load_schedulers(dir);
+    for e in errors {
+        warn!("{e}");
+    }
+    let now = api.clock.now();
+    for key in api.registry.scheduled_apps() {
+        if !fresh.contains_key(&key) {
+            api.registry.set_scheduler(&key, None, now);
+        }
+    }
+    let n = fresh.len();
+    for (key, s) in fresh {
+        api.registry.set_scheduler(&key, Some(s), now);
+    }
+    info!(schedulers = n, "schedulers reloaded");
+}
+

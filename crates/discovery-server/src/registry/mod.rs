@@ -42,7 +42,7 @@ use rand::{Rng, seq::SliceRandom};
 use serde::{Serialize, Serializer, ser::SerializeMap};
 
 pub use guard::GuardState;
-pub(crate) use watch::{ParkGuard, Subscription, Watchers};
+pub(crate) use watch::{Subscription, Watchers};
 
 use guard::Guard;
 
