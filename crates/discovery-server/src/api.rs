@@ -164,6 +164,34 @@ impl Api {
         }
     }
 
+    /// State for a router that runs outside [`server::start`]
+    /// (`Router::oneshot` tests, embedding): no self-registration, no
+    /// tickers, no peers.
+    ///
+    /// [`server::start`]: crate::server::start
+    pub fn detached(config: Config) -> Arc<Api> {
+        let advertise = config.http_server.addr.clone();
+        let members = Arc::new(crate::server::StaticMembers {
+            own: advertise.clone(),
+            zone: config.env.zone.clone(),
+            nodes: config.nodes.clone(),
+        });
+        let registry = Arc::new(Registry::new(config.registry.params.clone()));
+        let api = Api::new(
+            registry,
+            Arc::new(config),
+            NodeIdentity {
+                id: format!("{:016x}", rand::random::<u64>()),
+                advertise,
+            },
+            Clock::new(),
+            watch::channel(false).1,
+            Arc::new(crate::replication::Standalone),
+            members,
+        );
+        Arc::new(api)
+    }
+
     /// The current phase.
     pub fn phase(&self) -> Phase {
         match self.phase.load(Ordering::Acquire) {
@@ -220,8 +248,10 @@ impl Api {
 
     async fn shutting_down(&self) {
         let mut rx = self.shutdown.clone();
-        // An Err means the server is gone, which is a shutdown too.
-        let _ = rx.wait_for(|down| *down).await;
+        if rx.wait_for(|down| *down).await.is_err() {
+            // No owner can ever signal a shutdown (a detached router).
+            std::future::pending::<()>().await;
+        }
     }
 
     fn check_len(&self, name: &str, value: &str) -> Result<(), Reply> {
@@ -817,5 +847,3 @@ async fn readyz(State(api): Shared) -> Response {
     }
 }
 
-#[cfg(test)]
-mod tests;

@@ -53,10 +53,10 @@ pub enum StartError {
 /// `/discovery/nodes` of a node without cluster membership: itself and the
 /// static same-zone nodes of its config.
 #[derive(Debug)]
-struct StaticMembers {
-    own: String,
-    zone: String,
-    nodes: Vec<String>,
+pub(crate) struct StaticMembers {
+    pub(crate) own: String,
+    pub(crate) zone: String,
+    pub(crate) nodes: Vec<String>,
 }
 
 impl Members for StaticMembers {
