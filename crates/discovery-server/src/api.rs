@@ -286,7 +286,10 @@ impl Api {
         if appids.len() > max {
             return Err(Reply::message(
                 BAD_REQUEST,
-                format!("{} appids exceed limits.max_appids_per_poll ({max})", appids.len()),
+                format!(
+                    "{} appids exceed limits.max_appids_per_poll ({max})",
+                    appids.len()
+                ),
             ));
         }
         Ok(())
@@ -313,15 +316,13 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/healthz", d(get(healthz)))
         .route("/readyz", d(get(readyz)))
         .fallback(not_found)
-        .layer(axum::middleware::map_response(
-            move |mut res: Response| {
-                let id = node_id.clone();
-                async move {
-                    res.headers_mut().insert(NODE_ID_HEADER, id);
-                    res
-                }
-            },
-        ))
+        .layer(axum::middleware::map_response(move |mut res: Response| {
+            let id = node_id.clone();
+            async move {
+                res.headers_mut().insert(NODE_ID_HEADER, id);
+                res
+            }
+        }))
         .with_state(api)
 }
 
@@ -386,7 +387,12 @@ async fn register_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply
     let status = match p.u32("status")? {
         0 => return Err(Reply::bad_param("status", "required")),
         s @ (1 | 2) => Status::from(s),
-        s => return Err(Reply::bad_param("status", format!("{s} is not 1 (UP) or 2 (waiting)"))),
+        s => {
+            return Err(Reply::bad_param(
+                "status",
+                format!("{s} is not 1 (UP) or 2 (waiting)"),
+            ));
+        }
     };
     let peer = is_peer(&p);
     let mut addrs: Vec<String> = p.list("addrs").into_iter().map(str::to_string).collect();
@@ -406,7 +412,11 @@ async fn register_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply
     if addrs.len() > limits.max_addrs {
         return Err(Reply::message(
             BAD_REQUEST,
-            format!("{} addrs exceed limits.max_addrs ({})", addrs.len(), limits.max_addrs),
+            format!(
+                "{} addrs exceed limits.max_addrs ({})",
+                addrs.len(),
+                limits.max_addrs
+            ),
         ));
     }
     for a in &addrs {
@@ -424,7 +434,10 @@ async fn register_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply
     if api.registry.len() >= limits.max_instances && api.registry.get(&key).is_none() {
         return Err(Reply::message(
             BAD_REQUEST,
-            format!("registry is full: limits.max_instances ({})", limits.max_instances),
+            format!(
+                "registry is full: limits.max_instances ({})",
+                limits.max_instances
+            ),
         ));
     }
     let ins = Instance {
@@ -444,6 +457,12 @@ async fn register_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply
         reg_timestamp: if peer { reg_timestamp.max(0) } else { 0 },
     };
     let out = api.registry.register(ins, opts, api.clock.now());
+    let i = &out.instance;
+    tracing::info!(
+        appid = %i.appid, env = %i.env, zone = %i.zone, hostname = %i.hostname,
+        addrs = ?i.addrs, new = out.is_new, applied = out.applied, peer,
+        "register"
+    );
     if let Some(origin) = origin(&p) {
         api.replicator
             .replicate(Op::Register(out.instance), origin)
@@ -460,7 +479,10 @@ fn parse_register_metadata(api: &Api, text: &str) -> Result<BTreeMap<String, Str
     if text.len() > limits.max_metadata_bytes {
         return Err(Reply::message(
             BAD_REQUEST,
-            format!("metadata exceeds limits.max_metadata_bytes ({})", limits.max_metadata_bytes),
+            format!(
+                "metadata exceeds limits.max_metadata_bytes ({})",
+                limits.max_metadata_bytes
+            ),
         ));
     }
     let value: serde_json::Value =
@@ -473,7 +495,10 @@ fn parse_register_metadata(api: &Api, text: &str) -> Result<BTreeMap<String, Str
     if map.len() > limits.max_metadata_keys {
         return Err(Reply::message(
             BAD_REQUEST,
-            format!("metadata exceeds limits.max_metadata_keys ({})", limits.max_metadata_keys),
+            format!(
+                "metadata exceeds limits.max_metadata_keys ({})",
+                limits.max_metadata_keys
+            ),
         ));
     }
     Ok(map
@@ -492,6 +517,7 @@ async fn renew_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
     let dirty = p.i64("dirty_timestamp")?;
     let peer_dirty = is_peer(&p).then_some(dirty);
     let out = api.registry.renew(&key, peer_dirty, api.clock.now());
+    tracing::debug!(appid = %key.appid, hostname = %key.hostname, found = out.is_found(), "renew");
     let reply = match &out {
         Renewed::NotFound => return Ok(Reply::code(NOT_FOUND).null().into_response()),
         Renewed::Ok(i) => Reply::ok().json(i),
@@ -518,8 +544,11 @@ async fn cancel_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> 
     let Some(gone) = api.registry.cancel(&key, now) else {
         return Ok(Reply::code(NOT_FOUND).into_response());
     };
+    tracing::info!(appid = %key.appid, env = %key.env, zone = %key.zone, hostname = %key.hostname, "cancel");
     if let Some(origin) = origin(&p) {
-        api.replicator.replicate(Op::Cancel(gone, now), origin).await;
+        api.replicator
+            .replicate(Op::Cancel(gone, now), origin)
+            .await;
     }
     Ok(Reply::ok().into_response())
 }
@@ -542,7 +571,10 @@ async fn set_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
         .into_iter()
         .map(|s| match s {
             1 | 2 => Ok(Status::from(s as u32)),
-            s => Err(Reply::bad_param("status", format!("{s} is not 1 (UP) or 2 (waiting)"))),
+            s => Err(Reply::bad_param(
+                "status",
+                format!("{s} is not 1 (UP) or 2 (waiting)"),
+            )),
         })
         .collect::<Result<Vec<_>, _>>()?;
     let metadata = p
@@ -559,7 +591,11 @@ async fn set_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
         hostnames: hostnames.into_iter().map(str::to_string).collect(),
         status,
         metadata,
-        set_timestamp: if set_timestamp == 0 { now } else { set_timestamp },
+        set_timestamp: if set_timestamp == 0 {
+            now
+        } else {
+            set_timestamp
+        },
     };
     match api.registry.set(&req, now) {
         Ok(()) => {}
@@ -567,7 +603,10 @@ async fn set_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
             return Err(Reply::bad_param("hostname", format!("{h} not found")));
         }
         Err(SetError::LengthMismatch(name)) => {
-            return Err(Reply::bad_param(name, "count does not match hostname count"));
+            return Err(Reply::bad_param(
+                name,
+                "count does not match hostname count",
+            ));
         }
     }
     if let Some(origin) = origin(&p) {
@@ -705,7 +744,11 @@ async fn poll_inner(api: &Api, headers: &HeaderMap, req: Request<Body>) -> Resul
         return Err(Reply::bad_param("appid", "required"));
     };
     let stamps = p.i64_list("latest_timestamp")?;
-    let since = if stamps.len() == appids.len() { stamps[0] } else { 0 };
+    let since = if stamps.len() == appids.len() {
+        stamps[0]
+    } else {
+        0
+    };
     let watch = Watch {
         env,
         zone: Some(p.str("zone")).filter(|z| !z.is_empty()),
@@ -744,7 +787,11 @@ async fn polls(State(api): Shared, headers: HeaderMap, req: Request<Body>) -> Re
     respond(polls_inner(&api, &headers, req).await)
 }
 
-async fn polls_inner(api: &Api, headers: &HeaderMap, req: Request<Body>) -> Result<Response, Reply> {
+async fn polls_inner(
+    api: &Api,
+    headers: &HeaderMap,
+    req: Request<Body>,
+) -> Result<Response, Reply> {
     if let Some(r) = api.gate(false) {
         return Err(r);
     }
@@ -778,7 +825,10 @@ async fn polls_inner(api: &Api, headers: &HeaderMap, req: Request<Body>) -> Resu
     }
     let missing_at_start: Vec<bool> = first.iter().map(|s| *s == PollState::Missing).collect();
     if api.registry.parked_polls() >= api.config.limits.max_pollers {
-        return Ok(Reply::message(NOT_MODIFIED, "too many parked polls (limits.max_pollers)").into_response());
+        return Ok(
+            Reply::message(NOT_MODIFIED, "too many parked polls (limits.max_pollers)")
+                .into_response(),
+        );
     }
     let _parked = api.registry.watchers().park();
     let hold = tokio::time::sleep(api.hold(headers));
@@ -846,4 +896,3 @@ async fn readyz(State(api): Shared) -> Response {
             .into_response(),
     }
 }
-

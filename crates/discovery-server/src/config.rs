@@ -449,7 +449,8 @@ fn nonzero(key: &str, v: Option<usize>, default: usize) -> Result<usize, ConfigE
 impl Config {
     /// Parses TOML text; returns the config and warnings about unknown keys.
     pub fn parse(text: &str) -> Result<(Config, Vec<String>), ConfigError> {
-        let value: toml::Value = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let value: toml::Value =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         let value = lowercase_keys(value);
         let mut warnings = Vec::new();
         let raw: Raw = serde_ignored::deserialize(value, |path| {
@@ -475,10 +476,26 @@ impl Config {
         let r = raw.registry;
         let params = RegistryParams {
             lease: positive("registry.lease", r.lease, defaults.lease)?,
-            evict_interval: positive("registry.evict_interval", r.evict_interval, defaults.evict_interval)?,
-            renew_interval: positive("registry.renew_interval", r.renew_interval, defaults.renew_interval)?,
-            evict_ceiling: positive("registry.evict_ceiling", r.evict_ceiling, defaults.evict_ceiling)?,
-            renew_threshold: ratio("registry.renew_threshold", r.renew_threshold, defaults.renew_threshold)?,
+            evict_interval: positive(
+                "registry.evict_interval",
+                r.evict_interval,
+                defaults.evict_interval,
+            )?,
+            renew_interval: positive(
+                "registry.renew_interval",
+                r.renew_interval,
+                defaults.renew_interval,
+            )?,
+            evict_ceiling: positive(
+                "registry.evict_ceiling",
+                r.evict_ceiling,
+                defaults.evict_ceiling,
+            )?,
+            renew_threshold: ratio(
+                "registry.renew_threshold",
+                r.renew_threshold,
+                defaults.renew_threshold,
+            )?,
             max_evict_fraction: ratio(
                 "registry.max_evict_fraction",
                 r.max_evict_fraction,
@@ -509,17 +526,33 @@ impl Config {
         let c = raw.cluster;
         let cluster = Cluster {
             advertise: c.advertise.filter(|a| !a.is_empty()),
-            sync_timeout: positive("cluster.sync_timeout", c.sync_timeout, Duration::from_secs(10))?,
-            retry_initial: positive("cluster.retry_initial", c.retry_initial, Duration::from_millis(100))?,
+            sync_timeout: positive(
+                "cluster.sync_timeout",
+                c.sync_timeout,
+                Duration::from_secs(10),
+            )?,
+            retry_initial: positive(
+                "cluster.retry_initial",
+                c.retry_initial,
+                Duration::from_millis(100),
+            )?,
             retry_max: positive("cluster.retry_max", c.retry_max, Duration::from_secs(5))?,
             queue_capacity: nonzero("cluster.queue_capacity", c.queue_capacity, 10_000)?,
             ack_timeout: positive("cluster.ack_timeout", c.ack_timeout, Duration::from_secs(1))?,
-            probe_interval: positive("cluster.probe_interval", c.probe_interval, Duration::from_secs(5))?,
+            probe_interval: positive(
+                "cluster.probe_interval",
+                c.probe_interval,
+                Duration::from_secs(5),
+            )?,
             lost_after: match c.lost_after {
                 Some(0) => return Err(invalid("cluster.lost_after", "must be greater than zero")),
                 v => v.unwrap_or(3),
             },
-            drain_timeout: positive("cluster.drain_timeout", c.drain_timeout, Duration::from_secs(5))?,
+            drain_timeout: positive(
+                "cluster.drain_timeout",
+                c.drain_timeout,
+                Duration::from_secs(5),
+            )?,
         };
 
         let d = Limits::default();
@@ -528,8 +561,16 @@ impl Config {
             max_body_bytes: nonzero("limits.max_body_bytes", l.max_body_bytes, d.max_body_bytes)?,
             max_field_len: nonzero("limits.max_field_len", l.max_field_len, d.max_field_len)?,
             max_addrs: nonzero("limits.max_addrs", l.max_addrs, d.max_addrs)?,
-            max_metadata_bytes: nonzero("limits.max_metadata_bytes", l.max_metadata_bytes, d.max_metadata_bytes)?,
-            max_metadata_keys: nonzero("limits.max_metadata_keys", l.max_metadata_keys, d.max_metadata_keys)?,
+            max_metadata_bytes: nonzero(
+                "limits.max_metadata_bytes",
+                l.max_metadata_bytes,
+                d.max_metadata_bytes,
+            )?,
+            max_metadata_keys: nonzero(
+                "limits.max_metadata_keys",
+                l.max_metadata_keys,
+                d.max_metadata_keys,
+            )?,
             max_appids_per_poll: nonzero(
                 "limits.max_appids_per_poll",
                 l.max_appids_per_poll,
@@ -612,7 +653,10 @@ impl Config {
     /// Fills empty `[env]` values: flag, then environment variable, then
     /// default (spec §8.1). `lookup` reads the environment.
     pub fn fill_env(&mut self, flags: &EnvFlags, lookup: impl Fn(&str) -> Option<String>) {
-        let pick = |current: &mut String, flag: &Option<String>, var: &str, default: &dyn Fn() -> String| {
+        let pick = |current: &mut String,
+                    flag: &Option<String>,
+                    var: &str,
+                    default: &dyn Fn() -> String| {
             if current.is_empty() {
                 *current = flag
                     .clone()
@@ -621,9 +665,16 @@ impl Config {
                     .unwrap_or_else(default);
             }
         };
-        pick(&mut self.env.region, &flags.region, "REGION", &|| "region01".into());
+        pick(&mut self.env.region, &flags.region, "REGION", &|| {
+            "region01".into()
+        });
         pick(&mut self.env.zone, &flags.zone, "ZONE", &|| "zone01".into());
-        pick(&mut self.env.deploy_env, &flags.deploy_env, "DEPLOY_ENV", &|| "dev".into());
+        pick(
+            &mut self.env.deploy_env,
+            &flags.deploy_env,
+            "DEPLOY_ENV",
+            &|| "dev".into(),
+        );
         pick(&mut self.env.host, &None, "HOSTNAME", &os_hostname);
     }
 }
@@ -745,7 +796,10 @@ mod tests {
         let err = Config::parse("[httpServer]\ntimeout = \"0s\"\n").unwrap_err();
         assert!(err.to_string().contains("httpServer.timeout"), "{err}");
         let err = Config::parse("[registry]\nrenew_threshold = 1.5\n").unwrap_err();
-        assert!(err.to_string().contains("registry.renew_threshold"), "{err}");
+        assert!(
+            err.to_string().contains("registry.renew_threshold"),
+            "{err}"
+        );
         let err = Config::parse("[registry]\nlease = \"3 apples\"\n").unwrap_err();
         assert!(err.to_string().contains("lease"), "{err}");
     }
@@ -811,9 +865,15 @@ mod tests {
         let (s, errors) = load_schedulers(&dir);
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(s.len(), 2);
-        assert_eq!(s[&AppKey::new("dev", "demo.svc")].weight("sh001", "sh001"), Some(3));
+        assert_eq!(
+            s[&AppKey::new("dev", "demo.svc")].weight("sh001", "sh001"),
+            Some(3)
+        );
         assert_eq!(s[&AppKey::new("dev", "demo.svc")].remark, "r");
-        assert_eq!(s[&AppKey::new("dev", "other")].weight("sh001", "sh002"), Some(1));
+        assert_eq!(
+            s[&AppKey::new("dev", "other")].weight("sh001", "sh002"),
+            Some(1)
+        );
         assert_eq!(errors.len(), 1);
         assert!(errors[0].contains("b.json"));
     }

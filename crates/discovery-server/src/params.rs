@@ -122,8 +122,7 @@ fn parse_u32(v: &str) -> Result<u32, String> {
     if !v.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("{v:?} is not an unsigned integer"));
     }
-    v.parse::<u32>()
-        .map_err(|_| format!("{v} is out of range"))
+    v.parse::<u32>().map_err(|_| format!("{v} is out of range"))
 }
 
 fn parse_i64(v: &str) -> Result<i64, String> {
@@ -147,7 +146,8 @@ async fn read_body(body: Body, max: usize) -> Result<Bytes, Reply> {
 }
 
 async fn multipart(ctype: &str, body: Bytes, out: &mut Vec<(String, String)>) -> Result<(), Reply> {
-    let bad = |e: multer::Error| Reply::message(BAD_REQUEST, format!("invalid multipart body: {e}"));
+    let bad =
+        |e: multer::Error| Reply::message(BAD_REQUEST, format!("invalid multipart body: {e}"));
     let boundary = multer::parse_boundary(ctype).map_err(bad)?;
     let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
     let mut mp = multer::Multipart::new(stream, boundary);

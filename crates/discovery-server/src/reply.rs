@@ -57,10 +57,7 @@ impl Reply {
 
     /// `-400` naming the parameter.
     pub(crate) fn bad_param(name: &str, reason: impl std::fmt::Display) -> Self {
-        Self::message(
-            BAD_REQUEST,
-            format!("invalid parameter '{name}': {reason}"),
-        )
+        Self::message(BAD_REQUEST, format!("invalid parameter '{name}': {reason}"))
     }
 
     /// Attaches raw JSON `data`.
@@ -159,7 +156,10 @@ mod tests {
     use http_body_util::BodyExt;
 
     async fn body(r: Response) -> (String, String) {
-        let code = r.headers()["kratos-status-code"].to_str().unwrap().to_string();
+        let code = r.headers()["kratos-status-code"]
+            .to_str()
+            .unwrap()
+            .to_string();
         let b = r.into_body().collect().await.unwrap().to_bytes();
         (String::from_utf8(b.to_vec()).unwrap(), code)
     }

@@ -158,9 +158,11 @@ fn self_instance(api: &Api) -> Instance {
 }
 
 async fn register_self(api: &Api, replicator: &dyn Replicator) {
-    let out = api
-        .registry
-        .register(self_instance(api), RegisterOptions::default(), api.clock.now());
+    let out = api.registry.register(
+        self_instance(api),
+        RegisterOptions::default(),
+        api.clock.now(),
+    );
     replicator
         .replicate(Op::Register(out.instance), Origin::Client)
         .await;
@@ -195,10 +197,12 @@ pub async fn start_with(
                 reason: e.to_string(),
             })?,
     };
-    let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
-        addr: addr.to_string(),
-        source,
-    })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
     let bound = listener.local_addr().map_err(|source| StartError::Bind {
         addr: addr.to_string(),
         source,
@@ -233,6 +237,9 @@ pub async fn start_with(
         api.set_phase(Phase::Protected);
     }
 
+    // Our own record exists before anyone can learn our address from the
+    // log line below.
+    register_self(&api, replicator.as_ref()).await;
     let app = api::router(Arc::clone(&api));
     let mut down = shutdown_rx.clone();
     let serve = tokio::spawn(async move {
@@ -261,7 +268,6 @@ pub async fn start_with(
     if config.enable_protect {
         tasks.push(tokio::spawn(init_protect(Arc::clone(&api))));
     }
-    register_self(&api, replicator.as_ref()).await;
     Ok(ServerHandle {
         addr: bound,
         api,
@@ -275,7 +281,10 @@ pub async fn start_with(
 /// `init_protect_period` (spec §5.4).
 async fn init_protect(api: Arc<Api>) {
     let period = api.config.registry.init_protect_period;
-    warn!(?period, "init-protect: reads answer -500 until a peer syncs us or the period ends");
+    warn!(
+        ?period,
+        "init-protect: reads answer -500 until a peer syncs us or the period ends"
+    );
     tokio::time::sleep(period).await;
     if api.phase() == Phase::Protected {
         api.set_phase(Phase::Serving);
@@ -302,7 +311,11 @@ async fn evict_loop(api: Arc<Api>) {
                     "protect mode on: renews below threshold, lease expiry suspended"
                 );
             } else {
-                info!(renews = g.renews, threshold = g.threshold, "protect mode off");
+                info!(
+                    renews = g.renews,
+                    threshold = g.threshold,
+                    "protect mode off"
+                );
             }
             was_protected = g.protected;
         }
@@ -358,4 +371,3 @@ pub fn reload_schedulers(api: &Api) {
     }
     info!(schedulers = n, "schedulers reloaded");
 }
-

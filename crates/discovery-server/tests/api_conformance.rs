@@ -32,11 +32,17 @@ async fn c02_register_cancel_set_succeed_with_the_bare_envelope() {
     let ok = r#"{"code":0,"message":"0","ttl":1}"#;
     assert_eq!(h.register("sh001", "h1", "").await.body, ok);
     let set = h
-        .post("/discovery/set", "zone=sh001&env=dev&appid=demo.svc&hostname=h1&status=2")
+        .post(
+            "/discovery/set",
+            "zone=sh001&env=dev&appid=demo.svc&hostname=h1&status=2",
+        )
         .await;
     assert_eq!(set.body, ok);
     let cancel = h
-        .post("/discovery/cancel", "zone=sh001&env=dev&appid=demo.svc&hostname=h1")
+        .post(
+            "/discovery/cancel",
+            "zone=sh001&env=dev&appid=demo.svc&hostname=h1",
+        )
         .await;
     assert_eq!(cancel.body, ok);
 }
@@ -68,7 +74,10 @@ async fn c04_body_and_query_both_bind_body_first() {
         .await;
     assert_eq!(r.code(), 0, "{}", r.body);
     let data = h.fetch("status=1").await.json()["data"].clone();
-    assert_eq!(data["instances"]["sh001"][0]["addrs"], json!(["grpc://q:1"]));
+    assert_eq!(
+        data["instances"]["sh001"][0]["addrs"],
+        json!(["grpc://q:1"])
+    );
     assert!(data["instances"].get("sh002").is_none());
 
     // Without a content type, only the query binds.
@@ -94,7 +103,10 @@ async fn c04_json_bodies_are_refused_and_multipart_binds() {
                 .unwrap(),
         )
         .await;
-    assert_eq!(r.json(), json!({"code":-400,"message":"unsupported content type","ttl":1}));
+    assert_eq!(
+        r.json(),
+        json!({"code":-400,"message":"unsupported content type","ttl":1})
+    );
 
     let boundary = "XyZ";
     let mut body = String::new();
@@ -114,13 +126,19 @@ async fn c04_json_bodies_are_refused_and_multipart_binds() {
     let r = h
         .send(
             Request::post("/discovery/register")
-                .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+                .header(
+                    "content-type",
+                    format!("multipart/form-data; boundary={boundary}"),
+                )
                 .body(Body::from(body))
                 .unwrap(),
         )
         .await;
     assert_eq!(r.code(), 0, "{}", r.body);
-    assert_eq!(h.fetch("status=1").await.json()["data"]["instances"]["sh001"][0]["hostname"], "mp");
+    assert_eq!(
+        h.fetch("status=1").await.json()["data"]["instances"]["sh001"][0]["hostname"],
+        "mp"
+    );
 }
 
 #[tokio::test]
@@ -134,8 +152,16 @@ async fn c05_lists_are_never_split_and_empties_drop() {
         .await;
     assert_eq!(r.code(), 0);
     let r = h.get("/discovery/fetch?env=dev&appid=a,b&status=1").await;
-    assert_eq!(r.json()["data"]["instances"]["sh001"][0]["addrs"], json!(["x://h:1"]));
-    assert_eq!(h.get("/discovery/fetch?env=dev&appid=a&status=1").await.code(), -404);
+    assert_eq!(
+        r.json()["data"]["instances"]["sh001"][0]["addrs"],
+        json!(["x://h:1"])
+    );
+    assert_eq!(
+        h.get("/discovery/fetch?env=dev&appid=a&status=1")
+            .await
+            .code(),
+        -404
+    );
 }
 
 #[tokio::test]
@@ -146,12 +172,18 @@ async fn c06_missing_or_malformed_parameters_are_named() {
         ("zone=z&appid=a&hostname=h&status=1&addrs=x://h:1", "env"),
         ("zone=z&env=dev&hostname=h&status=1&addrs=x://h:1", "appid"),
         ("zone=z&env=dev&appid=a&status=1&addrs=x://h:1", "hostname"),
-        ("zone=z&env=dev&appid=a&hostname=h&status=1&dirty_timestamp=x1&addrs=x://h:1", "dirty_timestamp"),
+        (
+            "zone=z&env=dev&appid=a&hostname=h&status=1&dirty_timestamp=x1&addrs=x://h:1",
+            "dirty_timestamp",
+        ),
     ] {
         let r = h.post("/discovery/register", form).await;
         assert_eq!(r.code(), -400, "{form}");
         let msg = r.json()["message"].as_str().unwrap().to_string();
-        assert!(msg.starts_with(&format!("invalid parameter '{name}'")), "{msg}");
+        assert!(
+            msg.starts_with(&format!("invalid parameter '{name}'")),
+            "{msg}"
+        );
     }
     let r = h
         .get("/discovery/polls?env=dev&hostname=c&appid=demo.svc&latest_timestamp=abc")
@@ -164,30 +196,61 @@ async fn c06_missing_or_malformed_parameters_are_named() {
 #[tokio::test]
 async fn c07_fetch_returns_all_14_fields_in_order_with_exact_ns() {
     let h = Harness::new();
-    h.register("sh001", "h1", "&metadata=%7B%22weight%22%3A%2210%22%7D&dirty_timestamp=9007199254740993")
-        .await;
+    h.register(
+        "sh001",
+        "h1",
+        "&metadata=%7B%22weight%22%3A%2210%22%7D&dirty_timestamp=9007199254740993",
+    )
+    .await;
     let r = h.fetch("status=1").await;
     let start = r.body.find(r#"{"region""#).unwrap();
     let ins = &r.body[start..];
     let keys = [
-        "region", "zone", "env", "appid", "hostname", "addrs", "version", "metadata", "status",
-        "reg_timestamp", "up_timestamp", "renew_timestamp", "dirty_timestamp", "latest_timestamp",
+        "region",
+        "zone",
+        "env",
+        "appid",
+        "hostname",
+        "addrs",
+        "version",
+        "metadata",
+        "status",
+        "reg_timestamp",
+        "up_timestamp",
+        "renew_timestamp",
+        "dirty_timestamp",
+        "latest_timestamp",
     ];
     let mut pos = 0;
     for k in keys {
-        let at = ins[pos..].find(&format!("\"{k}\":")).unwrap_or_else(|| panic!("{k} in {ins}"));
+        let at = ins[pos..]
+            .find(&format!("\"{k}\":"))
+            .unwrap_or_else(|| panic!("{k} in {ins}"));
         pos += at + 1;
     }
-    assert!(ins.contains(r#""dirty_timestamp":9007199254740993,"#), "{ins}");
+    assert!(
+        ins.contains(r#""dirty_timestamp":9007199254740993,"#),
+        "{ins}"
+    );
     assert!(r.body.starts_with(r#"{"code":0,"message":"0","ttl":1,"data":{"instances":{"sh001":[{"region":"sh","zone":"sh001","env":"dev","appid":"demo.svc","hostname":"h1","addrs":["grpc://h1:9000"],"version":"v1","metadata":{"weight":"10"},"status":1,"reg_timestamp":"#));
 }
 
 #[tokio::test]
 async fn c08_bad_status_or_no_addrs_is_refused_and_stores_nothing() {
     let h = Harness::new();
-    for extra in ["&status=0&addrs=x://h:1", "&status=3&addrs=x://h:1", "&addrs=x://h:1", "&status=1", "&status=-1&addrs=x://h:1", "&status=4294967297&addrs=x://h:1"] {
+    for extra in [
+        "&status=0&addrs=x://h:1",
+        "&status=3&addrs=x://h:1",
+        "&addrs=x://h:1",
+        "&status=1",
+        "&status=-1&addrs=x://h:1",
+        "&status=4294967297&addrs=x://h:1",
+    ] {
         let r = h
-            .post("/discovery/register", &format!("zone=z&env=dev&appid=a&hostname=h{extra}"))
+            .post(
+                "/discovery/register",
+                &format!("zone=z&env=dev&appid=a&hostname=h{extra}"),
+            )
             .await;
         assert_eq!(r.code(), -400, "{extra}: {}", r.body);
     }
@@ -198,11 +261,17 @@ async fn c08_bad_status_or_no_addrs_is_refused_and_stores_nothing() {
 async fn c09_invalid_metadata_is_a_bare_400() {
     let h = Harness::new();
     let r = h
-        .post("/discovery/register", "zone=z&env=dev&appid=a&hostname=h&status=1&addrs=x://h:1&metadata=bad")
+        .post(
+            "/discovery/register",
+            "zone=z&env=dev&appid=a&hostname=h&status=1&addrs=x://h:1&metadata=bad",
+        )
         .await;
     assert_eq!(r.body, r#"{"code":-400,"message":"-400","ttl":1}"#);
     let r = h
-        .post("/discovery/register", "zone=z&env=dev&appid=a&hostname=h&status=1&addrs=x://h:1&metadata=[1]")
+        .post(
+            "/discovery/register",
+            "zone=z&env=dev&appid=a&hostname=h&status=1&addrs=x://h:1&metadata=[1]",
+        )
         .await;
     assert_eq!(r.code(), -400);
     assert_eq!(h.api.registry().len(), 0);
@@ -211,8 +280,18 @@ async fn c09_invalid_metadata_is_a_bare_400() {
 #[tokio::test]
 async fn c10_metadata_values_are_stored_as_strings() {
     let h = Harness::new();
-    h.register("sh001", "h1", "&metadata=%7B%22weight%22%3A%2210%22%2C%22test%22%3A%22test%22%7D").await;
-    h.register("sh001", "h2", "&metadata=%7B%22weight%22%3A10%2C%22n%22%3Anull%7D").await;
+    h.register(
+        "sh001",
+        "h1",
+        "&metadata=%7B%22weight%22%3A%2210%22%2C%22test%22%3A%22test%22%7D",
+    )
+    .await;
+    h.register(
+        "sh001",
+        "h2",
+        "&metadata=%7B%22weight%22%3A10%2C%22n%22%3Anull%7D",
+    )
+    .await;
     h.register("sh001", "h3", "&metadata=null").await;
     let d = h.fetch("status=1").await.json()["data"]["instances"]["sh001"].clone();
     assert_eq!(d[0]["metadata"], json!({"test":"test","weight":"10"}));
@@ -269,12 +348,20 @@ async fn c14_renew_returns_the_instance_without_bumping() {
     let h = Harness::new();
     h.register("sh001", "h1", "").await;
     let before = h.latest().await;
-    let old = h.fetch("status=1").await.json()["data"]["instances"]["sh001"][0]["renew_timestamp"].as_i64().unwrap();
+    let old = h.fetch("status=1").await.json()["data"]["instances"]["sh001"][0]["renew_timestamp"]
+        .as_i64()
+        .unwrap();
     let r = h
-        .post("/discovery/renew", "zone=sh001&env=dev&appid=demo.svc&hostname=h1")
+        .post(
+            "/discovery/renew",
+            "zone=sh001&env=dev&appid=demo.svc&hostname=h1",
+        )
         .await;
     let j = r.json();
-    assert_eq!((j["code"].as_i64(), j["message"].as_str(), j["ttl"].as_i64()), (Some(0), Some("0"), Some(1)));
+    assert_eq!(
+        (j["code"].as_i64(), j["message"].as_str(), j["ttl"].as_i64()),
+        (Some(0), Some("0"), Some(1))
+    );
     assert_eq!(j["data"]["hostname"], "h1");
     assert!(j["data"]["renew_timestamp"].as_i64().unwrap() > old);
     assert_eq!(h.latest().await, before);
@@ -289,7 +376,10 @@ async fn c15_renew_of_unknown_is_404_with_null_data() {
         "zone=sh001&env=dev&appid=demo.svc&hostname=nope",
     ] {
         let r = h.post("/discovery/renew", form).await;
-        assert_eq!(r.body, r#"{"code":-404,"message":"-404","ttl":1,"data":null}"#);
+        assert_eq!(
+            r.body,
+            r#"{"code":-404,"message":"-404","ttl":1,"data":null}"#
+        );
     }
 }
 
@@ -298,7 +388,11 @@ async fn c16_peer_renew_arbitrates_by_dirty_timestamp() {
     let h = Harness::new();
     h.register("sh001", "h1", "&dirty_timestamp=1000").await;
     let base = "/discovery/renew";
-    let form = |d: i64| format!("zone=sh001&env=dev&appid=demo.svc&hostname=h1&replication=true&dirty_timestamp={d}");
+    let form = |d: i64| {
+        format!(
+            "zone=sh001&env=dev&appid=demo.svc&hostname=h1&replication=true&dirty_timestamp={d}"
+        )
+    };
     let r = h.post(base, &form(999)).await;
     assert_eq!(r.code(), -409);
     assert_eq!(r.json()["data"]["dirty_timestamp"], 1000);
@@ -308,7 +402,10 @@ async fn c16_peer_renew_arbitrates_by_dirty_timestamp() {
     assert_eq!(h.post(base, &form(1000)).await.code(), 0);
     // A client renew never arbitrates.
     let r = h
-        .post(base, "zone=sh001&env=dev&appid=demo.svc&hostname=h1&dirty_timestamp=1")
+        .post(
+            base,
+            "zone=sh001&env=dev&appid=demo.svc&hostname=h1&dirty_timestamp=1",
+        )
         .await;
     assert_eq!(r.code(), 0);
 }
@@ -334,7 +431,11 @@ async fn c18_cancelling_the_only_instance_of_a_zone_removes_the_zone() {
     let h = Harness::new();
     h.register("sh001", "h1", "").await;
     h.register("sh002", "h2", "").await;
-    h.post("/discovery/cancel", "zone=sh002&env=dev&appid=demo.svc&hostname=h2").await;
+    h.post(
+        "/discovery/cancel",
+        "zone=sh002&env=dev&appid=demo.svc&hostname=h2",
+    )
+    .await;
     let d = h.fetch("status=3").await.json()["data"]["instances"].clone();
     assert_eq!(d.as_object().unwrap().keys().collect::<Vec<_>>(), ["sh001"]);
 }
@@ -347,7 +448,9 @@ async fn c19_fetch_of_an_absent_zone() {
     let r = h.fetch("status=1&zone=sh009").await;
     assert_eq!(
         r.body,
-        format!(r#"{{"code":-404,"message":"-404","ttl":1,"data":{{"instances":{{}},"latest_timestamp":{latest}}}}}"#)
+        format!(
+            r#"{{"code":-404,"message":"-404","ttl":1,"data":{{"instances":{{}},"latest_timestamp":{latest}}}}}"#
+        )
     );
 }
 
@@ -367,7 +470,10 @@ async fn c20_status_mask_and_emptied_zones() {
     assert_eq!(wait["sh001"], json!([]));
     assert_eq!(wait["sh002"][0]["hostname"], "wait");
     let both = h.fetch("status=3").await.json()["data"]["instances"].clone();
-    assert_eq!(both["sh001"].as_array().unwrap().len() + both["sh002"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        both["sh001"].as_array().unwrap().len() + both["sh002"].as_array().unwrap().len(),
+        2
+    );
     let r = h.fetch("").await;
     assert_eq!(r.code(), -400);
     assert!(r.body.contains("'status'"));
@@ -376,7 +482,12 @@ async fn c20_status_mask_and_emptied_zones() {
 #[tokio::test]
 async fn c21_zones_and_hostnames_come_sorted() {
     let h = Harness::new();
-    for (z, host) in [("sh002", "b"), ("sh001", "c"), ("sh001", "a"), ("sh002", "a")] {
+    for (z, host) in [
+        ("sh002", "b"),
+        ("sh001", "c"),
+        ("sh001", "a"),
+        ("sh002", "a"),
+    ] {
         h.register(z, host, "").await;
     }
     let r = h.fetch("status=1").await;
@@ -384,7 +495,12 @@ async fn c21_zones_and_hostnames_come_sorted() {
     let zones: Vec<_> = d.as_object().unwrap().keys().cloned().collect();
     assert_eq!(zones, ["sh001", "sh002"]);
     assert!(r.body.find(r#""sh001""#) < r.body.find(r#""sh002""#));
-    let hosts: Vec<_> = d["sh001"].as_array().unwrap().iter().map(|i| i["hostname"].as_str().unwrap()).collect();
+    let hosts: Vec<_> = d["sh001"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["hostname"].as_str().unwrap())
+        .collect();
     assert_eq!(hosts, ["a", "c"]);
 }
 
@@ -392,12 +508,21 @@ async fn c21_zones_and_hostnames_come_sorted() {
 async fn c22_fetchs_omits_unknown_apps() {
     let h = Harness::new();
     h.register("sh001", "h1", "").await;
-    h.post("/discovery/register", "zone=sh001&env=dev&appid=other&hostname=o&status=1&addrs=x://o:1").await;
+    h.post(
+        "/discovery/register",
+        "zone=sh001&env=dev&appid=other&hostname=o&status=1&addrs=x://o:1",
+    )
+    .await;
     let r = h
         .get("/discovery/fetchs?env=dev&appid=demo.svc&appid=gone&appid=other&status=1")
         .await;
     assert_eq!(r.code(), 0);
-    let keys: Vec<_> = r.json()["data"].as_object().unwrap().keys().cloned().collect();
+    let keys: Vec<_> = r.json()["data"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
     assert_eq!(keys, ["demo.svc", "other"]);
     let r = h.get("/discovery/fetchs?env=dev&appid=gone&status=1").await;
     assert_eq!(r.body, r#"{"code":0,"message":"0","ttl":1,"data":{}}"#);
@@ -411,11 +536,18 @@ async fn c23_fetch_all_lists_every_env_zone_and_status() {
         r#"{"code":0,"message":"0","ttl":1,"data":{}}"#
     );
     h.register("sh001", "h1", "").await;
-    h.post("/discovery/register", "zone=sh002&env=prod&appid=demo.svc&hostname=p&status=2&addrs=x://p:1").await;
+    h.post(
+        "/discovery/register",
+        "zone=sh002&env=prod&appid=demo.svc&hostname=p&status=2&addrs=x://p:1",
+    )
+    .await;
     let d = h.get("/discovery/fetch/all").await.json()["data"].clone();
     let list = d["demo.svc"].as_array().unwrap();
     assert_eq!(list.len(), 2);
-    assert_eq!((list[0]["env"].as_str(), list[1]["env"].as_str()), (Some("dev"), Some("prod")));
+    assert_eq!(
+        (list[0]["env"].as_str(), list[1]["env"].as_str()),
+        (Some("dev"), Some("prod"))
+    );
 }
 
 #[tokio::test]
@@ -429,7 +561,9 @@ async fn c24_no_scheduler_no_key() {
 async fn c24_a_scheduler_is_served_with_fetch_and_polls() {
     let h = Harness::new();
     h.register("sh001", "h1", "").await;
-    let s = naming::Scheduler::from_json(r#"{"clients":{"sh001":{"zones":{"sh001":{"weight":3}}}}}"#).unwrap();
+    let s =
+        naming::Scheduler::from_json(r#"{"clients":{"sh001":{"zones":{"sh001":{"weight":3}}}}}"#)
+            .unwrap();
     h.api.registry().set_scheduler(
         &discovery_server::registry::AppKey::new("dev", "demo.svc"),
         Some(s),
@@ -437,9 +571,16 @@ async fn c24_a_scheduler_is_served_with_fetch_and_polls() {
     );
     let r = h.fetch("status=1").await;
     assert!(r.body.contains(r#""scheduler":{"clients":{"sh001":{"zones":{"sh001":{"weight":3}}}},"remark":""},"latest_timestamp""#), "{}", r.body);
-    let r = h.get("/discovery/polls?env=dev&hostname=c&appid=demo.svc&latest_timestamp=0").await;
+    let r = h
+        .get("/discovery/polls?env=dev&hostname=c&appid=demo.svc&latest_timestamp=0")
+        .await;
     assert!(r.body.contains(r#""scheduler":{"clients""#));
-    assert!(!h.get("/discovery/fetch/all").await.body.contains("scheduler"));
+    assert!(
+        !h.get("/discovery/fetch/all")
+            .await
+            .body
+            .contains("scheduler")
+    );
 }
 
 #[tokio::test]
@@ -449,10 +590,27 @@ async fn c25_c26_polls_at_zero_answers_at_once_in_map_shape() {
     let r = h
         .get("/discovery/polls?env=dev&hostname=c&appid=demo.svc&appid=gone&appid=gone2&latest_timestamp=0&latest_timestamp=0&latest_timestamp=0")
         .await;
-    assert!(r.body.starts_with(r#"{"code":0,"data":{"demo.svc":{"instances":{"sh001":[{"#), "{}", r.body);
-    assert!(r.body.ends_with(r#"},"error":{"-404":["gone","gone2"]},"message":"0"}"#), "{}", r.body);
-    let r = h.get("/discovery/polls?env=dev&hostname=c&appid=demo.svc&latest_timestamp=0").await;
-    assert!(r.body.ends_with(r#"},"error":{"-404":null},"message":"0"}"#), "{}", r.body);
+    assert!(
+        r.body
+            .starts_with(r#"{"code":0,"data":{"demo.svc":{"instances":{"sh001":[{"#),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body
+            .ends_with(r#"},"error":{"-404":["gone","gone2"]},"message":"0"}"#),
+        "{}",
+        r.body
+    );
+    let r = h
+        .get("/discovery/polls?env=dev&hostname=c&appid=demo.svc&latest_timestamp=0")
+        .await;
+    assert!(
+        r.body
+            .ends_with(r#"},"error":{"-404":null},"message":"0"}"#),
+        "{}",
+        r.body
+    );
 }
 
 #[tokio::test]
@@ -462,7 +620,9 @@ async fn c27_polls_with_mismatched_timestamps_or_no_hostname() {
         .get("/discovery/polls?env=dev&hostname=c&appid=a&appid=b&latest_timestamp=0")
         .await;
     assert_eq!(r.body, r#"{"code":-400,"message":"-400","ttl":1}"#);
-    let r = h.get("/discovery/polls?env=dev&appid=a&latest_timestamp=0").await;
+    let r = h
+        .get("/discovery/polls?env=dev&appid=a&latest_timestamp=0")
+        .await;
     assert_eq!(r.code(), -400);
     assert!(r.body.contains("'hostname'"));
 }
@@ -474,7 +634,9 @@ async fn c29_no_header_holds_30s_under_a_40s_timeout() {
     let latest = h.latest().await;
     let start = tokio::time::Instant::now();
     let r = h
-        .get(&format!("/discovery/polls?env=dev&hostname=c&appid=demo.svc&latest_timestamp={latest}"))
+        .get(&format!(
+            "/discovery/polls?env=dev&hostname=c&appid=demo.svc&latest_timestamp={latest}"
+        ))
         .await;
     assert_eq!(r.body, r#"{"code":-304,"message":"-304","ttl":1}"#);
     assert_eq!(start.elapsed().as_secs(), 30);
@@ -485,8 +647,16 @@ async fn c28_header_shortens_the_hold() {
     let h = Harness::new();
     h.register("sh001", "h1", "").await;
     let latest = h.latest().await;
-    let uri = format!("/discovery/polls?env=dev&hostname=c&appid=demo.svc&latest_timestamp={latest}");
-    for (header, expect_ms) in [("1020", 1000), ("2000", 1980), ("15", 15), ("40000", 30_000), ("abc", 30_000), ("-5", 30_000)] {
+    let uri =
+        format!("/discovery/polls?env=dev&hostname=c&appid=demo.svc&latest_timestamp={latest}");
+    for (header, expect_ms) in [
+        ("1020", 1000),
+        ("2000", 1980),
+        ("15", 15),
+        ("40000", 30_000),
+        ("abc", 30_000),
+        ("-5", 30_000),
+    ] {
         let start = tokio::time::Instant::now();
         let r = h
             .send(
@@ -506,7 +676,8 @@ async fn c28_server_timeout_and_write_timeout_cap_the_hold() {
     let h = Harness::from_toml("[httpServer]\ntimeout = \"1s\"\n");
     h.register("sh001", "h1", "").await;
     let latest = h.latest().await;
-    let uri = format!("/discovery/poll?env=dev&hostname=c&appid=demo.svc&latest_timestamp={latest}");
+    let uri =
+        format!("/discovery/poll?env=dev&hostname=c&appid=demo.svc&latest_timestamp={latest}");
     let start = tokio::time::Instant::now();
     assert_eq!(h.get(&uri).await.code(), -304);
     assert_eq!(start.elapsed().as_millis(), 1000);
@@ -514,7 +685,8 @@ async fn c28_server_timeout_and_write_timeout_cap_the_hold() {
     let h = Harness::from_toml("[httpServer]\nwriteTimeout = \"5s\"\n");
     h.register("sh001", "h1", "").await;
     let latest = h.latest().await;
-    let uri = format!("/discovery/poll?env=dev&hostname=c&appid=demo.svc&latest_timestamp={latest}");
+    let uri =
+        format!("/discovery/poll?env=dev&hostname=c&appid=demo.svc&latest_timestamp={latest}");
     let start = tokio::time::Instant::now();
     assert_eq!(h.get(&uri).await.code(), -304);
     assert_eq!(start.elapsed().as_millis(), 4000);
@@ -537,7 +709,11 @@ async fn c36_c37_all_waiting_app_answers_at_hold_end_with_no_up_instances() {
                 .unwrap(),
         )
         .await;
-    assert_eq!(start.elapsed().as_millis(), 1000, "held, not answered at once");
+    assert_eq!(
+        start.elapsed().as_millis(),
+        1000,
+        "held, not answered at once"
+    );
     let j = r.json();
     assert_eq!(j["code"], 0);
     assert_eq!(j["data"]["demo.svc"]["instances"]["sh001"], json!([]));
@@ -547,20 +723,29 @@ async fn c36_c37_all_waiting_app_answers_at_hold_end_with_no_up_instances() {
 #[tokio::test]
 async fn c38_c39_poll_envelope_and_miss() {
     let h = Harness::new();
-    let r = h.get("/discovery/poll?env=dev&hostname=c&appid=gone&latest_timestamp=0").await;
+    let r = h
+        .get("/discovery/poll?env=dev&hostname=c&appid=gone&latest_timestamp=0")
+        .await;
     assert_eq!(r.body, r#"{"code":-404,"message":"gone not found"}"#);
     h.register("sh001", "h1", "").await;
     let r = h
         .get("/discovery/poll?env=dev&hostname=c&appid=demo.svc&appid=ignored&latest_timestamp=0&latest_timestamp=0")
         .await;
-    assert!(r.body.starts_with(r#"{"code":0,"message":"0","ttl":1,"data":{"instances":{"sh001":[{"#), "{}", r.body);
+    assert!(
+        r.body
+            .starts_with(r#"{"code":0,"message":"0","ttl":1,"data":{"instances":{"sh001":[{"#),
+        "{}",
+        r.body
+    );
 }
 
 #[tokio::test]
 async fn c40_set_status_and_up_timestamp() {
     let h = Harness::new();
     h.register("sh001", "h1", "").await;
-    let set = |s: &str| format!("zone=sh001&env=dev&appid=demo.svc&hostname=h1&status={s}&set_timestamp=1234");
+    let set = |s: &str| {
+        format!("zone=sh001&env=dev&appid=demo.svc&hostname=h1&status={s}&set_timestamp=1234")
+    };
     assert_eq!(h.post("/discovery/set", &set("2")).await.code(), 0);
     let w = h.fetch("status=2").await.json()["data"]["instances"]["sh001"].clone();
     assert_eq!(w[0]["hostname"], "h1");
@@ -572,9 +757,13 @@ async fn c40_set_status_and_up_timestamp() {
 #[tokio::test]
 async fn c41_set_metadata_merges() {
     let h = Harness::new();
-    h.register("sh001", "h1", "&metadata=%7B%22weight%22%3A%2210%22%7D").await;
+    h.register("sh001", "h1", "&metadata=%7B%22weight%22%3A%2210%22%7D")
+        .await;
     let r = h
-        .post("/discovery/set", "zone=sh001&env=dev&appid=demo.svc&hostname=h1&metadata=%7B%22a%22%3A%221%22%7D")
+        .post(
+            "/discovery/set",
+            "zone=sh001&env=dev&appid=demo.svc&hostname=h1&metadata=%7B%22a%22%3A%221%22%7D",
+        )
         .await;
     assert_eq!(r.code(), 0);
     let md = h.fetch("status=1").await.json()["data"]["instances"]["sh001"][0]["metadata"].clone();
@@ -587,11 +776,17 @@ async fn c42_set_with_an_unknown_hostname_changes_nothing() {
     h.register("sh001", "h1", "").await;
     let before = h.latest().await;
     let r = h
-        .post("/discovery/set", "zone=sh001&env=dev&appid=demo.svc&hostname=h1&hostname=ghost&status=2&status=2")
+        .post(
+            "/discovery/set",
+            "zone=sh001&env=dev&appid=demo.svc&hostname=h1&hostname=ghost&status=2&status=2",
+        )
         .await;
     assert_eq!(r.code(), -400);
     assert!(r.body.contains("ghost"), "{}", r.body);
-    assert_eq!(h.fetch("status=1").await.json()["data"]["instances"]["sh001"][0]["status"], 1);
+    assert_eq!(
+        h.fetch("status=1").await.json()["data"]["instances"]["sh001"][0]["status"],
+        1
+    );
     assert_eq!(h.latest().await, before);
 }
 
@@ -607,7 +802,10 @@ async fn c43_set_argument_errors() {
         "hostname=a&metadata=%5B%5D",
     ] {
         let r = h
-            .post("/discovery/set", &format!("zone=sh001&env=dev&appid=demo.svc&{form}"))
+            .post(
+                "/discovery/set",
+                &format!("zone=sh001&env=dev&appid=demo.svc&{form}"),
+            )
             .await;
         assert_eq!(r.code(), -400, "{form}: {}", r.body);
     }
@@ -617,9 +815,19 @@ async fn c43_set_argument_errors() {
 async fn c44_set_stamps_dirty_and_latest() {
     let h = Harness::new();
     h.register("sh001", "h1", "").await;
-    h.post("/discovery/set", "zone=sh001&env=dev&appid=demo.svc&hostname=h1&status=1&set_timestamp=4242").await;
+    h.post(
+        "/discovery/set",
+        "zone=sh001&env=dev&appid=demo.svc&hostname=h1&status=1&set_timestamp=4242",
+    )
+    .await;
     let i = h.fetch("status=1").await.json()["data"]["instances"]["sh001"][0].clone();
-    assert_eq!((i["dirty_timestamp"].as_i64(), i["latest_timestamp"].as_i64()), (Some(4242), Some(4242)));
+    assert_eq!(
+        (
+            i["dirty_timestamp"].as_i64(),
+            i["latest_timestamp"].as_i64()
+        ),
+        (Some(4242), Some(4242))
+    );
 }
 
 #[tokio::test]
@@ -648,27 +856,45 @@ async fn c49_init_protect_gates_reads_but_not_writes() {
         "/discovery/nodes",
     ] {
         let r = h.get(uri).await;
-        assert_eq!((r.status, r.body.as_str()), (200, r#"{"code":-500,"message":"-500","ttl":1}"#), "{uri}");
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, r#"{"code":-500,"message":"-500","ttl":1}"#),
+            "{uri}"
+        );
     }
     assert_eq!(h.get("/readyz").await.status, 503);
     assert_eq!(h.get("/healthz").await.status, 200);
     h.api.set_phase(discovery_server::api::Phase::Syncing);
-    assert_eq!(h.get("/discovery/fetch/all").await.code(), 0, "sync peers may read");
+    assert_eq!(
+        h.get("/discovery/fetch/all").await.code(),
+        0,
+        "sync peers may read"
+    );
     assert_eq!(h.fetch("status=1").await.code(), -500);
 }
 
 #[tokio::test]
 async fn limits_are_enforced_and_named() {
-    let h = Harness::from_toml("[limits]\nmax_addrs = 2\nmax_field_len = 8\nmax_appids_per_poll = 2\nmax_body_bytes = 512\nmax_metadata_keys = 1\n");
+    let h = Harness::from_toml(
+        "[limits]\nmax_addrs = 2\nmax_field_len = 8\nmax_appids_per_poll = 2\nmax_body_bytes = 512\nmax_metadata_keys = 1\n",
+    );
     let r = h
-        .post("/discovery/register", "zone=z&env=dev&appid=a&hostname=h&status=1&addrs=x://a:1&addrs=x://b:1&addrs=x://c:1")
+        .post(
+            "/discovery/register",
+            "zone=z&env=dev&appid=a&hostname=h&status=1&addrs=x://a:1&addrs=x://b:1&addrs=x://c:1",
+        )
         .await;
     assert!(r.body.contains("limits.max_addrs"), "{}", r.body);
     let r = h
-        .post("/discovery/register", "zone=z&env=dev&appid=a&hostname=waytoolonghost&status=1&addrs=x://a:1")
+        .post(
+            "/discovery/register",
+            "zone=z&env=dev&appid=a&hostname=waytoolonghost&status=1&addrs=x://a:1",
+        )
         .await;
     assert!(r.body.contains("limits.max_field_len"), "{}", r.body);
-    let r = h.get("/discovery/fetchs?env=dev&appid=a&appid=b&appid=c&status=1").await;
+    let r = h
+        .get("/discovery/fetchs?env=dev&appid=a&appid=b&appid=c&status=1")
+        .await;
     assert!(r.body.contains("limits.max_appids_per_poll"), "{}", r.body);
     let r = h.post("/discovery/register", &"x=".repeat(400)).await;
     assert!(r.body.contains("limits.max_body_bytes"), "{}", r.body);

@@ -110,7 +110,11 @@ impl Node {
 async fn parked(n: &ServerHandle, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while n.registry().parked_polls() != count {
-        assert!(Instant::now() < deadline, "parked {} != {count}", n.registry().parked_polls());
+        assert!(
+            Instant::now() < deadline,
+            "parked {} != {count}",
+            n.registry().parked_polls()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -130,7 +134,13 @@ async fn c30_register_during_a_hold_answers_at_once() {
     println!("wake-up delay: {delay:?}");
     assert!(delay < Duration::from_secs(1), "{delay:?}");
     assert_eq!(v["code"], 0);
-    assert_eq!(v["data"]["a"]["instances"]["sh001"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        v["data"]["a"]["instances"]["sh001"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     s.shutdown().await;
 }
 
@@ -182,7 +192,11 @@ async fn c33_c34_cancelling_the_last_instance_pushes_an_empty_app() {
     let t = n.latest("a").await;
     let poll = n.polls("c", &[("a", t)], 30_000);
     parked(&s, 1).await;
-    n.post("/discovery/cancel", "zone=sh001&env=dev&appid=a&hostname=h1").await;
+    n.post(
+        "/discovery/cancel",
+        "zone=sh001&env=dev&appid=a&hostname=h1",
+    )
+    .await;
     let (v, _) = poll.await.unwrap();
     assert_eq!(v["code"], 0);
     assert_eq!(v["data"]["a"]["instances"], serde_json::json!({}));
@@ -203,9 +217,16 @@ async fn c35_set_wakes_pollers_and_old_timestamps_answer_at_once() {
     let t = n.latest("a").await;
     let poll = n.polls("c", &[("a", t)], 30_000);
     parked(&s, 1).await;
-    n.post("/discovery/set", "zone=sh001&env=dev&appid=a&hostname=h1&metadata=%7B%22x%22%3A%221%22%7D").await;
+    n.post(
+        "/discovery/set",
+        "zone=sh001&env=dev&appid=a&hostname=h1&metadata=%7B%22x%22%3A%221%22%7D",
+    )
+    .await;
     let (v, _) = poll.await.unwrap();
-    assert_eq!(v["data"]["a"]["instances"]["sh001"][0]["metadata"]["x"], "1");
+    assert_eq!(
+        v["data"]["a"]["instances"]["sh001"][0]["metadata"]["x"],
+        "1"
+    );
     let (v, took) = n.polls("c", &[("a", t)], 30_000).await.unwrap();
     assert_eq!(v["code"], 0);
     assert!(took < Duration::from_secs(5));
@@ -276,10 +297,26 @@ async fn poll_of_an_app_removed_while_held_is_answered() {
     let n = Node::new(&s);
     n.register("a", "h1").await;
     let t = n.latest("a").await;
-    let url = format!("{}/discovery/poll?env=dev&hostname=c&appid=a&latest_timestamp={t}", n.base);
-    let held = tokio::spawn(async move { client().get(url).send().await.unwrap().json::<Value>().await.unwrap() });
+    let url = format!(
+        "{}/discovery/poll?env=dev&hostname=c&appid=a&latest_timestamp={t}",
+        n.base
+    );
+    let held = tokio::spawn(async move {
+        client()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    });
     parked(&s, 1).await;
-    n.post("/discovery/cancel", "zone=sh001&env=dev&appid=a&hostname=h1").await;
+    n.post(
+        "/discovery/cancel",
+        "zone=sh001&env=dev&appid=a&hostname=h1",
+    )
+    .await;
     let v = held.await.unwrap();
     assert_eq!(v["code"], 0);
     assert_eq!(v["data"]["instances"], serde_json::json!({}));

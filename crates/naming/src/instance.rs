@@ -243,7 +243,11 @@ mod tests {
         let json = WIRE.replace("1700000000000000000,\"dirty", "9007199254740993,\"dirty");
         let ins: Instance = serde_json::from_str(&json).unwrap();
         assert_eq!(ins.renew_timestamp, 9_007_199_254_740_993);
-        assert!(serde_json::to_string(&ins).unwrap().contains("9007199254740993"));
+        assert!(
+            serde_json::to_string(&ins)
+                .unwrap()
+                .contains("9007199254740993")
+        );
     }
 
     #[test]

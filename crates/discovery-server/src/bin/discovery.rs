@@ -48,7 +48,14 @@ struct Cli {
 
 /// Flags of the Go original that we accept and ignore; the bool ones take no
 /// value.
-const IGNORED_VALUE_FLAGS: &[&str] = &["appid", "deploy.color", "discovery.nodes", "http", "http.perf", "trace"];
+const IGNORED_VALUE_FLAGS: &[&str] = &[
+    "appid",
+    "deploy.color",
+    "discovery.nodes",
+    "http",
+    "http.perf",
+    "trace",
+];
 
 /// Turns the Go original's single-dash flags into clap's double-dash ones
 /// and drops the flags we ignore.
@@ -69,7 +76,8 @@ fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
         };
         let name = long[2..].split('=').next().unwrap_or("").to_string();
         let known_log = matches!(name.as_str(), "log.v" | "log.stdout" | "log.dir");
-        if IGNORED_VALUE_FLAGS.contains(&name.as_str()) || (name.starts_with("log.") && !known_log) {
+        if IGNORED_VALUE_FLAGS.contains(&name.as_str()) || (name.starts_with("log.") && !known_log)
+        {
             if !long.contains('=') && !name.starts_with("log.") {
                 iter.next();
             }
@@ -85,7 +93,11 @@ fn init_logs(cfg: &Config, cli: &Cli) {
     let verbose = cli.log_v.unwrap_or(cfg.log.v) > 0;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(if verbose { "debug" } else { "info" }));
-    let builder = fmt().with_env_filter(filter).with_target(false);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi);
     if cfg.log.json {
         builder.json().init();
     } else {
@@ -108,7 +120,15 @@ async fn wait_for_signal() -> anyhow::Result<&'static str> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let (mut cfg, warnings) = match &cli.conf {
         Some(path) => Config::load(path)?,
-        None => (Config::default(), Vec::new()),
+        None => {
+            let mut cfg = Config::default();
+            if cli.listen.is_some() {
+                // The default's static node is its default address; a node
+                // moved elsewhere by --listen is alone.
+                cfg.nodes.clear();
+            }
+            (cfg, Vec::new())
+        }
     };
     cfg.fill_env(
         &EnvFlags {
@@ -159,7 +179,10 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("discovery: cannot start the runtime: {e}");
@@ -186,14 +209,29 @@ mod tests {
     #[test]
     fn go_style_flags_are_accepted() {
         assert_eq!(
-            norm(&["discovery", "-conf", "a.toml", "-deploy.env=uat", "-appid", "x", "-log.stdout"]),
-            ["discovery", "--conf", "a.toml", "--deploy.env=uat", "--log.stdout"]
+            norm(&[
+                "discovery",
+                "-conf",
+                "a.toml",
+                "-deploy.env=uat",
+                "-appid",
+                "x",
+                "-log.stdout"
+            ]),
+            [
+                "discovery",
+                "--conf",
+                "a.toml",
+                "--deploy.env=uat",
+                "--log.stdout"
+            ]
         );
         assert_eq!(
             norm(&["d", "-log.module", "-http.perf=tcp://x", "--conf=b"]),
             ["d", "--conf=b"]
         );
-        let cli = Cli::try_parse_from(norm(&["discovery", "-conf", "x.toml", "-zone", "sh1"])).unwrap();
+        let cli =
+            Cli::try_parse_from(norm(&["discovery", "-conf", "x.toml", "-zone", "sh1"])).unwrap();
         assert_eq!(cli.conf, Some(PathBuf::from("x.toml")));
         assert_eq!(cli.zone.as_deref(), Some("sh1"));
     }

@@ -647,7 +647,9 @@ impl Registry {
                 .extend(app.zones.values().flat_map(|z| z.values().cloned()));
         }
         for list in out.values_mut() {
-            list.sort_by(|a, b| (&a.env, &a.zone, &a.hostname).cmp(&(&b.env, &b.zone, &b.hostname)));
+            list.sort_by(|a, b| {
+                (&a.env, &a.zone, &a.hostname).cmp(&(&b.env, &b.zone, &b.hostname))
+            });
         }
         out
     }

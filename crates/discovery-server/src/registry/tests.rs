@@ -60,7 +60,13 @@ fn new_copy_gets_now_then_overrides() {
     assert!(out.is_new && out.applied);
     let i = out.instance;
     assert_eq!(
-        (i.reg_timestamp, i.up_timestamp, i.renew_timestamp, i.dirty_timestamp, i.latest_timestamp),
+        (
+            i.reg_timestamp,
+            i.up_timestamp,
+            i.renew_timestamp,
+            i.dirty_timestamp,
+            i.latest_timestamp
+        ),
         (6, T0, T0, 5, T0)
     );
 }
@@ -124,10 +130,19 @@ fn renew_does_not_bump_and_peer_answers_arbitrate() {
     };
     assert_eq!(i.renew_timestamp, T0 + SEC);
     assert_eq!(info(&reg, None, 3).latest_timestamp, latest);
-    assert!(matches!(reg.renew(&k, Some(T0 + 5), T0), Renewed::PeerNewer(_)));
-    assert!(matches!(reg.renew(&k, Some(T0 - 5), T0), Renewed::PeerOlder(_)));
+    assert!(matches!(
+        reg.renew(&k, Some(T0 + 5), T0),
+        Renewed::PeerNewer(_)
+    ));
+    assert!(matches!(
+        reg.renew(&k, Some(T0 - 5), T0),
+        Renewed::PeerOlder(_)
+    ));
     assert!(matches!(reg.renew(&k, Some(T0), T0), Renewed::Ok(_)));
-    assert_eq!(reg.renew(&key("sh001", "nope"), None, T0), Renewed::NotFound);
+    assert_eq!(
+        reg.renew(&key("sh001", "nope"), None, T0),
+        Renewed::NotFound
+    );
     assert_eq!(
         reg.renew(&InstanceKey::new("dev", "x", "sh001", "h1"), None, T0),
         Renewed::NotFound
@@ -194,7 +209,10 @@ fn set_is_atomic_and_stamps() {
         metadata: vec![],
         set_timestamp: T0 + 7,
     };
-    assert_eq!(reg.set(&req, T0 + 1), Err(SetError::NotFound("ghost".into())));
+    assert_eq!(
+        reg.set(&req, T0 + 1),
+        Err(SetError::NotFound("ghost".into()))
+    );
     assert_eq!(reg.get(&key("sh001", "a")).unwrap().status, Status::Up);
 
     req.hostnames = vec!["a".into()];
@@ -243,7 +261,11 @@ fn one_tick_evicts_at_most_fifteen_percent() {
             ..short()
         });
         for h in 0..size {
-            reg.register(ins("sh001", &format!("h{h}")), RegisterOptions::default(), T0);
+            reg.register(
+                ins("sh001", &format!("h{h}")),
+                RegisterOptions::default(),
+                T0,
+            );
         }
         let r = reg.tick(T0 + 10 * SEC, &mut rng());
         assert_eq!(r.evicted.len(), cap, "size {size}");
@@ -255,7 +277,11 @@ fn one_tick_evicts_at_most_fifteen_percent() {
 fn protection_suspends_eviction_until_renews_return() {
     let reg = Registry::new(short());
     for h in 0..10 {
-        reg.register(ins("sh001", &format!("h{h}")), RegisterOptions::default(), T0);
+        reg.register(
+            ins("sh001", &format!("h{h}")),
+            RegisterOptions::default(),
+            T0,
+        );
     }
     // E = 20, T = 17; no renews in the previous tick → protected.
     let r = reg.tick(T0 + 10 * SEC, &mut rng());
@@ -317,9 +343,15 @@ fn poll_states() {
     let mut w = ins("sh001", "h1");
     w.status = Status::Waiting;
     reg.register(w, RegisterOptions::default(), T0);
-    assert!(matches!(reg.poll_state(&app, None, 0, T0), PollState::NewerEmpty(_)));
+    assert!(matches!(
+        reg.poll_state(&app, None, 0, T0),
+        PollState::NewerEmpty(_)
+    ));
     assert_eq!(reg.poll_state(&app, None, T0, T0), PollState::Current);
-    assert_eq!(reg.poll_state(&app, Some("sh002"), 0, T0), PollState::Missing);
+    assert_eq!(
+        reg.poll_state(&app, Some("sh002"), 0, T0),
+        PollState::Missing
+    );
     reg.register(ins("sh001", "h2"), RegisterOptions::default(), T0);
     let PollState::Newer(json) = reg.poll_state(&app, None, T0, T0) else {
         panic!()

@@ -76,7 +76,8 @@ impl Harness {
     }
 
     pub async fn get(&self, uri: &str) -> Resp {
-        self.send(Request::get(uri).body(Body::empty()).unwrap()).await
+        self.send(Request::get(uri).body(Body::empty()).unwrap())
+            .await
     }
 
     /// Registers `demo.svc` host `host` in `zone`, env dev, status UP.
@@ -92,7 +93,8 @@ impl Harness {
     }
 
     pub async fn fetch(&self, query: &str) -> Resp {
-        self.get(&format!("/discovery/fetch?env=dev&appid=demo.svc&{query}")).await
+        self.get(&format!("/discovery/fetch?env=dev&appid=demo.svc&{query}"))
+            .await
     }
 
     /// The app's `latest_timestamp` as fetched.
