@@ -700,7 +700,7 @@ impl Registry {
 
         let retention = nanos(self.params.tombstone_retention);
         self.apps
-            .retain(|_, app| !(app.zones.is_empty() && !app.is_live_tombstone(now, retention)));
+            .retain(|_, app| !app.zones.is_empty() || app.is_live_tombstone(now, retention));
 
         let reset_every = nanos(self.params.expected_reset_interval);
         let last = self.last_reset.load(Ordering::Relaxed);
