@@ -24,9 +24,10 @@ use tracing::{info, warn};
 
 use crate::{
     api::{self, Api, Clock, Members, NodeIdentity, NodeStatus, Phase},
+    cluster::Cluster,
     config::{Config, load_schedulers},
     registry::{InstanceKey, RegisterOptions, Registry, Renewed},
-    replication::{Op, Origin, Replicator, Standalone},
+    replication::{Op, Origin, Replicator},
 };
 
 /// Why a node could not start.
@@ -80,6 +81,7 @@ impl Members for StaticMembers {
 pub struct ServerHandle {
     addr: SocketAddr,
     api: Arc<Api>,
+    cluster: Arc<Cluster>,
     shutdown_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     serve: JoinHandle<()>,
@@ -101,22 +103,54 @@ impl ServerHandle {
         self.api.registry()
     }
 
-    /// Graceful shutdown: stop taking part (cancel our own record only),
-    /// answer held polls with `-304`, finish in-flight requests, stop.
+    /// Membership and replication.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// The advertised `host:port`.
+    pub fn advertise(&self) -> &str {
+        &self.api.node.advertise
+    }
+
+    /// Resolves once the node serves reads (start-up sync and init-protect
+    /// are over).
+    pub async fn wait_ready(&self) {
+        while self.api.phase() != Phase::Serving {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Graceful shutdown: stop taking part (cancel our own record only,
+    /// replicated), answer held polls with `-304`, flush replication queues,
+    /// finish in-flight requests, stop.
     pub async fn shutdown(self) {
         self.api.set_phase(Phase::Draining);
         for t in &self.tasks {
             t.abort();
         }
-        cancel_self(&self.api).await;
+        cancel_self(&self.api, self.cluster.as_ref()).await;
         let _ = self.shutdown_tx.send(true);
         let drain = self.api.config.cluster.drain_timeout;
+        self.cluster.drain(drain).await;
+        self.cluster.stop();
         let mut serve = self.serve;
         if tokio::time::timeout(drain, &mut serve).await.is_err() {
             warn!("connections still open after {drain:?}; closing them");
             serve.abort();
         }
         info!(addr = %self.addr, "stopped");
+    }
+
+    /// Stops abruptly, as a crash would: nothing is cancelled or flushed,
+    /// connections are dropped. For tests of failure handling.
+    pub fn kill(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.cluster.stop();
+        let _ = self.shutdown_tx.send(true);
+        self.serve.abort();
     }
 }
 
@@ -168,24 +202,19 @@ async fn register_self(api: &Api, replicator: &dyn Replicator) {
         .await;
 }
 
-async fn cancel_self(api: &Api) {
+async fn cancel_self(api: &Api, replicator: &dyn Replicator) {
     let key = InstanceKey::of(&self_instance(api));
-    if api.registry.cancel(&key, api.clock.now()).is_some() {
+    let now = api.clock.now();
+    if let Some(gone) = api.registry.cancel(&key, now) {
         info!(appid = DISCOVERY_APPID, host = %key.hostname, "cancelled own record");
+        replicator
+            .replicate(Op::Cancel(gone, now), Origin::Client)
+            .await;
     }
 }
 
 /// Starts a node. `listen` overrides `httpServer.addr` (port 0 allowed).
-pub async fn start(config: Config, listen: Option<SocketAddr>) -> Result<ServerHandle, StartError> {
-    start_with(config, listen, Arc::new(Standalone)).await
-}
-
-/// Starts a node with a given replicator.
-pub async fn start_with(
-    config: Config,
-    listen: Option<SocketAddr>,
-    replicator: Arc<dyn Replicator>,
-) -> Result<ServerHandle, StartError> {
+pub async fn start(mut config: Config, listen: Option<SocketAddr>) -> Result<ServerHandle, StartError> {
     let addr = match listen {
         Some(a) => a,
         None => config
@@ -197,14 +226,30 @@ pub async fn start_with(
                 reason: e.to_string(),
             })?,
     };
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: addr.to_string(),
-            source,
-        })?;
-    let bound = listener.local_addr().map_err(|source| StartError::Bind {
+    let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
         addr: addr.to_string(),
+        source,
+    })?;
+    if listen.is_some() {
+        // `nodes` lists this node by its configured address; it now lives
+        // where `listen` put it.
+        if let Ok(bound) = listener.local_addr() {
+            let configured = config.http_server.addr.clone();
+            for n in &mut config.nodes {
+                if *n == configured {
+                    *n = bound.to_string();
+                }
+            }
+        }
+    }
+    start_on(config, listener).await
+}
+
+/// Starts a node on a bound listener, so that the addresses of a whole
+/// topology are known before any node starts.
+pub async fn start_on(config: Config, listener: TcpListener) -> Result<ServerHandle, StartError> {
+    let bound = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.http_server.addr.clone(),
         source,
     })?;
     let advertise = advertised(&config, bound);
@@ -217,13 +262,11 @@ pub async fn start_with(
     for (key, s) in &config.schedulers {
         registry.set_scheduler(key, Some(s.clone()), clock.now());
     }
-    let members = Arc::new(StaticMembers {
-        own: advertise.clone(),
-        zone: config.env.zone.clone(),
-        nodes: config.nodes.clone(),
-    });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let config = Arc::new(config);
+    let cluster = Cluster::new(Arc::clone(&config), Arc::clone(&registry), clock, node.clone());
+    let replicator: Arc<dyn Replicator> = cluster.clone();
+    let members: Arc<dyn Members> = cluster.clone();
     let api = Arc::new(Api::new(
         registry,
         Arc::clone(&config),
@@ -233,13 +276,17 @@ pub async fn start_with(
         Arc::clone(&replicator),
         members,
     ));
-    if config.enable_protect {
-        api.set_phase(Phase::Protected);
-    }
+    let has_peers = !config.nodes.iter().all(|n| *n == advertise) || !config.zones.is_empty();
+    api.set_phase(if config.enable_protect {
+        Phase::Protected
+    } else if has_peers {
+        Phase::Syncing
+    } else {
+        Phase::Serving
+    });
 
-    // Our own record exists before anyone can learn our address from the
-    // log line below.
-    register_self(&api, replicator.as_ref()).await;
+    // The listener serves before the sync, so that nodes started together
+    // can sync from each other.
     let app = api::router(Arc::clone(&api));
     let mut down = shutdown_rx.clone();
     let serve = tokio::spawn(async move {
@@ -253,6 +300,10 @@ pub async fn start_with(
             warn!("server error: {e}");
         }
     });
+    cluster.start();
+    // Our own record exists before anyone can learn our address from the
+    // log line below.
+    register_self(&api, replicator.as_ref()).await;
     info!(
         addr = %bound,
         advertise = %advertise,
@@ -261,34 +312,33 @@ pub async fn start_with(
         "discovery listening on {bound}"
     );
 
-    let mut tasks = vec![
+    let tasks = vec![
         tokio::spawn(evict_loop(Arc::clone(&api))),
         tokio::spawn(self_renew_loop(Arc::clone(&api), Arc::clone(&replicator))),
+        tokio::spawn(become_ready(Arc::clone(&api), Arc::clone(&cluster))),
     ];
-    if config.enable_protect {
-        tasks.push(tokio::spawn(init_protect(Arc::clone(&api))));
-    }
     Ok(ServerHandle {
         addr: bound,
         api,
+        cluster,
         shutdown_tx,
         tasks,
         serve,
     })
 }
 
-/// Init-protect of a node without peers: reads stay gated for
-/// `init_protect_period` (spec §5.4).
-async fn init_protect(api: Arc<Api>) {
-    let period = api.config.registry.init_protect_period;
-    warn!(
-        ?period,
-        "init-protect: reads answer -500 until a peer syncs us or the period ends"
-    );
-    tokio::time::sleep(period).await;
-    if api.phase() == Phase::Protected {
+/// Start-up sync, then init-protect, then SERVING (spec §5.4, §7.5).
+async fn become_ready(api: Arc<Api>, cluster: Arc<Cluster>) {
+    let started = tokio::time::Instant::now();
+    let synced = cluster.sync().await;
+    if api.config.enable_protect && !synced {
+        let period = api.config.registry.init_protect_period;
+        warn!(?period, "init-protect: no peer synced us; reads answer -500 until the period ends");
+        tokio::time::sleep_until(started + period).await;
+    }
+    if matches!(api.phase(), Phase::Syncing | Phase::Protected) {
         api.set_phase(Phase::Serving);
-        info!("init-protect over; serving reads");
+        info!(synced, "serving reads");
     }
 }
 

@@ -120,15 +120,7 @@ async fn wait_for_signal() -> anyhow::Result<&'static str> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let (mut cfg, warnings) = match &cli.conf {
         Some(path) => Config::load(path)?,
-        None => {
-            let mut cfg = Config::default();
-            if cli.listen.is_some() {
-                // The default's static node is its default address; a node
-                // moved elsewhere by --listen is alone.
-                cfg.nodes.clear();
-            }
-            (cfg, Vec::new())
-        }
+        None => (Config::default(), Vec::new()),
     };
     cfg.fill_env(
         &EnvFlags {

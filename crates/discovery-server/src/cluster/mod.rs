@@ -1,0 +1,469 @@
+//! A node's view of its cluster: who the peers are, replication of local
+//! writes to them, and the start-up sync (spec §7).
+//!
+//! Membership starts from the static `nodes` and `[zones]` lists and then
+//! follows the `infra.discovery` records in the local registry: every node
+//! registers itself there, the record is replicated like any other, so a new
+//! node announced to one member becomes known to all. A member whose record
+//! has not been renewed for a lease is dropped.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use discovery_server::{config::Config, server};
+//!
+//! let cfg = Config::parse(r#"
+//!     nodes = ["127.0.0.1:7171", "127.0.0.1:7172", "127.0.0.1:7173"]
+//!     [env]
+//!     zone = "sh001"
+//!     host = "node1"
+//!     [httpServer]
+//!     addr = "127.0.0.1:7171"
+//! "#)?.0;
+//! let node = server::start(cfg, None).await?;
+//! node.wait_ready().await; // start-up sync done
+//! # Ok(()) }
+//! ```
+
+mod peer;
+mod wire;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use naming::{BoxFuture, DISCOVERY_APPID, Instance, InstancesInfo};
+use parking_lot::Mutex;
+use tokio::{sync::watch, task::JoinHandle};
+use tracing::{debug, info, warn};
+
+use crate::{
+    api::{Clock, Members, NODE_ID_HEADER, NodeIdentity, NodeStatus},
+    config::Config,
+    registry::{AppKey, Fetched, Registry},
+    replication::{Op, Origin, Replicator},
+};
+use peer::Peer;
+use wire::Flags;
+
+pub(crate) use peer::backoff_delay;
+
+struct Slot {
+    peer: Arc<Peer>,
+    task: JoinHandle<()>,
+}
+
+/// Replication state of one target, for status pages and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PeerReport {
+    /// Address, or `zone:<name>` for another zone.
+    pub name: String,
+    /// Whether acks from this target count (same zone).
+    pub same_zone: bool,
+    /// 0 = UP, 1 = Lost.
+    pub status: u8,
+    /// Writes waiting.
+    pub queued: usize,
+    /// Writes delivered.
+    pub sent: u64,
+    /// Writes dropped on overflow.
+    pub dropped: u64,
+}
+
+/// Membership and replication of one node.
+pub struct Cluster {
+    pub(crate) config: Arc<Config>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) clock: Clock,
+    pub(crate) node: NodeIdentity,
+    pub(crate) http: reqwest::Client,
+    same: Mutex<BTreeMap<String, Slot>>,
+    zones: Mutex<BTreeMap<String, Slot>>,
+    /// Addresses that turned out to be this node.
+    selves: Mutex<HashSet<String>>,
+    /// Same-zone addresses currently backed by a live `infra.discovery` record.
+    learned: Mutex<BTreeSet<String>>,
+    membership: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+fn strip_http(addr: &str) -> Option<&str> {
+    addr.strip_prefix("http://").filter(|a| !a.is_empty())
+}
+
+impl Cluster {
+    /// A cluster view; call [`Cluster::start`] to begin replicating.
+    pub fn new(config: Arc<Config>, registry: Arc<Registry>, clock: Clock, node: NodeIdentity) -> Arc<Self> {
+        let hc = &config.http_client;
+        let http = reqwest::Client::builder()
+            .connect_timeout(hc.dial)
+            .tcp_keepalive(hc.keep_alive)
+            .timeout(hc.timeout)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(hc.keep_alive)
+            .build()
+            .expect("a plain HTTP client builds");
+        Arc::new(Cluster {
+            config,
+            registry,
+            clock,
+            node,
+            http,
+            same: Mutex::new(BTreeMap::new()),
+            zones: Mutex::new(BTreeMap::new()),
+            selves: Mutex::new(HashSet::new()),
+            learned: Mutex::new(BTreeSet::new()),
+            membership: Mutex::new(None),
+        })
+    }
+
+    /// Starts the peer workers of the static lists and the membership task.
+    pub fn start(self: &Arc<Self>) {
+        self.refresh();
+        let me = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            let key = AppKey::new(&me.config.env.deploy_env, DISCOVERY_APPID);
+            let mut sub = me.registry.watchers().subscribe(key);
+            loop {
+                // Expired records leave even when nothing changes.
+                let every = me.config.cluster.probe_interval.min(me.config.registry.params.renew_interval);
+                let _ = tokio::time::timeout(every, sub.changed()).await;
+                me.refresh();
+            }
+        });
+        *self.membership.lock() = Some(task);
+    }
+
+    /// Stops every task.
+    pub fn stop(&self) {
+        if let Some(t) = self.membership.lock().take() {
+            t.abort();
+        }
+        for (_, s) in std::mem::take(&mut *self.same.lock()) {
+            s.task.abort();
+        }
+        for (_, s) in std::mem::take(&mut *self.zones.lock()) {
+            s.task.abort();
+        }
+    }
+
+    fn is_self(&self, addr: &str) -> bool {
+        addr == self.node.advertise || self.selves.lock().contains(addr)
+    }
+
+    pub(crate) fn found_self(&self, addr: &str) {
+        info!(addr, "address is this node; not a peer");
+        self.selves.lock().insert(addr.to_string());
+        if let Some(s) = self.same.lock().remove(addr) {
+            s.task.abort();
+        }
+    }
+
+    /// Same-zone peers to sync from: the static list.
+    fn static_peers(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .config
+            .nodes
+            .iter()
+            .filter(|a| !self.is_self(a))
+            .cloned()
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Recomputes the peer set from the static lists and the live
+    /// `infra.discovery` records.
+    pub fn refresh(self: &Arc<Self>) {
+        let now = self.clock.now();
+        let lease = crate::registry::nanos(self.registry.params().lease);
+        let mut learned_same = BTreeSet::new();
+        let mut learned_zones: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        if let Fetched::Found(json) =
+            self.registry
+                .fetch(&self.config.env.deploy_env, DISCOVERY_APPID, None, 3)
+        {
+            if let Ok(info) = serde_json::from_slice::<InstancesInfo>(&json) {
+                for ins in info.iter() {
+                    if now - ins.renew_timestamp > lease {
+                        continue;
+                    }
+                    for addr in ins.addrs.iter().filter_map(|a| strip_http(a)) {
+                        if self.is_self(addr) {
+                            continue;
+                        }
+                        if ins.zone == self.config.env.zone {
+                            learned_same.insert(addr.to_string());
+                        } else {
+                            learned_zones
+                                .entry(ins.zone.clone())
+                                .or_default()
+                                .insert(addr.to_string());
+                        }
+                    }
+                }
+            }
+        }
+
+        let mut wanted: BTreeSet<String> = self.static_peers().into_iter().collect();
+        wanted.extend(learned_same.iter().cloned());
+        {
+            let mut same = self.same.lock();
+            same.retain(|addr, slot| {
+                let keep = wanted.contains(addr);
+                if !keep {
+                    info!(peer = %addr, "peer left the cluster");
+                    slot.task.abort();
+                }
+                keep
+            });
+            for addr in wanted {
+                if !same.contains_key(&addr) {
+                    info!(peer = %addr, "peer joined");
+                    let peer = Arc::new(Peer::new(
+                        addr.clone(),
+                        vec![addr.clone()],
+                        true,
+                        self.config.cluster.queue_capacity,
+                    ));
+                    let task = tokio::spawn(peer::run(Arc::clone(self), Arc::clone(&peer)));
+                    same.insert(addr, Slot { peer, task });
+                }
+            }
+        }
+        *self.learned.lock() = learned_same;
+
+        let mut zones_wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (zone, nodes) in &self.config.zones {
+            if *zone != self.config.env.zone {
+                zones_wanted.entry(zone.clone()).or_default().extend(nodes.iter().cloned());
+            }
+        }
+        for (zone, nodes) in learned_zones {
+            zones_wanted.entry(zone).or_default().extend(nodes);
+        }
+        let mut zones = self.zones.lock();
+        zones.retain(|z, slot| {
+            let keep = zones_wanted.contains_key(z);
+            if !keep {
+                slot.task.abort();
+            }
+            keep
+        });
+        for (zone, mut nodes) in zones_wanted {
+            nodes.sort();
+            nodes.dedup();
+            if let Some(slot) = zones.get(&zone) {
+                slot.peer.set_nodes(nodes);
+            } else {
+                info!(zone = %zone, nodes = ?nodes, "zone joined");
+                let peer = Arc::new(Peer::new(
+                    format!("zone:{zone}"),
+                    nodes,
+                    false,
+                    self.config.cluster.queue_capacity,
+                ));
+                let task = tokio::spawn(peer::run(Arc::clone(self), Arc::clone(&peer)));
+                zones.insert(zone, Slot { peer, task });
+            }
+        }
+    }
+
+    /// Adopts a newer copy a peer returned (`-409`) and passes it on to the
+    /// other same-zone peers.
+    pub(crate) fn adopt(&self, theirs: Instance, from: &str) {
+        let out = self.registry.merge(theirs, self.clock.now());
+        debug!(peer = from, hostname = %out.instance.hostname, applied = out.applied, "adopted a newer copy");
+        if !out.applied {
+            return;
+        }
+        let flags = Flags {
+            replication: true,
+            from_zone: false,
+        };
+        for (addr, slot) in self.same.lock().iter() {
+            if addr != from {
+                slot.peer.push(Op::Register(out.instance.clone()), flags, None);
+            }
+        }
+    }
+
+    /// Replication targets and their state.
+    pub fn report(&self) -> Vec<PeerReport> {
+        let one = |s: &Slot| PeerReport {
+            name: s.peer.name.clone(),
+            same_zone: s.peer.same_zone,
+            status: s.peer.status(),
+            queued: s.peer.queued(),
+            sent: s.peer.sent.load(std::sync::atomic::Ordering::Relaxed),
+            dropped: s.peer.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        };
+        let mut v: Vec<PeerReport> = self.same.lock().values().map(one).collect();
+        v.extend(self.zones.lock().values().map(one));
+        v
+    }
+
+    /// Waits until every queue is empty, at most `limit`.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let pending: usize = self.report().iter().filter(|p| p.status == peer::UP).map(|p| p.queued).sum();
+            if pending == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                warn!(pending, "replication queues not drained before shutdown");
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The start-up sync (spec §7.5): `fetch/all` from every static
+    /// same-zone peer and one node per other zone, retried with backoff
+    /// until all answered or `cluster.sync_timeout` passed. Returns whether
+    /// any peer answered.
+    pub async fn sync(&self) -> bool {
+        let cfg = &self.config.cluster;
+        let mut pending: Vec<Vec<String>> = self.static_peers().into_iter().map(|a| vec![a]).collect();
+        for (zone, nodes) in &self.config.zones {
+            if *zone != self.config.env.zone && !nodes.is_empty() {
+                pending.push(nodes.clone());
+            }
+        }
+        if pending.is_empty() {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + cfg.sync_timeout;
+        let mut any = false;
+        let mut attempt = 0u32;
+        loop {
+            let mut left = Vec::new();
+            for mut candidates in pending {
+                let target = candidates[0].clone();
+                match self.fetch_all(&target).await {
+                    Ok(Some(n)) => {
+                        info!(peer = %target, instances = n, "synced from peer");
+                        any = true;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        debug!(peer = %target, "sync attempt failed: {e}");
+                        candidates.rotate_left(1);
+                        left.push(candidates);
+                    }
+                }
+            }
+            pending = left;
+            if pending.is_empty() {
+                return any;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let missing: Vec<&String> = pending.iter().map(|c| &c[0]).collect();
+                warn!(?missing, "start-up sync timed out; serving what we have");
+                return any;
+            }
+            tokio::time::sleep(backoff_delay(cfg.retry_initial, attempt, cfg.retry_max)).await;
+            attempt += 1;
+        }
+    }
+
+    /// One `fetch/all`; `Ok(None)` when the address is this node.
+    async fn fetch_all(&self, target: &str) -> Result<Option<usize>, String> {
+        let res = self
+            .http
+            .get(format!("http://{target}/discovery/fetch/all"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let id = res.headers().get(NODE_ID_HEADER).and_then(|v| v.to_str().ok());
+        if id == Some(self.node.id.as_str()) {
+            self.selves.lock().insert(target.to_string());
+            return Ok(None);
+        }
+        if !res.status().is_success() {
+            return Err(format!("HTTP {}", res.status()));
+        }
+        let all: wire::AllAnswer = res.json().await.map_err(|e| e.to_string())?;
+        if all.code != 0 {
+            return Err(format!("code {}", all.code));
+        }
+        let mut n = 0;
+        let now = self.clock.now();
+        for ins in all.data.unwrap_or_default().into_values().flatten() {
+            self.registry.merge(ins, now);
+            n += 1;
+        }
+        Ok(Some(n))
+    }
+}
+
+impl Replicator for Cluster {
+    fn replicate(&self, op: Op, origin: Origin) -> BoxFuture<'static, ()> {
+        let waits = !matches!(op, Op::Renew(_));
+        let (tx, mut rx) = watch::channel(false);
+        let ack = waits.then(|| Arc::new(tx));
+        let same_flags = Flags {
+            replication: true,
+            from_zone: origin == Origin::OtherZone,
+        };
+        let mut someone_acks = false;
+        for slot in self.same.lock().values() {
+            someone_acks |= slot.peer.is_up();
+            slot.peer.push(op.clone(), same_flags, ack.clone());
+        }
+        if origin == Origin::Client {
+            let zone_flags = Flags {
+                replication: false,
+                from_zone: true,
+            };
+            for slot in self.zones.lock().values() {
+                slot.peer.push(op.clone(), zone_flags, None);
+            }
+        }
+        if !(waits && someone_acks) {
+            return Box::pin(std::future::ready(()));
+        }
+        drop(ack);
+        let limit = self.config.cluster.ack_timeout;
+        Box::pin(async move {
+            // Acknowledge after one same-zone peer has the write, so that it
+            // survives the crash of this node; never wait past the bound.
+            let _ = tokio::time::timeout(limit, rx.wait_for(|acked| *acked)).await;
+        })
+    }
+}
+
+impl Members for Cluster {
+    fn nodes(&self) -> Vec<NodeStatus> {
+        let zone = &self.config.env.zone;
+        let learned = self.learned.lock().clone();
+        let mut out: Vec<NodeStatus> = self
+            .same
+            .lock()
+            .iter()
+            .filter(|(addr, slot)| learned.contains(*addr) || slot.peer.is_up())
+            .map(|(addr, slot)| NodeStatus {
+                addr: addr.clone(),
+                status: slot.peer.status(),
+                zone: zone.clone(),
+            })
+            .collect();
+        out.push(NodeStatus {
+            addr: self.node.advertise.clone(),
+            status: 0,
+            zone: zone.clone(),
+        });
+        out.sort_by(|a, b| a.addr.cmp(&b.addr));
+        out
+    }
+}

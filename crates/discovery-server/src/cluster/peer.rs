@@ -1,0 +1,513 @@
+//! One replication target: an ordered queue and the task that drains it.
+//!
+//! A same-zone peer is one address; another zone is a list of addresses of
+//! which one is used at a time, the next one taking over after a failure.
+//! Delivery is at-least-once and in order per target: the head of the queue
+//! is retried with jittered exponential backoff until the target answers,
+//! so writes survive a peer being down for less than the lease.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        Arc,
+        atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use parking_lot::Mutex;
+use rand::Rng;
+use tokio::sync::{Notify, watch};
+use tracing::{debug, info, warn};
+
+use super::{
+    Cluster,
+    wire::{self, Answer, Flags},
+};
+use crate::{
+    api::NODE_ID_HEADER,
+    registry::InstanceKey,
+    replication::Op,
+};
+
+/// Signalled by the first same-zone peer that acknowledges a write.
+pub(crate) type Ack = Arc<watch::Sender<bool>>;
+
+#[derive(Debug)]
+pub(crate) struct Item {
+    seq: u64,
+    pub(crate) op: Op,
+    pub(crate) flags: Flags,
+    pub(crate) ack: Option<Ack>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Item>,
+    next_seq: u64,
+    /// Queued renews that a newer renew of the same key may replace.
+    renews: HashMap<InstanceKey, u64>,
+}
+
+impl Queue {
+    fn index_of(&self, seq: u64) -> Option<usize> {
+        let head = self.items.front()?.seq;
+        let i = usize::try_from(seq.checked_sub(head)?).ok()?;
+        (self.items.get(i)?.seq == seq).then_some(i)
+    }
+}
+
+/// Status of a peer as `/discovery/nodes` shows it.
+pub(crate) const UP: u8 = 0;
+/// Lost after `cluster.lost_after` consecutive failures.
+pub(crate) const LOST: u8 = 1;
+
+/// A replication target.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    /// Address (same zone) or zone name.
+    pub(crate) name: String,
+    /// Candidate addresses; one for a same-zone peer.
+    nodes: Mutex<Vec<String>>,
+    current: AtomicUsize,
+    /// Whether this is a same-zone peer (its acks count).
+    pub(crate) same_zone: bool,
+    queue: Mutex<Queue>,
+    capacity: usize,
+    notify: Notify,
+    status: AtomicU8,
+    failures: AtomicU32,
+    pub(crate) sent: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    /// Last repair register per key, for "at most one repair per key, peer
+    /// and renew interval".
+    repairs: Mutex<HashMap<InstanceKey, i64>>,
+}
+
+impl Peer {
+    pub(crate) fn new(name: String, nodes: Vec<String>, same_zone: bool, capacity: usize) -> Self {
+        Peer {
+            name,
+            nodes: Mutex::new(nodes),
+            current: AtomicUsize::new(0),
+            same_zone,
+            queue: Mutex::new(Queue::default()),
+            capacity,
+            notify: Notify::new(),
+            // Unknown peers start UP: the first failures mark them Lost.
+            status: AtomicU8::new(UP),
+            failures: AtomicU32::new(0),
+            sent: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            repairs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn status(&self) -> u8 {
+        self.status.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_up(&self) -> bool {
+        self.status() == UP
+    }
+
+    pub(crate) fn queued(&self) -> usize {
+        self.queue.lock().items.len()
+    }
+
+    pub(crate) fn set_nodes(&self, nodes: Vec<String>) {
+        let mut n = self.nodes.lock();
+        if *n != nodes {
+            *n = nodes;
+            self.current.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn target(&self) -> Option<String> {
+        let n = self.nodes.lock();
+        if n.is_empty() {
+            return None;
+        }
+        let i = self.current.load(Ordering::Relaxed) % n.len();
+        Some(n[i].clone())
+    }
+
+    fn rotate(&self) {
+        self.current.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Queues a write. A renew replaces a queued renew of the same key; on
+    /// overflow renews are dropped first (renew repair and lease expiry
+    /// converge them), then the oldest write (counted; marks the peer Lost).
+    pub(crate) fn push(&self, op: Op, flags: Flags, ack: Option<Ack>) {
+        let mut q = self.queue.lock();
+        let renew_key = match &op {
+            Op::Renew(i) => Some(InstanceKey::of(i)),
+            _ => None,
+        };
+        match (&op, &renew_key) {
+            (_, Some(k)) => {
+                if let Some(i) = q.renews.get(k).copied().and_then(|s| q.index_of(s)) {
+                    q.items[i].op = op;
+                    return;
+                }
+            }
+            (Op::Register(i) | Op::Cancel(i, _), None) => {
+                q.renews.remove(&InstanceKey::of(i));
+            }
+            _ => {}
+        }
+        if q.items.len() >= self.capacity {
+            if renew_key.is_some() {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let victim = q
+                .items
+                .iter()
+                .position(|it| matches!(it.op, Op::Renew(_)))
+                .unwrap_or(0);
+            let gone = q.items.remove(victim);
+            if let Some(Item { op: Op::Renew(i), .. }) = &gone {
+                q.renews.remove(&InstanceKey::of(i));
+            } else {
+                self.mark_lost("queue overflow");
+            }
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        let seq = q.next_seq;
+        q.next_seq += 1;
+        if let Some(k) = renew_key {
+            q.renews.insert(k, seq);
+        }
+        q.items.push_back(Item { seq, op, flags, ack });
+        drop(q);
+        self.notify.notify_one();
+    }
+
+    /// Puts a write at the head of the queue (renew repair).
+    fn push_front(&self, op: Op, flags: Flags) {
+        let mut q = self.queue.lock();
+        let seq = q.items.front().map_or(q.next_seq, |h| h.seq.wrapping_sub(1));
+        if q.items.is_empty() {
+            q.next_seq += 1;
+        }
+        q.items.push_front(Item {
+            seq,
+            op,
+            flags,
+            ack: None,
+        });
+        drop(q);
+        self.notify.notify_one();
+    }
+
+    fn head(&self) -> Option<(u64, Op, Flags)> {
+        let q = self.queue.lock();
+        q.items.front().map(|i| (i.seq, i.op.clone(), i.flags))
+    }
+
+    fn pop(&self, seq: u64) -> Option<Item> {
+        let mut q = self.queue.lock();
+        if q.items.front().map(|i| i.seq) != Some(seq) {
+            return None;
+        }
+        let item = q.items.pop_front()?;
+        if let Op::Renew(i) = &item.op {
+            let k = InstanceKey::of(i);
+            if q.renews.get(&k) == Some(&seq) {
+                q.renews.remove(&k);
+            }
+        }
+        Some(item)
+    }
+
+    fn succeeded(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        if self.status.swap(UP, Ordering::Relaxed) != UP {
+            info!(peer = %self.name, "peer up");
+        }
+    }
+
+    fn failed(&self, lost_after: u32, why: &str) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= lost_after {
+            self.mark_lost(why);
+        } else {
+            debug!(peer = %self.name, failures = n, "peer request failed: {why}");
+        }
+    }
+
+    fn mark_lost(&self, why: &str) {
+        if self.status.swap(LOST, Ordering::Relaxed) != LOST {
+            warn!(peer = %self.name, "peer lost: {why}");
+        }
+    }
+
+    /// Whether a repair of `key` may be sent now.
+    fn may_repair(&self, key: &InstanceKey, now: i64, every: i64) -> bool {
+        let mut r = self.repairs.lock();
+        match r.get(key) {
+            Some(last) if now - last < every => false,
+            _ => {
+                r.insert(key.clone(), now);
+                true
+            }
+        }
+    }
+}
+
+/// Why a request to a peer did not count.
+enum Failure {
+    /// The address is this node.
+    IsSelf,
+    /// Connection, timeout, HTTP error, undecodable answer.
+    Transport(String),
+}
+
+async fn post(cluster: &Cluster, target: &str, path: &str, body: String) -> Result<Answer, Failure> {
+    let res = cluster
+        .http
+        .post(format!("http://{target}{path}"))
+        .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| Failure::Transport(e.to_string()))?;
+    check_self(cluster, &res)?;
+    if res.status().as_u16() >= 400 {
+        return Err(Failure::Transport(format!("HTTP {}", res.status())));
+    }
+    res.json::<Answer>()
+        .await
+        .map_err(|e| Failure::Transport(format!("undecodable answer: {e}")))
+}
+
+fn check_self(cluster: &Cluster, res: &reqwest::Response) -> Result<(), Failure> {
+    let id = res.headers().get(NODE_ID_HEADER).and_then(|v| v.to_str().ok());
+    if id == Some(cluster.node.id.as_str()) {
+        return Err(Failure::IsSelf);
+    }
+    Ok(())
+}
+
+/// A cheap request that tells whether a peer is alive.
+async fn probe(cluster: &Cluster, target: &str) -> Result<(), Failure> {
+    let res = cluster
+        .http
+        .get(format!("http://{target}/discovery/nodes"))
+        .send()
+        .await
+        .map_err(|e| Failure::Transport(e.to_string()))?;
+    check_self(cluster, &res)?;
+    if res.status().as_u16() >= 400 {
+        return Err(Failure::Transport(format!("HTTP {}", res.status())));
+    }
+    Ok(())
+}
+
+/// What to do with the head of the queue after an answer.
+enum Outcome {
+    Done,
+    /// The peer will not take it (`-400`): retrying cannot help.
+    Rejected(i64),
+    Retry(String),
+}
+
+/// Drains a peer's queue until the task is aborted.
+pub(crate) async fn run(cluster: Arc<Cluster>, peer: Arc<Peer>) {
+    let cfg = &cluster.config.cluster;
+    let mut backoff = cfg.retry_initial;
+    // Probe at once so that a dead peer is not shown UP for long.
+    let mut probe_now = true;
+    loop {
+        let Some((seq, op, flags)) = peer.head() else {
+            // Idle: wait for work, probing now and then so that status
+            // stays true.
+            let wait = if std::mem::take(&mut probe_now) {
+                Duration::ZERO
+            } else {
+                cfg.probe_interval
+            };
+            let woke = tokio::time::timeout(wait, peer.notify.notified()).await;
+            if woke.is_err() {
+                if let Some(target) = peer.target() {
+                    match probe(&cluster, &target).await {
+                        Ok(()) => peer.succeeded(),
+                        Err(Failure::IsSelf) => {
+                            cluster.found_self(&target);
+                            return;
+                        }
+                        Err(Failure::Transport(e)) => {
+                            peer.failed(cfg.lost_after, &e);
+                            if !peer.same_zone {
+                                peer.rotate();
+                            }
+                        }
+                    }
+                }
+            }
+            continue;
+        };
+        let Some(target) = peer.target() else {
+            tokio::time::sleep(cfg.retry_max).await;
+            continue;
+        };
+        let (path, body) = wire::encode(&op, flags);
+        let outcome = match post(&cluster, &target, path, body).await {
+            Ok(answer) => handle_answer(&cluster, &peer, &op, flags, answer),
+            Err(Failure::IsSelf) => {
+                cluster.found_self(&target);
+                return;
+            }
+            Err(Failure::Transport(e)) => Outcome::Retry(e),
+        };
+        match outcome {
+            Outcome::Done | Outcome::Rejected(_) => {
+                if let Outcome::Rejected(code) = outcome {
+                    warn!(peer = %peer.name, code, ?op, "peer rejected a replicated write");
+                }
+                peer.succeeded();
+                peer.sent.fetch_add(1, Ordering::Relaxed);
+                backoff = cfg.retry_initial;
+                if let Some(item) = peer.pop(seq) {
+                    if let Some(ack) = item.ack.filter(|_| peer.same_zone) {
+                        ack.send_replace(true);
+                    }
+                }
+            }
+            Outcome::Retry(e) => {
+                peer.failed(cfg.lost_after, &e);
+                if !peer.same_zone {
+                    peer.rotate();
+                }
+                let jitter = rand::rng().random_range(0.8..1.2);
+                tokio::time::sleep(backoff.mul_f64(jitter)).await;
+                backoff = (backoff * 2).min(cfg.retry_max);
+            }
+        }
+    }
+}
+
+fn handle_answer(cluster: &Arc<Cluster>, peer: &Peer, op: &Op, flags: Flags, a: Answer) -> Outcome {
+    match (op, a.code) {
+        (_, 0) => Outcome::Done,
+        (Op::Cancel(..), -404) => Outcome::Done,
+        (Op::Renew(i), -404) => {
+            // The peer lacks our copy or has an older one: send it ours.
+            let key = InstanceKey::of(i);
+            let now = cluster.clock.now();
+            let every = crate::registry::nanos(cluster.config.registry.params.renew_interval);
+            if peer.may_repair(&key, now, every) {
+                if let Some(ours) = cluster.registry.get(&key) {
+                    debug!(peer = %peer.name, hostname = %key.hostname, "repair: registering our copy");
+                    peer.push_front(Op::Register(ours), flags);
+                }
+            }
+            Outcome::Done
+        }
+        (Op::Renew(_), -409) => {
+            // The peer's copy is newer: adopt it and tell the others.
+            if let Some(theirs) = a.data {
+                cluster.adopt(theirs, &peer.name);
+            }
+            Outcome::Done
+        }
+        (_, code @ -400) => Outcome::Rejected(code),
+        (_, code) => Outcome::Retry(format!("code {code}")),
+    }
+}
+
+/// A pause before the next attempt of something that failed.
+pub(crate) fn backoff_delay(base: Duration, attempt: u32, max: Duration) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.min(16));
+    let jitter = rand::rng().random_range(0.8..1.2);
+    exp.min(max).mul_f64(jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use naming::Instance;
+
+    fn ins(h: &str, renew: i64) -> Instance {
+        Instance {
+            env: "dev".into(),
+            appid: "a".into(),
+            zone: "z".into(),
+            hostname: h.into(),
+            renew_timestamp: renew,
+            ..Default::default()
+        }
+    }
+
+    const F: Flags = Flags {
+        replication: true,
+        from_zone: false,
+    };
+
+    fn ops(p: &Peer) -> Vec<String> {
+        p.queue
+            .lock()
+            .items
+            .iter()
+            .map(|i| match &i.op {
+                Op::Register(i) => format!("reg {}", i.hostname),
+                Op::Renew(i) => format!("renew {} {}", i.hostname, i.renew_timestamp),
+                Op::Cancel(i, _) => format!("cancel {}", i.hostname),
+                Op::Set(_) => "set".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_newer_renew_replaces_a_queued_one_in_place() {
+        let p = Peer::new("p".into(), vec!["p".into()], true, 10);
+        p.push(Op::Renew(ins("a", 1)), F, None);
+        p.push(Op::Register(ins("b", 0)), F, None);
+        p.push(Op::Renew(ins("a", 2)), F, None);
+        assert_eq!(ops(&p), ["renew a 2", "reg b"]);
+        // After a register of the key, a renew goes behind it.
+        p.push(Op::Register(ins("a", 0)), F, None);
+        p.push(Op::Renew(ins("a", 3)), F, None);
+        assert_eq!(ops(&p), ["renew a 2", "reg b", "reg a", "renew a 3"]);
+    }
+
+    #[test]
+    fn overflow_drops_renews_first() {
+        let p = Peer::new("p".into(), vec!["p".into()], true, 2);
+        p.push(Op::Renew(ins("a", 1)), F, None);
+        p.push(Op::Register(ins("b", 0)), F, None);
+        p.push(Op::Renew(ins("c", 1)), F, None);
+        assert_eq!(ops(&p), ["renew a 1", "reg b"], "a renew arriving at a full queue is dropped");
+        p.push(Op::Register(ins("d", 0)), F, None);
+        assert_eq!(ops(&p), ["reg b", "reg d"], "the queued renew made room");
+        assert!(p.is_up());
+        p.push(Op::Register(ins("e", 0)), F, None);
+        assert_eq!(ops(&p), ["reg d", "reg e"]);
+        assert!(!p.is_up(), "dropping a write marks the peer Lost");
+        assert_eq!(p.dropped.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn pop_only_removes_the_expected_head() {
+        let p = Peer::new("p".into(), vec!["p".into()], true, 10);
+        p.push(Op::Register(ins("a", 0)), F, None);
+        let (seq, _, _) = p.head().unwrap();
+        p.push_front(Op::Register(ins("repair", 0)), F);
+        assert!(p.pop(seq).is_none(), "the head changed");
+        let (s2, op, _) = p.head().unwrap();
+        assert!(matches!(op, Op::Register(i) if i.hostname == "repair"));
+        assert!(p.pop(s2).is_some());
+        assert!(p.pop(seq).is_some());
+    }
+
+    #[test]
+    fn repairs_are_rate_limited_per_key() {
+        let p = Peer::new("p".into(), vec![], true, 10);
+        let k = InstanceKey::new("dev", "a", "z", "h");
+        assert!(p.may_repair(&k, 100, 50));
+        assert!(!p.may_repair(&k, 120, 50));
+        assert!(p.may_repair(&k, 151, 50));
+    }
+}

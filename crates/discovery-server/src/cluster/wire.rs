@@ -1,0 +1,159 @@
+//! The peer protocol (spec §7.3): the same form POSTs a client sends, with
+//! `replication` / `from_zone` set, so that Go original nodes understand us.
+
+use naming::Instance;
+use serde::Deserialize;
+
+use crate::{
+    registry::MetadataPatch,
+    replication::Op,
+};
+
+/// How a forwarded write is flagged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Flags {
+    pub(crate) replication: bool,
+    pub(crate) from_zone: bool,
+}
+
+fn b(v: bool) -> String {
+    v.to_string()
+}
+
+fn key_fields(form: &mut Vec<(&'static str, String)>, region: &str, zone: &str, env: &str, appid: &str, hostname: &str, flags: Flags) {
+    form.push(("region", region.to_string()));
+    form.push(("zone", zone.to_string()));
+    form.push(("env", env.to_string()));
+    form.push(("appid", appid.to_string()));
+    form.push(("hostname", hostname.to_string()));
+    form.push(("from_zone", b(flags.from_zone)));
+    form.push(("replication", b(flags.replication)));
+}
+
+/// Path and url-encoded body of one forwarded write.
+pub(crate) fn encode(op: &Op, flags: Flags) -> (&'static str, String) {
+    let mut form: Vec<(&'static str, String)> = Vec::with_capacity(16);
+    let path = match op {
+        Op::Register(i) => {
+            register_fields(&mut form, i, flags);
+            "/discovery/register"
+        }
+        Op::Renew(i) => {
+            key_fields(&mut form, &i.region, &i.zone, &i.env, &i.appid, &i.hostname, flags);
+            form.push(("dirty_timestamp", i.dirty_timestamp.to_string()));
+            "/discovery/renew"
+        }
+        Op::Cancel(i, at) => {
+            key_fields(&mut form, &i.region, &i.zone, &i.env, &i.appid, &i.hostname, flags);
+            form.push(("latest_timestamp", at.to_string()));
+            "/discovery/cancel"
+        }
+        Op::Set(s) => {
+            form.push(("region", String::new()));
+            form.push(("zone", s.zone.clone()));
+            form.push(("env", s.env.clone()));
+            form.push(("appid", s.appid.clone()));
+            form.push(("from_zone", b(flags.from_zone)));
+            form.push(("replication", b(flags.replication)));
+            form.push(("set_timestamp", s.set_timestamp.to_string()));
+            for h in &s.hostnames {
+                form.push(("hostname", h.clone()));
+            }
+            for st in &s.status {
+                form.push(("status", st.as_u32().to_string()));
+            }
+            for m in &s.metadata {
+                let text = match m {
+                    MetadataPatch::Clear => "null".to_string(),
+                    MetadataPatch::Merge(map) => serde_json::to_string(map).expect("map serializes"),
+                };
+                form.push(("metadata", text));
+            }
+            "/discovery/set"
+        }
+    };
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
+        .finish();
+    (path, body)
+}
+
+fn register_fields(form: &mut Vec<(&'static str, String)>, i: &Instance, flags: Flags) {
+    key_fields(form, &i.region, &i.zone, &i.env, &i.appid, &i.hostname, flags);
+    // One field per address: the Go original's comma-joining corrupted
+    // multi-address instances.
+    for a in &i.addrs {
+        form.push(("addrs", a.clone()));
+    }
+    form.push(("status", i.status.as_u32().to_string()));
+    form.push(("version", i.version.clone()));
+    form.push((
+        "metadata",
+        serde_json::to_string(&i.metadata).expect("map serializes"),
+    ));
+    form.push(("reg_timestamp", i.reg_timestamp.to_string()));
+    form.push(("dirty_timestamp", i.dirty_timestamp.to_string()));
+    form.push(("latest_timestamp", i.latest_timestamp.to_string()));
+}
+
+/// The part of a peer's answer we act on.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Answer {
+    pub(crate) code: i64,
+    #[serde(default)]
+    pub(crate) data: Option<Instance>,
+}
+
+/// The `fetch/all` answer.
+#[derive(Debug, Deserialize)]
+pub(crate) struct AllAnswer {
+    pub(crate) code: i64,
+    #[serde(default)]
+    pub(crate) data: Option<std::collections::BTreeMap<String, Vec<Instance>>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::SetRequest;
+    use naming::Status;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn register_sends_one_field_per_address() {
+        let i = Instance {
+            zone: "z".into(),
+            env: "dev".into(),
+            appid: "a".into(),
+            hostname: "h".into(),
+            addrs: vec!["grpc://x:1".into(), "http://x:2".into()],
+            status: Status::Up,
+            dirty_timestamp: 7,
+            ..Default::default()
+        };
+        let (path, body) = encode(&Op::Register(i), Flags { replication: true, from_zone: false });
+        assert_eq!(path, "/discovery/register");
+        assert!(body.contains("addrs=grpc%3A%2F%2Fx%3A1&addrs=http%3A%2F%2Fx%3A2"), "{body}");
+        assert!(body.contains("replication=true") && body.contains("from_zone=false"));
+        assert!(body.contains("dirty_timestamp=7") && body.contains("metadata=%7B%7D"));
+    }
+
+    #[test]
+    fn set_round_trips_patches() {
+        let s = SetRequest {
+            env: "dev".into(),
+            appid: "a".into(),
+            zone: "z".into(),
+            hostnames: vec!["h1".into(), "h2".into()],
+            status: vec![],
+            metadata: vec![
+                MetadataPatch::Clear,
+                MetadataPatch::Merge(BTreeMap::from([("k".to_string(), None)])),
+            ],
+            set_timestamp: 9,
+        };
+        let (_, body) = encode(&Op::Set(s), Flags { replication: true, from_zone: true });
+        assert!(body.contains("metadata=null&metadata=%7B%22k%22%3Anull%7D"), "{body}");
+        assert!(body.contains("hostname=h1&hostname=h2"));
+    }
+}
