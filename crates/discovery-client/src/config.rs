@@ -1,0 +1,261 @@
+//! SDK settings (spec §2): who we are (region, zone, env, hostname, colour,
+//! appid), where the registry is (nodes) and the SDK's timings.
+//!
+//! Precedence is code > flag > environment variable > default. Code and
+//! flags both go through the builder's setters; whatever was not set falls
+//! back to the environment, read through an injectable lookup so tests never
+//! touch the process environment.
+//!
+//! ```
+//! use discovery_client::Config;
+//!
+//! let config = Config::builder()
+//!     .zone("sh001")
+//!     .build_with(|var| match var {
+//!         "DISCOVERY_NODES" => Some(" 127.0.0.1:7171, http://127.0.0.2:7171,".to_string()),
+//!         "ZONE" => Some("ignored: code wins".to_string()),
+//!         "HOSTNAME" => Some("demo-1".to_string()),
+//!         _ => None,
+//!     });
+//! assert_eq!(config.nodes, ["127.0.0.1:7171", "127.0.0.2:7171"]);
+//! assert_eq!(config.zone, "sh001");
+//! assert_eq!(config.region, "region01");
+//! assert_eq!(config.env, "dev");
+//! assert_eq!(config.hostname, "demo-1");
+//! ```
+
+use std::time::Duration;
+
+/// Environment variable holding the comma-separated `host:port` node list.
+pub const ENV_NODES: &str = "DISCOVERY_NODES";
+/// Environment variable of the region.
+pub const ENV_REGION: &str = "REGION";
+/// Environment variable of the zone.
+pub const ENV_ZONE: &str = "ZONE";
+/// Environment variable of the deploy env.
+pub const ENV_DEPLOY_ENV: &str = "DEPLOY_ENV";
+/// Environment variable of the hostname (instance and poller identity).
+pub const ENV_HOSTNAME: &str = "HOSTNAME";
+/// Environment variable of the traffic colour.
+pub const ENV_COLOR: &str = "DEPLOY_COLOR";
+/// Environment variable of the process's own appid.
+pub const ENV_APPID: &str = "APP_ID";
+
+/// Default region.
+pub const DEFAULT_REGION: &str = "region01";
+/// Default zone.
+pub const DEFAULT_ZONE: &str = "zone01";
+/// Default deploy env.
+pub const DEFAULT_ENV: &str = "dev";
+
+/// Resolved SDK settings. Build one with [`Config::builder`]; the timing
+/// fields are public so tests and tools can shorten them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Seed nodes, `host:port`, without scheme.
+    pub nodes: Vec<String>,
+    /// Region of this process.
+    pub region: String,
+    /// Zone of this process.
+    pub zone: String,
+    /// Deploy env of this process.
+    pub env: String,
+    /// Hostname: identity of our instances and of our long polls.
+    pub hostname: String,
+    /// Traffic colour; empty when uncoloured.
+    pub color: String,
+    /// The process's own appid; empty when unknown.
+    pub appid: String,
+    /// TCP connect timeout (3 s).
+    pub connect_timeout: Duration,
+    /// Timeout of every call but `polls` (10 s).
+    pub request_timeout: Duration,
+    /// Timeout of a steady `polls` request (40 s); it must exceed the
+    /// server's 30 s hold.
+    pub poll_timeout: Duration,
+    /// Timeout of the first poll after a (re)start or node switch (3 s),
+    /// sent with a 2 s `x1-bmspy-timeout` so that a parked poll never delays
+    /// the first answers (spec §4.4).
+    pub first_poll_timeout: Duration,
+    /// Renew period of registrations (30 s).
+    pub renew_interval: Duration,
+    /// Bound of a cancel over node retries (5 s).
+    pub cancel_timeout: Duration,
+    /// The poll loop moves to the next node this often, even without errors
+    /// (30 min).
+    pub node_rotation: Duration,
+    /// First delay after a poll failure (1 s); doubles per failure.
+    pub backoff_base: Duration,
+    /// Longest delay between failing polls (10 s).
+    pub backoff_max: Duration,
+    /// Minimum time between two poll starts when an answer changed nothing
+    /// and came back quickly (1 s).
+    pub poll_spacing: Duration,
+    /// Whether the node list follows the registry's own `infra.discovery`
+    /// records (on by default; tests with unrelated servers turn it off).
+    pub self_discovery: bool,
+}
+
+impl Config {
+    /// A builder; unset values come from the environment, then defaults.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder::default()
+    }
+
+    /// Everything from the process environment and defaults.
+    pub fn from_env() -> Config {
+        Config::builder().build()
+    }
+}
+
+/// Sets values in code (or from parsed flags); see [`Config`].
+#[derive(Debug, Clone, Default)]
+pub struct ConfigBuilder {
+    nodes: Option<Vec<String>>,
+    region: Option<String>,
+    zone: Option<String>,
+    env: Option<String>,
+    hostname: Option<String>,
+    color: Option<String>,
+    appid: Option<String>,
+}
+
+impl ConfigBuilder {
+    /// Seed nodes (`host:port`, a leading `http://` is stripped). An empty
+    /// list counts as unset, so the environment still applies.
+    pub fn nodes<I, S>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let list: Vec<String> = nodes
+            .into_iter()
+            .flat_map(|n| parse_nodes(n.as_ref()))
+            .collect();
+        self.nodes = (!list.is_empty()).then_some(list);
+        self
+    }
+
+    /// Region.
+    pub fn region(mut self, v: impl Into<String>) -> Self {
+        self.region = non_empty(v.into());
+        self
+    }
+
+    /// Zone.
+    pub fn zone(mut self, v: impl Into<String>) -> Self {
+        self.zone = non_empty(v.into());
+        self
+    }
+
+    /// Deploy env.
+    pub fn env(mut self, v: impl Into<String>) -> Self {
+        self.env = non_empty(v.into());
+        self
+    }
+
+    /// Hostname.
+    pub fn hostname(mut self, v: impl Into<String>) -> Self {
+        self.hostname = non_empty(v.into());
+        self
+    }
+
+    /// Traffic colour.
+    pub fn color(mut self, v: impl Into<String>) -> Self {
+        self.color = non_empty(v.into());
+        self
+    }
+
+    /// Own appid.
+    pub fn appid(mut self, v: impl Into<String>) -> Self {
+        self.appid = non_empty(v.into());
+        self
+    }
+
+    /// Resolves against the process environment.
+    pub fn build(self) -> Config {
+        self.build_with(|var| std::env::var(var).ok())
+    }
+
+    /// Resolves against `lookup` (an environment reader).
+    pub fn build_with(self, lookup: impl Fn(&str) -> Option<String>) -> Config {
+        let var = |name: &str| lookup(name).and_then(non_empty);
+        let pick = |set: Option<String>, name: &str, default: &dyn Fn() -> String| {
+            set.or_else(|| var(name)).unwrap_or_else(default)
+        };
+        let nodes = self
+            .nodes
+            .or_else(|| var(ENV_NODES).map(|v| parse_nodes(&v)))
+            .unwrap_or_default();
+        Config {
+            nodes,
+            region: pick(self.region, ENV_REGION, &|| DEFAULT_REGION.into()),
+            zone: pick(self.zone, ENV_ZONE, &|| DEFAULT_ZONE.into()),
+            env: pick(self.env, ENV_DEPLOY_ENV, &|| DEFAULT_ENV.into()),
+            hostname: pick(self.hostname, ENV_HOSTNAME, &os_hostname),
+            color: pick(self.color, ENV_COLOR, &String::new),
+            appid: pick(self.appid, ENV_APPID, &String::new),
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(10),
+            poll_timeout: Duration::from_secs(40),
+            first_poll_timeout: Duration::from_secs(3),
+            renew_interval: Duration::from_secs(30),
+            cancel_timeout: Duration::from_secs(5),
+            node_rotation: Duration::from_secs(30 * 60),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(10),
+            poll_spacing: Duration::from_secs(1),
+            self_discovery: true,
+        }
+    }
+}
+
+/// Splits a `DISCOVERY_NODES`-style list: items trimmed, empties dropped, a
+/// leading `http://` stripped.
+///
+/// ```
+/// assert_eq!(
+///     discovery_client::config::parse_nodes(" a:7171, b:7171,"),
+///     ["a:7171", "b:7171"],
+/// );
+/// ```
+pub fn parse_nodes(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(|n| {
+            let n = n.trim();
+            n.strip_prefix("http://").unwrap_or(n).trim_end_matches('/')
+        })
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn non_empty(v: String) -> Option<String> {
+    let v = v.trim().to_string();
+    (!v.is_empty()).then_some(v)
+}
+
+/// The kernel's hostname; else a unique generated one, because equal
+/// hostnames overwrite each other's registrations.
+fn os_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .and_then(non_empty)
+        .unwrap_or_else(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            format!("host-{nanos}")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_hostname_is_never_empty() {
+        assert!(!os_hostname().is_empty());
+    }
+}
