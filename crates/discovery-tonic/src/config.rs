@@ -241,7 +241,9 @@ impl ClientConfig {
 
 /// A duration that cannot be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {0:?}: expected an integer and a unit (ns, us, ms, s, m, h), e.g. \"250ms\"")]
+#[error(
+    "invalid duration {0:?}: expected an integer and a unit (ns, us, ms, s, m, h), e.g. \"250ms\""
+)]
 pub struct InvalidDuration(pub String);
 
 /// Parses `"250ms"`, `"10s"`, `"1m"`, `"1h"`, `"500us"`, `"10ns"`.

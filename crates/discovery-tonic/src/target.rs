@@ -83,17 +83,17 @@ impl Target {
         };
         for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match &*key {
-                "cluster" => {
-                    if !value.is_empty() && !target.clusters.iter().any(|c| *c == value) {
-                        target.clusters.push(value.into_owned());
-                    }
+                "cluster" if !value.is_empty() && !target.clusters.iter().any(|c| *c == value) => {
+                    target.clusters.push(value.into_owned());
                 }
                 "zone" if target.zone.is_none() && !value.is_empty() => {
                     target.zone = Some(value.into_owned());
                 }
                 "subset" if target.subset.is_none() => {
                     let n = value.trim().parse::<usize>().map_err(|_| {
-                        invalid(&format!("subset must be a non-negative integer, got {value:?}"))
+                        invalid(&format!(
+                            "subset must be a non-negative integer, got {value:?}"
+                        ))
                     })?;
                     target.subset = Some(n);
                 }

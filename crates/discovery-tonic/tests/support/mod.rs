@@ -1,0 +1,270 @@
+//! Shared fixtures: real Greeter servers on loopback, each on its own tokio
+//! runtime so that a test can kill one (listener and connections at once),
+//! and an in-process resolver the test pushes snapshots into.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use demo_proto::helloworld::{
+    HelloReply, HelloRequest,
+    greeter_server::{Greeter, GreeterServer},
+};
+use discovery_tonic::CpuLayer;
+use naming::{Instance, InstancesInfo, Resolution, Resolver, Status as InsStatus};
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+pub const APPID: &str = "demo.service";
+
+/// How a test server behaves.
+#[derive(Clone, Default)]
+pub struct Behaviour {
+    /// Added to every call.
+    pub delay: Duration,
+    /// `cpu_usage` trailer to send: `Some(v)` fixed, `None` no layer.
+    pub cpu: Option<u64>,
+    /// Use the real sampler instead of a fixed value.
+    pub real_cpu: bool,
+}
+
+struct Hello {
+    name: String,
+    hits: Arc<AtomicUsize>,
+    delay: Duration,
+}
+
+#[tonic::async_trait]
+impl Greeter for Hello {
+    async fn say_hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+        self.hits.fetch_add(1, Ordering::SeqCst);
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        let mut resp = Response::new(HelloReply {
+            message: format!("Hello {}", req.into_inner().name),
+        });
+        resp.metadata_mut()
+            .insert("x-served-by", self.name.parse().unwrap());
+        Ok(resp)
+    }
+}
+
+/// A Greeter server on its own runtime.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl TestServer {
+    pub fn start(b: Behaviour) -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), b)
+    }
+
+    /// Starts on `addr` (port 0 picks one), e.g. to restart a killed server.
+    pub fn start_on(addr: SocketAddr, b: Behaviour) -> Self {
+        let listener = std::net::TcpListener::bind(addr).expect("bind");
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        Self::serve(vec![listener], addr, b)
+    }
+
+    /// One server accepting on every listener (for the 1025-endpoint test).
+    pub fn serve(listeners: Vec<std::net::TcpListener>, addr: SocketAddr, b: Behaviour) -> Self {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let svc = GreeterServer::new(Hello {
+            name: addr.to_string(),
+            hits: hits.clone(),
+            delay: b.delay,
+        });
+        rt.spawn(async move {
+            let incoming = listeners
+                .into_iter()
+                .map(|l| TcpListenerStream::new(tokio::net::TcpListener::from_std(l).unwrap()));
+            let incoming = futures_merge(incoming.collect());
+            let layer = match (b.cpu, b.real_cpu) {
+                (_, true) => Some(CpuLayer::new()),
+                (Some(v), false) => Some(CpuLayer::fixed(v)),
+                (None, false) => None,
+            };
+            let result = match layer {
+                Some(layer) => {
+                    tonic::transport::Server::builder()
+                        .layer(layer)
+                        .add_service(svc)
+                        .serve_with_incoming(incoming)
+                        .await
+                }
+                None => {
+                    tonic::transport::Server::builder()
+                        .add_service(svc)
+                        .serve_with_incoming(incoming)
+                        .await
+                }
+            };
+            if let Err(e) = result {
+                eprintln!("test server {addr} stopped: {e}");
+            }
+        });
+        TestServer {
+            addr,
+            hits,
+            rt: Some(rt),
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Kills the server: its runtime stops, dropping the listener and every
+    /// connection without a goodbye.
+    pub fn kill(mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Merges listener streams without pulling in futures-util.
+fn futures_merge(
+    streams: Vec<TcpListenerStream>,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    for mut s in streams {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(conn) = s.next().await {
+                if tx.send(conn).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// A resolver whose snapshots the test pushes.
+pub struct FakeResolver {
+    appid: String,
+    tx: Arc<watch::Sender<Resolution>>,
+}
+
+impl Resolver for FakeResolver {
+    fn appid(&self) -> &str {
+        &self.appid
+    }
+
+    fn watch(&self) -> watch::Receiver<Resolution> {
+        self.tx.subscribe()
+    }
+
+    fn close(&self) {}
+}
+
+/// A fake resolver for [`APPID`] and the handle to push updates with.
+pub fn fake(initial: Resolution) -> (Box<dyn Resolver>, Arc<watch::Sender<Resolution>>) {
+    let (tx, _) = watch::channel(initial);
+    let tx = Arc::new(tx);
+    (
+        Box::new(FakeResolver {
+            appid: APPID.to_string(),
+            tx: tx.clone(),
+        }),
+        tx,
+    )
+}
+
+/// One backend of a snapshot.
+#[derive(Clone)]
+pub struct Ep {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub color: &'static str,
+}
+
+pub fn ep(addr: SocketAddr) -> Ep {
+    Ep {
+        addr,
+        weight: 10,
+        color: "",
+    }
+}
+
+/// A `Found` snapshot of `eps`, all in zone `sh001`.
+pub fn found(eps: &[Ep]) -> Resolution {
+    let list = eps
+        .iter()
+        .map(|e| {
+            let mut metadata = BTreeMap::new();
+            metadata.insert("weight".to_string(), e.weight.to_string());
+            if !e.color.is_empty() {
+                metadata.insert("color".to_string(), e.color.to_string());
+            }
+            Instance {
+                zone: "sh001".into(),
+                env: "dev".into(),
+                appid: APPID.into(),
+                hostname: e.addr.to_string(),
+                addrs: vec![format!("grpc://{}", e.addr)],
+                metadata,
+                status: InsStatus::Up,
+                ..Default::default()
+            }
+        })
+        .collect();
+    Resolution::Found(Arc::new(InstancesInfo {
+        instances: BTreeMap::from([("sh001".to_string(), list)]),
+        scheduler: None,
+        latest_timestamp: 1,
+    }))
+}
+
+/// An address nothing listens on (bound, then closed).
+pub fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Waits until `n` endpoints are connected.
+pub async fn wait_ready(ch: &discovery_tonic::Balanced, n: usize) {
+    let t = tokio::time::Instant::now();
+    while ch.ready_endpoints().len() < n {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "only {} of {n} endpoints connected",
+            ch.ready_endpoints().len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub fn hello() -> HelloRequest {
+    HelloRequest {
+        name: "kratos".into(),
+    }
+}
