@@ -130,6 +130,7 @@ pub struct Api {
     shutdown: watch::Receiver<bool>,
     replicator: Arc<dyn Replicator>,
     members: Arc<dyn Members>,
+    requests: dashmap::DashMap<String, std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Api {
@@ -161,7 +162,26 @@ impl Api {
             shutdown,
             replicator,
             members,
+            requests: dashmap::DashMap::new(),
         }
+    }
+
+    /// Requests served on a route (e.g. `/discovery/register`) since start.
+    pub fn requests(&self, route: &str) -> u64 {
+        self.requests
+            .get(route)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    fn count(&self, route: &str) {
+        if let Some(c) = self.requests.get(route) {
+            c.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.requests
+            .entry(route.to_string())
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// State for a router that runs outside [`server::start`]
@@ -316,6 +336,15 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/healthz", d(get(healthz)))
         .route("/readyz", d(get(readyz)))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&api),
+            |State(api): State<Arc<Api>>, req: Request<Body>, next: axum::middleware::Next| async move {
+                if let Some(p) = req.extensions().get::<axum::extract::MatchedPath>() {
+                    api.count(p.as_str());
+                }
+                next.run(req).await
+            },
+        ))
         .layer(axum::middleware::map_response(move |mut res: Response| {
             let id = node_id.clone();
             async move {

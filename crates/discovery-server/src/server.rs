@@ -214,7 +214,10 @@ async fn cancel_self(api: &Api, replicator: &dyn Replicator) {
 }
 
 /// Starts a node. `listen` overrides `httpServer.addr` (port 0 allowed).
-pub async fn start(mut config: Config, listen: Option<SocketAddr>) -> Result<ServerHandle, StartError> {
+pub async fn start(
+    mut config: Config,
+    listen: Option<SocketAddr>,
+) -> Result<ServerHandle, StartError> {
     let addr = match listen {
         Some(a) => a,
         None => config
@@ -226,10 +229,12 @@ pub async fn start(mut config: Config, listen: Option<SocketAddr>) -> Result<Ser
                 reason: e.to_string(),
             })?,
     };
-    let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
-        addr: addr.to_string(),
-        source,
-    })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
     if listen.is_some() {
         // `nodes` lists this node by its configured address; it now lives
         // where `listen` put it.
@@ -264,7 +269,12 @@ pub async fn start_on(config: Config, listener: TcpListener) -> Result<ServerHan
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let config = Arc::new(config);
-    let cluster = Cluster::new(Arc::clone(&config), Arc::clone(&registry), clock, node.clone());
+    let cluster = Cluster::new(
+        Arc::clone(&config),
+        Arc::clone(&registry),
+        clock,
+        node.clone(),
+    );
     let replicator: Arc<dyn Replicator> = cluster.clone();
     let members: Arc<dyn Members> = cluster.clone();
     let api = Arc::new(Api::new(
@@ -333,7 +343,10 @@ async fn become_ready(api: Arc<Api>, cluster: Arc<Cluster>) {
     let synced = cluster.sync().await;
     if api.config.enable_protect && !synced {
         let period = api.config.registry.init_protect_period;
-        warn!(?period, "init-protect: no peer synced us; reads answer -500 until the period ends");
+        warn!(
+            ?period,
+            "init-protect: no peer synced us; reads answer -500 until the period ends"
+        );
         tokio::time::sleep_until(started + period).await;
     }
     if matches!(api.phase(), Phase::Syncing | Phase::Protected) {

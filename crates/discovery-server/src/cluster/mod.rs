@@ -101,7 +101,12 @@ fn strip_http(addr: &str) -> Option<&str> {
 
 impl Cluster {
     /// A cluster view; call [`Cluster::start`] to begin replicating.
-    pub fn new(config: Arc<Config>, registry: Arc<Registry>, clock: Clock, node: NodeIdentity) -> Arc<Self> {
+    pub fn new(
+        config: Arc<Config>,
+        registry: Arc<Registry>,
+        clock: Clock,
+        node: NodeIdentity,
+    ) -> Arc<Self> {
         let hc = &config.http_client;
         let http = reqwest::Client::builder()
             .connect_timeout(hc.dial)
@@ -134,7 +139,11 @@ impl Cluster {
             let mut sub = me.registry.watchers().subscribe(key);
             loop {
                 // Expired records leave even when nothing changes.
-                let every = me.config.cluster.probe_interval.min(me.config.registry.params.renew_interval);
+                let every = me
+                    .config
+                    .cluster
+                    .probe_interval
+                    .min(me.config.registry.params.renew_interval);
                 let _ = tokio::time::timeout(every, sub.changed()).await;
                 me.refresh();
             }
@@ -227,16 +236,17 @@ impl Cluster {
                 keep
             });
             for addr in wanted {
-                if !same.contains_key(&addr) {
+                if let std::collections::btree_map::Entry::Vacant(slot) = same.entry(addr) {
+                    let addr = slot.key().clone();
                     info!(peer = %addr, "peer joined");
                     let peer = Arc::new(Peer::new(
                         addr.clone(),
-                        vec![addr.clone()],
+                        vec![addr],
                         true,
                         self.config.cluster.queue_capacity,
                     ));
                     let task = tokio::spawn(peer::run(Arc::clone(self), Arc::clone(&peer)));
-                    same.insert(addr, Slot { peer, task });
+                    slot.insert(Slot { peer, task });
                 }
             }
         }
@@ -245,7 +255,10 @@ impl Cluster {
         let mut zones_wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (zone, nodes) in &self.config.zones {
             if *zone != self.config.env.zone {
-                zones_wanted.entry(zone.clone()).or_default().extend(nodes.iter().cloned());
+                zones_wanted
+                    .entry(zone.clone())
+                    .or_default()
+                    .extend(nodes.iter().cloned());
             }
         }
         for (zone, nodes) in learned_zones {
@@ -292,7 +305,8 @@ impl Cluster {
         };
         for (addr, slot) in self.same.lock().iter() {
             if addr != from {
-                slot.peer.push(Op::Register(out.instance.clone()), flags, None);
+                slot.peer
+                    .push(Op::Register(out.instance.clone()), flags, None);
             }
         }
     }
@@ -316,7 +330,12 @@ impl Cluster {
     pub async fn drain(&self, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let pending: usize = self.report().iter().filter(|p| p.status == peer::UP).map(|p| p.queued).sum();
+            let pending: usize = self
+                .report()
+                .iter()
+                .filter(|p| p.status == peer::UP)
+                .map(|p| p.queued)
+                .sum();
             if pending == 0 {
                 return true;
             }
@@ -334,7 +353,8 @@ impl Cluster {
     /// any peer answered.
     pub async fn sync(&self) -> bool {
         let cfg = &self.config.cluster;
-        let mut pending: Vec<Vec<String>> = self.static_peers().into_iter().map(|a| vec![a]).collect();
+        let mut pending: Vec<Vec<String>> =
+            self.static_peers().into_iter().map(|a| vec![a]).collect();
         for (zone, nodes) in &self.config.zones {
             if *zone != self.config.env.zone && !nodes.is_empty() {
                 pending.push(nodes.clone());
@@ -385,7 +405,10 @@ impl Cluster {
             .send()
             .await
             .map_err(|e| e.to_string())?;
-        let id = res.headers().get(NODE_ID_HEADER).and_then(|v| v.to_str().ok());
+        let id = res
+            .headers()
+            .get(NODE_ID_HEADER)
+            .and_then(|v| v.to_str().ok());
         if id == Some(self.node.id.as_str()) {
             self.selves.lock().insert(target.to_string());
             return Ok(None);

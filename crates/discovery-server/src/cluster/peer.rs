@@ -24,11 +24,7 @@ use super::{
     Cluster,
     wire::{self, Answer, Flags},
 };
-use crate::{
-    api::NODE_ID_HEADER,
-    registry::InstanceKey,
-    replication::Op,
-};
+use crate::{api::NODE_ID_HEADER, registry::InstanceKey, replication::Op};
 
 /// Signalled by the first same-zone peer that acknowledges a write.
 pub(crate) type Ack = Arc<watch::Sender<bool>>;
@@ -168,7 +164,10 @@ impl Peer {
                 .position(|it| matches!(it.op, Op::Renew(_)))
                 .unwrap_or(0);
             let gone = q.items.remove(victim);
-            if let Some(Item { op: Op::Renew(i), .. }) = &gone {
+            if let Some(Item {
+                op: Op::Renew(i), ..
+            }) = &gone
+            {
                 q.renews.remove(&InstanceKey::of(i));
             } else {
                 self.mark_lost("queue overflow");
@@ -180,7 +179,12 @@ impl Peer {
         if let Some(k) = renew_key {
             q.renews.insert(k, seq);
         }
-        q.items.push_back(Item { seq, op, flags, ack });
+        q.items.push_back(Item {
+            seq,
+            op,
+            flags,
+            ack,
+        });
         drop(q);
         self.notify.notify_one();
     }
@@ -188,7 +192,10 @@ impl Peer {
     /// Puts a write at the head of the queue (renew repair).
     fn push_front(&self, op: Op, flags: Flags) {
         let mut q = self.queue.lock();
-        let seq = q.items.front().map_or(q.next_seq, |h| h.seq.wrapping_sub(1));
+        let seq = q
+            .items
+            .front()
+            .map_or(q.next_seq, |h| h.seq.wrapping_sub(1));
         if q.items.is_empty() {
             q.next_seq += 1;
         }
@@ -265,11 +272,19 @@ enum Failure {
     Transport(String),
 }
 
-async fn post(cluster: &Cluster, target: &str, path: &str, body: String) -> Result<Answer, Failure> {
+async fn post(
+    cluster: &Cluster,
+    target: &str,
+    path: &str,
+    body: String,
+) -> Result<Answer, Failure> {
     let res = cluster
         .http
         .post(format!("http://{target}{path}"))
-        .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
         .body(body)
         .send()
         .await
@@ -284,7 +299,10 @@ async fn post(cluster: &Cluster, target: &str, path: &str, body: String) -> Resu
 }
 
 fn check_self(cluster: &Cluster, res: &reqwest::Response) -> Result<(), Failure> {
-    let id = res.headers().get(NODE_ID_HEADER).and_then(|v| v.to_str().ok());
+    let id = res
+        .headers()
+        .get(NODE_ID_HEADER)
+        .and_then(|v| v.to_str().ok());
     if id == Some(cluster.node.id.as_str()) {
         return Err(Failure::IsSelf);
     }
@@ -479,7 +497,11 @@ mod tests {
         p.push(Op::Renew(ins("a", 1)), F, None);
         p.push(Op::Register(ins("b", 0)), F, None);
         p.push(Op::Renew(ins("c", 1)), F, None);
-        assert_eq!(ops(&p), ["renew a 1", "reg b"], "a renew arriving at a full queue is dropped");
+        assert_eq!(
+            ops(&p),
+            ["renew a 1", "reg b"],
+            "a renew arriving at a full queue is dropped"
+        );
         p.push(Op::Register(ins("d", 0)), F, None);
         assert_eq!(ops(&p), ["reg b", "reg d"], "the queued renew made room");
         assert!(p.is_up());

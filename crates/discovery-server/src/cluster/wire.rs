@@ -4,10 +4,7 @@
 use naming::Instance;
 use serde::Deserialize;
 
-use crate::{
-    registry::MetadataPatch,
-    replication::Op,
-};
+use crate::{registry::MetadataPatch, replication::Op};
 
 /// How a forwarded write is flagged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +17,15 @@ fn b(v: bool) -> String {
     v.to_string()
 }
 
-fn key_fields(form: &mut Vec<(&'static str, String)>, region: &str, zone: &str, env: &str, appid: &str, hostname: &str, flags: Flags) {
+fn key_fields(
+    form: &mut Vec<(&'static str, String)>,
+    region: &str,
+    zone: &str,
+    env: &str,
+    appid: &str,
+    hostname: &str,
+    flags: Flags,
+) {
     form.push(("region", region.to_string()));
     form.push(("zone", zone.to_string()));
     form.push(("env", env.to_string()));
@@ -39,12 +44,28 @@ pub(crate) fn encode(op: &Op, flags: Flags) -> (&'static str, String) {
             "/discovery/register"
         }
         Op::Renew(i) => {
-            key_fields(&mut form, &i.region, &i.zone, &i.env, &i.appid, &i.hostname, flags);
+            key_fields(
+                &mut form,
+                &i.region,
+                &i.zone,
+                &i.env,
+                &i.appid,
+                &i.hostname,
+                flags,
+            );
             form.push(("dirty_timestamp", i.dirty_timestamp.to_string()));
             "/discovery/renew"
         }
         Op::Cancel(i, at) => {
-            key_fields(&mut form, &i.region, &i.zone, &i.env, &i.appid, &i.hostname, flags);
+            key_fields(
+                &mut form,
+                &i.region,
+                &i.zone,
+                &i.env,
+                &i.appid,
+                &i.hostname,
+                flags,
+            );
             form.push(("latest_timestamp", at.to_string()));
             "/discovery/cancel"
         }
@@ -65,7 +86,9 @@ pub(crate) fn encode(op: &Op, flags: Flags) -> (&'static str, String) {
             for m in &s.metadata {
                 let text = match m {
                     MetadataPatch::Clear => "null".to_string(),
-                    MetadataPatch::Merge(map) => serde_json::to_string(map).expect("map serializes"),
+                    MetadataPatch::Merge(map) => {
+                        serde_json::to_string(map).expect("map serializes")
+                    }
                 };
                 form.push(("metadata", text));
             }
@@ -79,7 +102,15 @@ pub(crate) fn encode(op: &Op, flags: Flags) -> (&'static str, String) {
 }
 
 fn register_fields(form: &mut Vec<(&'static str, String)>, i: &Instance, flags: Flags) {
-    key_fields(form, &i.region, &i.zone, &i.env, &i.appid, &i.hostname, flags);
+    key_fields(
+        form,
+        &i.region,
+        &i.zone,
+        &i.env,
+        &i.appid,
+        &i.hostname,
+        flags,
+    );
     // One field per address: the Go original's comma-joining corrupted
     // multi-address instances.
     for a in &i.addrs {
@@ -131,9 +162,18 @@ mod tests {
             dirty_timestamp: 7,
             ..Default::default()
         };
-        let (path, body) = encode(&Op::Register(i), Flags { replication: true, from_zone: false });
+        let (path, body) = encode(
+            &Op::Register(i),
+            Flags {
+                replication: true,
+                from_zone: false,
+            },
+        );
         assert_eq!(path, "/discovery/register");
-        assert!(body.contains("addrs=grpc%3A%2F%2Fx%3A1&addrs=http%3A%2F%2Fx%3A2"), "{body}");
+        assert!(
+            body.contains("addrs=grpc%3A%2F%2Fx%3A1&addrs=http%3A%2F%2Fx%3A2"),
+            "{body}"
+        );
         assert!(body.contains("replication=true") && body.contains("from_zone=false"));
         assert!(body.contains("dirty_timestamp=7") && body.contains("metadata=%7B%7D"));
     }
@@ -152,8 +192,17 @@ mod tests {
             ],
             set_timestamp: 9,
         };
-        let (_, body) = encode(&Op::Set(s), Flags { replication: true, from_zone: true });
-        assert!(body.contains("metadata=null&metadata=%7B%22k%22%3Anull%7D"), "{body}");
+        let (_, body) = encode(
+            &Op::Set(s),
+            Flags {
+                replication: true,
+                from_zone: true,
+            },
+        );
+        assert!(
+            body.contains("metadata=null&metadata=%7B%22k%22%3Anull%7D"),
+            "{body}"
+        );
         assert!(body.contains("hostname=h1&hostname=h2"));
     }
 }

@@ -1,0 +1,431 @@
+//! Starts discovery topologies on loopback, with ports chosen by the OS, and
+//! waits until they are ready. Used by tests, benchmarks and `cargo xtask`.
+//!
+//! Two flavours:
+//! * [`Topology`]: nodes in this process ([`discovery_server::server`]);
+//!   fast, and a node can be stopped and restarted;
+//! * [`ProcessTopology`]: `discovery` binaries as child processes, for what
+//!   only a real process shows (`kill -9`, signals).
+//!
+//! ```no_run
+//! # async fn run() {
+//! use testkit::{Layout, Topology};
+//!
+//! // Three nodes in zone sh001, registry timings shortened for tests.
+//! let topo = Topology::start(&Layout::zones(&[("sh001", 3)]).toml(testkit::FAST)).await;
+//! topo.wait_ready().await;
+//! println!("node 0 at {}", topo.addr(0));
+//! topo.shutdown().await;
+//! # }
+//! ```
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use discovery_server::{
+    config::Config,
+    server::{self, ServerHandle},
+};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    net::TcpListener,
+    process::{Child, Command},
+};
+
+/// Registry and cluster timings for tests: a 90 s lease in 3 s.
+pub const FAST: &str = r#"
+[registry]
+lease = "3s"
+evict_interval = "1s"
+renew_interval = "500ms"
+poll_hold = "5s"
+[cluster]
+sync_timeout = "3s"
+retry_initial = "50ms"
+retry_max = "500ms"
+probe_interval = "500ms"
+ack_timeout = "1s"
+drain_timeout = "2s"
+"#;
+
+/// Which nodes a topology has: zones and node counts, plus extra TOML.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    zones: Vec<(String, usize)>,
+    toml: String,
+    env: String,
+}
+
+impl Layout {
+    /// `zones` = `[("sh001", 3), ("sh002", 2)]`.
+    pub fn zones(zones: &[(&str, usize)]) -> Self {
+        Layout {
+            zones: zones.iter().map(|(z, n)| (z.to_string(), *n)).collect(),
+            toml: String::new(),
+            env: "dev".into(),
+        }
+    }
+
+    /// Extra TOML appended to every node's config (tables only).
+    pub fn toml(mut self, toml: &str) -> Self {
+        self.toml.push_str(toml);
+        self
+    }
+
+    fn count(&self) -> usize {
+        self.zones.iter().map(|(_, n)| n).sum()
+    }
+
+    /// (zone, index within the topology) of every node.
+    fn nodes(&self) -> Vec<String> {
+        self.zones
+            .iter()
+            .flat_map(|(z, n)| std::iter::repeat_n(z.clone(), *n))
+            .collect()
+    }
+
+    /// The config text of node `i`, given every node's address.
+    pub fn config_text(&self, i: usize, addrs: &[SocketAddr]) -> String {
+        let zones = self.nodes();
+        let my_zone = &zones[i];
+        let list = |zone: &str| {
+            let v: Vec<String> = zones
+                .iter()
+                .zip(addrs)
+                .filter(|(z, _)| z.as_str() == zone)
+                .map(|(_, a)| format!("\"{a}\""))
+                .collect();
+            v.join(", ")
+        };
+        let mut text = format!("nodes = [{}]\n", list(my_zone));
+        text.push_str("[zones]\n");
+        for (zone, _) in &self.zones {
+            if zone != my_zone {
+                text.push_str(&format!("\"{zone}\" = [{}]\n", list(zone)));
+            }
+        }
+        text.push_str(&format!(
+            "[env]\nregion = \"region01\"\nzone = \"{my_zone}\"\nhost = \"node-{i}\"\nDeployEnv = \"{}\"\n[httpServer]\naddr = \"{}\"\ntimeout = \"40s\"\n",
+            self.env, addrs[i]
+        ));
+        text.push_str(&self.toml);
+        text
+    }
+}
+
+/// Reserves `n` loopback ports (for child processes, which bind themselves).
+async fn reserve(n: usize) -> Vec<SocketAddr> {
+    let mut v = Vec::with_capacity(n);
+    let mut keep = Vec::with_capacity(n);
+    for _ in 0..n {
+        let l = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        v.push(l.local_addr().expect("bound"));
+        keep.push(l);
+    }
+    v
+}
+
+/// A topology of in-process nodes.
+#[derive(Debug)]
+pub struct Topology {
+    layout: Layout,
+    addrs: Vec<SocketAddr>,
+    nodes: Vec<Option<ServerHandle>>,
+}
+
+impl Topology {
+    /// Binds every listener, then starts every node at once.
+    pub async fn start(layout: &Layout) -> Self {
+        let mut listeners = Vec::new();
+        for _ in 0..layout.count() {
+            listeners.push(
+                TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind loopback"),
+            );
+        }
+        let addrs: Vec<SocketAddr> = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("bound"))
+            .collect();
+        let starts = listeners.into_iter().enumerate().map(|(i, l)| {
+            let cfg = Config::parse(&layout.config_text(i, &addrs))
+                .expect("valid config")
+                .0;
+            async move { server::start_on(cfg, l).await.expect("node starts") }
+        });
+        let nodes = futures_join_all(starts)
+            .await
+            .into_iter()
+            .map(Some)
+            .collect();
+        Topology {
+            layout: layout.clone(),
+            addrs,
+            nodes,
+        }
+    }
+
+    /// Node `i`'s address.
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.addrs[i]
+    }
+
+    /// Node `i`'s base URL.
+    pub fn url(&self, i: usize) -> String {
+        format!("http://{}", self.addrs[i])
+    }
+
+    /// Number of nodes (running or not).
+    pub fn len(&self) -> usize {
+        self.addrs.len()
+    }
+
+    /// Whether the topology has no node.
+    pub fn is_empty(&self) -> bool {
+        self.addrs.is_empty()
+    }
+
+    /// Node `i`, if running.
+    pub fn node(&self, i: usize) -> &ServerHandle {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    /// Waits until every running node serves reads.
+    pub async fn wait_ready(&self) {
+        for n in self.nodes.iter().flatten() {
+            tokio::time::timeout(Duration::from_secs(30), n.wait_ready())
+                .await
+                .expect("node ready within 30 s");
+        }
+    }
+
+    /// Graceful stop of node `i`.
+    pub async fn stop(&mut self, i: usize) {
+        if let Some(n) = self.nodes[i].take() {
+            n.shutdown().await;
+        }
+    }
+
+    /// Starts node `i` again on its address with an empty registry.
+    pub async fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "node {i} is running");
+        let cfg = Config::parse(&self.layout.config_text(i, &self.addrs))
+            .expect("valid config")
+            .0;
+        let mut last = None;
+        for _ in 0..50 {
+            match TcpListener::bind(self.addrs[i]).await {
+                Ok(l) => {
+                    self.nodes[i] = Some(server::start_on(cfg, l).await.expect("node starts"));
+                    return;
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("cannot rebind {}: {last:?}", self.addrs[i]);
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop(i).await;
+        }
+    }
+}
+
+async fn futures_join_all<F>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.expect("task"));
+    }
+    out
+}
+
+/// Path of the `discovery` binary next to the running test executable, or
+/// `$DISCOVERY_BIN`.
+pub fn discovery_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("DISCOVERY_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>/discovery
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("discovery");
+    assert!(
+        bin.exists(),
+        "{} not built; run `cargo build --bin discovery` or set DISCOVERY_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A `discovery` child process.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+    /// Its address.
+    pub addr: SocketAddr,
+}
+
+impl Process {
+    /// Starts the binary with `config` text; waits for its listening line.
+    pub async fn start(bin: &Path, config: &str, dir: &Path, name: &str) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let conf = dir.join(format!("{name}.toml"));
+        std::fs::write(&conf, config)?;
+        let mut child = Command::new(bin)
+            .arg("-conf")
+            .arg(&conf)
+            .env(
+                "RUST_LOG",
+                std::env::var("TESTKIT_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let out = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(out).lines();
+        let tag = name.to_string();
+        let addr = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = lines.next_line().await? {
+                println!("[{tag}] {line}");
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let a = rest.split_whitespace().next().unwrap_or("");
+                    if let Ok(a) = a.parse::<SocketAddr>() {
+                        return Ok(a);
+                    }
+                }
+            }
+            Err(std::io::Error::other("exited before listening"))
+        })
+        .await
+        .map_err(|_| std::io::Error::other("no listening line within 20 s"))??;
+        // Keep echoing the log, so that test output shows what happened.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                println!("[{tag}] {line}");
+            }
+        });
+        Ok(Process { child, addr })
+    }
+
+    /// `kill -9`.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub async fn terminate(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        if let Some(pid) = self.child.id() {
+            Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .await?;
+        }
+        self.child.wait().await
+    }
+}
+
+/// A topology of `discovery` child processes.
+#[derive(Debug)]
+pub struct ProcessTopology {
+    layout: Layout,
+    addrs: Vec<SocketAddr>,
+    dir: PathBuf,
+    bin: PathBuf,
+    /// The processes; `None` when stopped.
+    pub nodes: Vec<Option<Process>>,
+}
+
+impl ProcessTopology {
+    /// Starts every node at once.
+    pub async fn start(layout: &Layout) -> std::io::Result<Self> {
+        let addrs = reserve(layout.count()).await;
+        let dir = std::env::temp_dir().join(format!(
+            "testkit-{}-{}",
+            std::process::id(),
+            addrs[0].port()
+        ));
+        let mut topo = ProcessTopology {
+            layout: layout.clone(),
+            addrs,
+            dir,
+            bin: discovery_bin(),
+            nodes: Vec::new(),
+        };
+        let starts: Vec<_> = (0..topo.addrs.len()).map(|i| topo.spawn_node(i)).collect();
+        for s in starts {
+            topo.nodes.push(Some(s.await.expect("task")?));
+        }
+        Ok(topo)
+    }
+
+    fn spawn_node(&self, i: usize) -> tokio::task::JoinHandle<std::io::Result<Process>> {
+        let text = self.layout.config_text(i, &self.addrs);
+        let (bin, dir) = (self.bin.clone(), self.dir.clone());
+        tokio::spawn(async move { Process::start(&bin, &text, &dir, &format!("node-{i}")).await })
+    }
+
+    /// Node `i`'s address.
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.addrs[i]
+    }
+
+    /// Node `i`'s base URL.
+    pub fn url(&self, i: usize) -> String {
+        format!("http://{}", self.addrs[i])
+    }
+
+    /// `kill -9` node `i`.
+    pub async fn kill(&mut self, i: usize) {
+        if let Some(mut p) = self.nodes[i].take() {
+            p.kill().await;
+        }
+    }
+
+    /// Starts node `i` again.
+    pub async fn restart(&mut self, i: usize) -> std::io::Result<()> {
+        let p = self.spawn_node(i).await.expect("task")?;
+        self.nodes[i] = Some(p);
+        Ok(())
+    }
+
+    /// Waits until every running node answers `/readyz` with 200.
+    pub async fn wait_ready(&self) {
+        let http = reqwest::Client::new();
+        for (i, _) in self.nodes.iter().enumerate().filter(|(_, n)| n.is_some()) {
+            let url = format!("{}/readyz", self.url(i));
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(r) = http.get(&url).send().await {
+                    if r.status().is_success() {
+                        break;
+                    }
+                }
+                assert!(tokio::time::Instant::now() < deadline, "node {i} not ready");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+impl Drop for ProcessTopology {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
