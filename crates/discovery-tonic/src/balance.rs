@@ -53,7 +53,7 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use naming::{Resolution, Resolver};
+use naming::{BuildOptions, Resolution, Resolver};
 use parking_lot::Mutex;
 use tokio::{
     sync::{Notify, oneshot, watch},
@@ -132,24 +132,55 @@ struct Health {
     probing: bool,
 }
 
+/// How the updater turns a resolver snapshot into endpoints.
+struct Stages {
+    /// Pipeline options; `None` uses the snapshot as it is.
+    options: Option<BuildOptions>,
+    /// Whose list to take after the pipeline.
+    client_zone: Option<String>,
+    /// The subset key.
+    client_id: String,
+}
+
 impl Balanced {
-    /// A balanced channel over `resolver`'s endpoints. The client zone (which
-    /// zone's list the resolver's snapshots are taken from) is
-    /// `config.zone`; without one every zone is used.
+    /// A balanced channel over `resolver`'s endpoints.
+    ///
+    /// Resolvers deliver the registry's raw snapshots; the balancer runs the
+    /// resolution pipeline on them ([`pipeline::apply`]: scheme `grpc`,
+    /// `config.clusters`, zone scheduling for `config.zone`, subset
+    /// `config.subset` keyed by `config.client_id`) and uses the client
+    /// zone's list, or every zone when it is empty or no zone is set.
     ///
     /// Never blocks; must be called inside a tokio runtime (otherwise
     /// [`naming::Error::InvalidConfig`]).
     pub fn new(resolver: Box<dyn Resolver>, config: &ClientConfig) -> Result<Self, naming::Error> {
-        Self::build(
-            resolver,
-            config.zone.clone(),
-            config,
-            config.balancer.picker(),
-        )
+        Self::with_picker(resolver, config, config.balancer.picker())
     }
 
-    /// Parses `target`, adds the config's zone, clusters and subset, builds
-    /// its resolver from `resolvers` and balances over it.
+    /// Like [`Balanced::new`] with a picker of the caller's own instead of
+    /// the one `config.balancer` names.
+    pub fn with_picker(
+        resolver: Box<dyn Resolver>,
+        config: &ClientConfig,
+        picker: Arc<dyn Picker>,
+    ) -> Result<Self, naming::Error> {
+        let stages = Stages {
+            options: Some(BuildOptions {
+                scheme: "grpc".to_string(),
+                clusters: config.clusters.clone(),
+                client_zone: config.zone.clone(),
+                subset: config.subset,
+            }),
+            client_zone: config.zone.clone(),
+            client_id: config.client_id.clone(),
+        };
+        Self::build(resolver, stages, config, picker)
+    }
+
+    /// Parses `target`, adds the config's zone, clusters and subset
+    /// ([`Target::with_defaults`]), builds its resolver from `resolvers` and
+    /// balances over it. The target's options drive the pipeline, except for
+    /// `direct://` targets, whose fixed list is used as it is.
     pub fn from_target(
         target: &str,
         resolvers: &Resolvers,
@@ -161,17 +192,17 @@ impl Balanced {
             config.subset,
         );
         let resolver = resolvers.build(&target)?;
-        Self::build(
-            resolver,
-            target.zone.clone(),
-            config,
-            config.balancer.picker(),
-        )
+        let stages = Stages {
+            options: (target.scheme != "direct").then(|| target.build_options()),
+            client_zone: target.zone.clone(),
+            client_id: config.client_id.clone(),
+        };
+        Self::build(resolver, stages, config, config.balancer.picker())
     }
 
     fn build(
         resolver: Box<dyn Resolver>,
-        client_zone: Option<String>,
+        stages: Stages,
         config: &ClientConfig,
         picker: Arc<dyn Picker>,
     ) -> Result<Self, naming::Error> {
@@ -189,21 +220,11 @@ impl Balanced {
             republish: Notify::new(),
         });
         let (stop_tx, stop_rx) = oneshot::channel();
-        handle.spawn(run_updater(shared.clone(), resolver, client_zone, stop_rx));
+        handle.spawn(run_updater(shared.clone(), resolver, stages, stop_rx));
         Ok(Balanced {
             shared,
             _owner: Arc::new(stop_tx),
         })
-    }
-
-    /// Like [`Balanced::new`] with a picker of the caller's own instead of
-    /// the one `config.balancer` names.
-    pub fn with_picker(
-        resolver: Box<dyn Resolver>,
-        config: &ClientConfig,
-        picker: Arc<dyn Picker>,
-    ) -> Result<Self, naming::Error> {
-        Self::build(resolver, config.zone.clone(), config, picker)
     }
 
     /// The balanced appid (as the resolver reports it).
@@ -671,7 +692,7 @@ struct Pool {
 }
 
 impl Pool {
-    fn apply(&mut self, shared: &Arc<Shared>, res: &Resolution, zone: Option<&str>) {
+    fn apply(&mut self, shared: &Arc<Shared>, res: &Resolution, stages: &Stages) {
         let info = match res {
             Resolution::Pending => return,
             Resolution::NotFound { env, .. } => {
@@ -688,8 +709,17 @@ impl Pool {
             }
             Resolution::Found(info) => info,
         };
+        let processed;
+        let info = match &stages.options {
+            Some(options) => {
+                let zone = stages.client_zone.as_deref().unwrap_or_default();
+                processed = pipeline::apply(info, options, zone, &stages.client_id);
+                &processed
+            }
+            None => &**info,
+        };
         let mut wanted: Vec<(String, u32, Option<String>)> = Vec::new();
-        for ins in pipeline::select(info, zone) {
+        for ins in pipeline::select(info, stages.client_zone.as_deref()) {
             if ins.status != naming::Status::Up {
                 continue;
             }
@@ -784,7 +814,7 @@ impl Pool {
 async fn run_updater(
     shared: Arc<Shared>,
     resolver: Box<dyn Resolver>,
-    zone: Option<String>,
+    stages: Stages,
     mut stop: oneshot::Receiver<()>,
 ) {
     let mut rx = resolver.watch();
@@ -797,7 +827,7 @@ async fn run_updater(
     loop {
         if changed {
             let res = rx.borrow_and_update().clone();
-            pool.apply(&shared, &res, zone.as_deref());
+            pool.apply(&shared, &res, &stages);
         }
         pool.publish(&shared);
         tokio::select! {

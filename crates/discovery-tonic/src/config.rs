@@ -8,6 +8,7 @@
 //! | `zone`, `clusters` | none | added to the target as `zone=`, `cluster=` |
 //! | `keepalive_interval` / `keepalive_timeout` | 60 s / 20 s | HTTP/2 keepalive; pings while idle |
 //! | `balancer` | `p2c` | `p2c`, `wrr`, `round_robin` or `random` |
+//! | `client_id` | `$HOSTNAME` | subset key; pass the SDK's hostname |
 //!
 //! ```
 //! use std::time::Duration;
@@ -126,6 +127,10 @@ pub struct ClientConfig {
     pub caller: String,
     /// Own colour (`DEPLOY_COLOR`): requests without `color` metadata use it.
     pub color: String,
+    /// The subset key: the SDK's hostname. Defaults to `$HOSTNAME`, else the
+    /// kernel's hostname, so that clients on different hosts get different
+    /// subsets even when nobody sets it.
+    pub client_id: String,
 }
 
 impl Default for ClientConfig {
@@ -146,8 +151,17 @@ impl Default for ClientConfig {
             env: "dev".to_string(),
             caller: String::new(),
             color: String::new(),
+            client_id: default_client_id(),
         }
     }
+}
+
+fn default_client_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
 }
 
 impl ClientConfig {
@@ -227,6 +241,12 @@ impl ClientConfig {
     /// Sets the default request colour.
     pub fn color(mut self, color: impl Into<String>) -> Self {
         self.color = color.into();
+        self
+    }
+
+    /// Sets the subset key (the SDK's hostname).
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.client_id = id.into();
         self
     }
 

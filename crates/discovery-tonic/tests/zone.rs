@@ -1,5 +1,7 @@
 //! Filter (spec §5.2) and zone scheduling (§5.3) tables, checklist 38.
 
+mod support;
+
 use std::collections::BTreeMap;
 
 use discovery_tonic::pipeline::{apply, filter, schedule, select};
@@ -192,4 +194,138 @@ fn apply_and_select() {
     empty.instances.get_mut("sh001").unwrap().clear();
     assert_eq!(select(&empty, Some("sh001")).len(), 30);
     assert_eq!(select(&info, None).len(), 60);
+}
+
+mod balancer {
+    //! The balancer runs the pipeline on the resolver's raw snapshots.
+
+    use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
+
+    use super::support::{Behaviour, TestServer, fake, hello, wait_ready};
+    use demo_proto::helloworld::greeter_client::GreeterClient;
+    use discovery_tonic::{Balanced, ClientConfig, Resolvers};
+    use naming::{Builder, Instance, InstancesInfo, Resolution, Scheduler};
+
+    fn instance(zone: &str, addr: SocketAddr, cluster: &str) -> Instance {
+        let mut metadata = BTreeMap::new();
+        metadata.insert("cluster".to_string(), cluster.to_string());
+        Instance {
+            zone: zone.into(),
+            hostname: addr.to_string(),
+            addrs: vec![format!("http://{addr}"), format!("grpc://{addr}")],
+            metadata,
+            ..Default::default()
+        }
+    }
+
+    fn snapshot(zones: &[(&str, Vec<Instance>)], scheduler: Option<Scheduler>) -> Resolution {
+        Resolution::Found(Arc::new(InstancesInfo {
+            instances: zones
+                .iter()
+                .map(|(z, l)| (z.to_string(), l.clone()))
+                .collect(),
+            scheduler,
+            latest_timestamp: 1,
+        }))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clusters_zones_and_schedulers_steer_traffic() {
+        let a = TestServer::start(Behaviour::default()); // sh001, c1
+        let b = TestServer::start(Behaviour::default()); // sh001, c2
+        let c = TestServer::start(Behaviour::default()); // sh002, c1
+        let zones = vec![
+            (
+                "sh001",
+                vec![
+                    instance("sh001", a.addr, "c1"),
+                    instance("sh001", b.addr, "c2"),
+                ],
+            ),
+            ("sh002", vec![instance("sh002", c.addr, "c1")]),
+        ];
+        let (resolver, tx) = fake(snapshot(&zones, None));
+        let config = ClientConfig::default().zone("sh001").cluster("c1");
+        let channel = Balanced::new(resolver, &config).unwrap();
+        wait_ready(&channel, 1).await;
+        let mut client = GreeterClient::new(channel.clone());
+        for _ in 0..20 {
+            client.say_hello(hello()).await.unwrap();
+        }
+        // Cluster c1 of the client zone only.
+        assert_eq!((a.hits(), b.hits(), c.hits()), (20, 0, 0));
+
+        // A scheduler sending sh001's clients to sh002 only.
+        let s = Scheduler::from_json(r#"[{"src":"sh001","dst":{"sh002":1}}]"#).unwrap();
+        tx.send_replace(snapshot(&zones, Some(s)));
+        while channel.ready_endpoints() != [c.addr.to_string()] {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        for _ in 0..20 {
+            client.say_hello(hello()).await.unwrap();
+        }
+        assert_eq!((a.hits(), b.hits(), c.hits()), (20, 0, 20));
+    }
+
+    #[tokio::test]
+    async fn targets_subset_and_direct_skips_the_pipeline() {
+        // 80 distinct addresses nothing listens on: bound together, then
+        // closed.
+        let listeners: Vec<_> = (0..80)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        drop(listeners);
+        let list: Vec<Instance> = addrs.iter().map(|a| instance("sh001", *a, "")).collect();
+        let (resolver, _tx) = fake(snapshot(&[("sh001", list)], None));
+        struct One(std::sync::Mutex<Option<Box<dyn naming::Resolver>>>);
+        impl Builder for One {
+            fn scheme(&self) -> &str {
+                "discovery"
+            }
+            fn build(
+                &self,
+                _: &str,
+                _: naming::BuildOptions,
+            ) -> Result<Box<dyn naming::Resolver>, naming::Error> {
+                Ok(self.0.lock().unwrap().take().unwrap())
+            }
+        }
+        let resolvers = Resolvers::new().with(Arc::new(One(std::sync::Mutex::new(Some(resolver)))));
+        let config = ClientConfig::default().client_id("demo-client-1");
+        let channel = Balanced::from_target(
+            "discovery://default/demo.service?subset=30",
+            &resolvers,
+            &config,
+        )
+        .unwrap();
+        // Nothing listens on those addresses: the subset shows in the error.
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let err = GreeterClient::new(channel)
+            .say_hello(hello())
+            .await
+            .unwrap_err();
+        assert!(
+            err.message().contains("(30 endpoints unreachable)"),
+            "{err:?}"
+        );
+
+        let direct = addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let channel =
+            Balanced::from_target(&format!("direct://default/{direct}"), &resolvers, &config)
+                .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let err = GreeterClient::new(channel)
+            .say_hello(hello())
+            .await
+            .unwrap_err();
+        assert!(
+            err.message().contains("(80 endpoints unreachable)"),
+            "{err:?}"
+        );
+    }
 }
