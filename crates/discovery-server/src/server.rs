@@ -252,7 +252,13 @@ pub async fn start(
 
 /// Starts a node on a bound listener, so that the addresses of a whole
 /// topology are known before any node starts.
-pub async fn start_on(config: Config, listener: TcpListener) -> Result<ServerHandle, StartError> {
+pub async fn start_on(
+    mut config: Config,
+    listener: TcpListener,
+) -> Result<ServerHandle, StartError> {
+    // Identity values left empty take their defaults (the binary has already
+    // applied flags and environment variables).
+    config.fill_env(&crate::config::EnvFlags::default(), |_| None);
     let bound = listener.local_addr().map_err(|source| StartError::Bind {
         addr: config.http_server.addr.clone(),
         source,
