@@ -107,6 +107,31 @@ pub fn put(s: &ServerHandle, appid: &str, hostname: &str, port: u16) {
     s.registry().register(ins, Default::default(), now_ns());
 }
 
+/// Lists `addr` as a discovery node of `zone` in a server's registry.
+pub fn put_node(s: &ServerHandle, zone: &str, hostname: &str, addr: &str) {
+    let ins = Instance {
+        region: "region01".into(),
+        zone: zone.into(),
+        env: ENV.into(),
+        appid: naming::DISCOVERY_APPID.into(),
+        hostname: hostname.into(),
+        addrs: vec![format!("http://{addr}")],
+        ..Default::default()
+    };
+    s.registry().register(ins, Default::default(), now_ns());
+}
+
+/// Removes the server's own `infra.discovery` record.
+pub fn remove_self(s: &ServerHandle) {
+    let own = format!("http://{}", s.addr());
+    for ins in stored(s, naming::DISCOVERY_APPID) {
+        if ins.addrs.contains(&own) {
+            let key = InstanceKey::of(&ins);
+            s.registry().cancel(&key, now_ns());
+        }
+    }
+}
+
 pub fn remove(s: &ServerHandle, appid: &str, hostname: &str) {
     let key = InstanceKey::of(&Instance {
         zone: ZONE.into(),
