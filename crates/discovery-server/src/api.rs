@@ -118,6 +118,11 @@ pub struct NodeStatus {
 pub trait Members: Send + Sync + 'static {
     /// Local-zone nodes and self, sorted by address.
     fn nodes(&self) -> Vec<NodeStatus>;
+
+    /// Replication targets and their queues.
+    fn peers(&self) -> Vec<crate::cluster::PeerReport> {
+        Vec::new()
+    }
 }
 
 /// Shared state of the handlers.
@@ -333,6 +338,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/discovery/poll", d(get(poll)))
         .route("/discovery/polls", d(get(polls)))
         .route("/discovery/nodes", d(get(nodes)))
+        .route("/status", d(get(status)))
         .route("/healthz", d(get(healthz)))
         .route("/readyz", d(get(readyz)))
         .fallback(not_found)
@@ -909,6 +915,33 @@ async fn nodes(State(api): Shared) -> Response {
         return r.into_response();
     }
     Reply::ok().json(&api.members.nodes()).into_response()
+}
+
+/// `GET /status`: this node's phase, protection and replication state.
+async fn status(State(api): Shared) -> Response {
+    let body = serde_json::json!({
+        "node": {
+            "id": api.node.id,
+            "addr": api.node.advertise,
+            "zone": api.config.env.zone,
+            "env": api.config.env.deploy_env,
+            "phase": format!("{:?}", api.phase()),
+        },
+        "registry": {
+            "instances": api.registry.len(),
+            "apps": api.registry.apps(),
+            "parked_polls": api.registry.parked_polls(),
+        },
+        "protection": api.registry.guard_state(),
+        "nodes": api.members.nodes(),
+        "peers": api.members.peers(),
+    });
+    (
+        StatusCode::OK,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(&body).expect("serializing to memory"),
+    )
+        .into_response()
 }
 
 async fn healthz() -> Response {

@@ -771,6 +771,31 @@ mod tests {
         assert_eq!(cfg.nodes, ["127.0.0.1:7171"]);
     }
 
+    /// Every shipped config loads without a warning.
+    #[test]
+    fn shipped_configs_load_cleanly() {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "toml") {
+                    out.push(p);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs"),
+            &mut files,
+        );
+        assert!(files.len() >= 8, "{files:?}");
+        for f in files {
+            let (_, warnings) = Config::load(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            assert!(warnings.is_empty(), "{}: {warnings:?}", f.display());
+        }
+    }
+
     #[test]
     fn embedded_default_is_a_lone_node() {
         let cfg = Config::default();

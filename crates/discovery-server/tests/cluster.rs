@@ -448,3 +448,33 @@ async fn c58_c59_membership_follows_infra_discovery_and_shutdown_cancels_only_ow
     println!("restarted node listed again after {t:?}");
     topo.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_of_another_zone_is_replaced_by_its_sibling() {
+    let mut topo = Topology::start(&Layout::zones(&[("sh001", 2), ("sh002", 2)]).toml(FAST)).await;
+    topo.wait_ready().await;
+    // Whichever sh002 node node 0 would use first, one of them is gone.
+    topo.stop(2).await;
+    post(&topo.url(0), "/discovery/register", &reg_form("across")).await;
+    let url3 = topo.url(3);
+    eventually(
+        "reached the surviving node of sh002",
+        Duration::from_secs(5),
+        || {
+            let url = url3.clone();
+            async move { instance(&url, "across").await.is_some() }
+        },
+    )
+    .await;
+    let status = get(&topo.url(0), "/status").await;
+    assert_eq!(status["node"]["phase"], "Serving");
+    assert!(
+        status["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "zone:sh002")
+    );
+    assert!(status["protection"]["expected"].as_i64().is_some());
+    topo.shutdown().await;
+}

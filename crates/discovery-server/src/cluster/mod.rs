@@ -489,4 +489,8 @@ impl Members for Cluster {
         out.sort_by(|a, b| a.addr.cmp(&b.addr));
         out
     }
+
+    fn peers(&self) -> Vec<PeerReport> {
+        self.report()
+    }
 }
