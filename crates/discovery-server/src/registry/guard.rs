@@ -74,21 +74,23 @@ impl Guard {
     pub(crate) fn roll(&self) -> GuardState {
         let r = self.current.swap(0, Ordering::Relaxed);
         self.last.store(r, Ordering::Relaxed);
-        let state = self.state();
+        let mut state = self.state();
+        state.protected =
+            self.enabled && i64::try_from(r).unwrap_or(i64::MAX) < state.threshold;
         self.protected.store(state.protected, Ordering::Relaxed);
         state
     }
 
+    /// Current counts, with the decision of the last tick.
     pub(crate) fn state(&self) -> GuardState {
         let expected = self.expected.load(Ordering::Relaxed);
         // Truncation is the rule: E = 20 → T = 17.
         let threshold = (expected as f64 * self.threshold).floor() as i64;
-        let renews = self.last.load(Ordering::Relaxed);
         GuardState {
             expected,
             threshold,
-            renews,
-            protected: self.enabled && i64::try_from(renews).unwrap_or(i64::MAX) < threshold,
+            renews: self.last.load(Ordering::Relaxed),
+            protected: self.protected.load(Ordering::Relaxed),
         }
     }
 
