@@ -210,6 +210,69 @@ impl ConfigBuilder {
     }
 }
 
+/// The SDK's command-line flags (spec §2.1), to flatten into a binary's
+/// clap parser. Flags beat environment variables, which beat defaults;
+/// they are applied before the environment is read (the original read the
+/// environment first, so its flags never worked).
+///
+/// ```
+/// use clap::Parser;
+/// use discovery_client::config::Flags;
+///
+/// #[derive(Parser)]
+/// struct Cli {
+///     #[command(flatten)]
+///     sdk: Flags,
+/// }
+///
+/// let cli = Cli::parse_from(["demo", "--discovery-nodes", "a:7171,b:7171", "--zone", "sh001"]);
+/// let config = cli.sdk.builder().build_with(|var| (var == "ZONE").then(|| "env-zone".into()));
+/// assert_eq!(config.nodes, ["a:7171", "b:7171"]);
+/// assert_eq!(config.zone, "sh001");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct Flags {
+    /// Discovery nodes, comma-separated `host:port` [env: DISCOVERY_NODES]
+    #[arg(long = "discovery-nodes", value_name = "HOST:PORT,...", global = true)]
+    pub discovery_nodes: Option<String>,
+    /// Region [env: REGION; default: region01]
+    #[arg(long, global = true)]
+    pub region: Option<String>,
+    /// Zone [env: ZONE; default: zone01]
+    #[arg(long, global = true)]
+    pub zone: Option<String>,
+    /// Deploy env [env: DEPLOY_ENV; default: dev]
+    #[arg(long = "deploy-env", global = true)]
+    pub deploy_env: Option<String>,
+    /// Hostname, the identity of instances and polls [env: HOSTNAME; default: OS hostname]
+    #[arg(long, global = true)]
+    pub hostname: Option<String>,
+    /// Traffic colour [env: DEPLOY_COLOR]
+    #[arg(long = "deploy-color", global = true)]
+    pub deploy_color: Option<String>,
+    /// Own appid [env: APP_ID]
+    #[arg(long, global = true)]
+    pub appid: Option<String>,
+}
+
+impl Flags {
+    /// A builder holding the given flags; unset values still fall back to
+    /// the environment and defaults.
+    pub fn builder(&self) -> ConfigBuilder {
+        let mut b = Config::builder();
+        if let Some(n) = &self.discovery_nodes {
+            b = b.nodes([n]);
+        }
+        let set = |v: &Option<String>| v.clone().unwrap_or_default();
+        b.region(set(&self.region))
+            .zone(set(&self.zone))
+            .env(set(&self.deploy_env))
+            .hostname(set(&self.hostname))
+            .color(set(&self.deploy_color))
+            .appid(set(&self.appid))
+    }
+}
+
 /// Splits a `DISCOVERY_NODES`-style list: items trimmed, empties dropped, a
 /// leading `http://` stripped.
 ///

@@ -78,21 +78,22 @@ impl Registry for Discovery {
 }
 
 impl Discovery {
-    /// Changes status and/or metadata of this client's registration of
-    /// `appid` (`POST /discovery/set`). Later re-registrations keep the
-    /// change.
+    /// Changes status and/or metadata of the instance (`appid`, this
+    /// client's hostname) with `POST /discovery/set`. When this client
+    /// registered it, later re-registrations keep the change. Setting an
+    /// instance the server does not hold is refused (`Server { code: -400 }`).
     pub async fn set(&self, appid: &str, req: SetRequest) -> Result<(), Error> {
         let core = self.core();
         core.check_open()?;
-        let mut ins = core
+        let registered = core
             .registrations
             .lock()
             .get(appid)
-            .map(|e| e.instance.clone())
-            .ok_or_else(|| Error::NotFound {
-                appid: appid.to_string(),
-                env: core.config.env.clone(),
-            })?;
+            .map(|e| e.instance.clone());
+        let mut ins = match registered {
+            Some(ins) => ins,
+            None => complete_identity(core, appid)?,
+        };
         let mut call = identity(
             Call::post("/discovery/set", core.config.request_timeout),
             &ins,
@@ -160,6 +161,23 @@ fn complete(core: &Core, mut ins: Instance) -> Result<Instance, Error> {
     }
     check_status(ins.status)?;
     Ok(ins)
+}
+
+/// The key of an instance of `appid` registered by someone with our
+/// identity (e.g. `discoveryctl set` acting for a server).
+fn complete_identity(core: &Core, appid: &str) -> Result<Instance, Error> {
+    if appid.is_empty() {
+        return Err(Error::InvalidConfig("appid is empty".into()));
+    }
+    let c = &core.config;
+    Ok(Instance {
+        region: c.region.clone(),
+        zone: c.zone.clone(),
+        env: c.env.clone(),
+        appid: appid.to_string(),
+        hostname: c.hostname.clone(),
+        ..Default::default()
+    })
 }
 
 /// The key fields every provider call carries.
