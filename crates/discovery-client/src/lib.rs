@@ -34,9 +34,11 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Modules: [`config`] (settings and their environment fallbacks),
-//! [`provider`], [`consumer`], [`backoff`], and [`v2`], a kratos v2-style
-//! facade.
+//! Modules: [`config`] (settings, their environment fallbacks and clap
+//! flags), [`provider`], [`consumer`], [`backoff`], and [`v2`], a kratos
+//! v2-style facade. The `discoveryctl` binary (register, fetch, watch, set,
+//! nodes) and `examples/register.rs`, `examples/watch.rs` show the SDK in
+//! use.
 
 pub mod backoff;
 pub mod config;
