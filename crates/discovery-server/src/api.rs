@@ -136,6 +136,7 @@ pub struct Api {
     replicator: Arc<dyn Replicator>,
     members: Arc<dyn Members>,
     requests: dashmap::DashMap<String, std::sync::atomic::AtomicU64>,
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for Api {
@@ -168,7 +169,13 @@ impl Api {
             replicator,
             members,
             requests: dashmap::DashMap::new(),
+            metrics: crate::metrics::Metrics::new(),
         }
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// Requests served on a route (e.g. `/discovery/register`) since start.
@@ -338,17 +345,31 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/discovery/poll", d(get(poll)))
         .route("/discovery/polls", d(get(polls)))
         .route("/discovery/nodes", d(get(nodes)))
+        .route("/", d(get(console)))
         .route("/status", d(get(status)))
+        .route("/metrics", d(get(metrics)))
         .route("/healthz", d(get(healthz)))
         .route("/readyz", d(get(readyz)))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&api),
             |State(api): State<Arc<Api>>, req: Request<Body>, next: axum::middleware::Next| async move {
-                if let Some(p) = req.extensions().get::<axum::extract::MatchedPath>() {
-                    api.count(p.as_str());
-                }
-                next.run(req).await
+                let route = req
+                    .extensions()
+                    .get::<axum::extract::MatchedPath>()
+                    .map_or("unmatched", |p| p.as_str())
+                    .to_string();
+                api.count(&route);
+                let start = tokio::time::Instant::now();
+                let res = next.run(req).await;
+                let code = res
+                    .headers()
+                    .get("kratos-status-code")
+                    .and_then(|v| v.to_str().ok())
+                    .map_or_else(|| res.status().as_u16().to_string(), str::to_string);
+                api.metrics
+                    .request(&route, &code, start.elapsed().as_secs_f64());
+                res
             },
         ))
         .layer(axum::middleware::map_response(move |mut res: Response| {
@@ -763,6 +784,16 @@ async fn any_change(subs: &mut [crate::registry::Subscription]) {
     futures_util::future::select_all(futs).await;
 }
 
+/// Counts a held poll answered because of a change, and how long after it.
+fn woken(api: &Api, subs: &[crate::registry::Subscription]) {
+    api.metrics.wakeups.inc();
+    if let Some(at) = subs.iter().filter_map(|s| s.last_change()).max() {
+        api.metrics
+            .wakeup_latency
+            .observe(at.elapsed().as_secs_f64());
+    }
+}
+
 async fn poll(State(api): Shared, headers: HeaderMap, req: Request<Body>) -> Response {
     respond(poll_inner(&api, &headers, req).await)
 }
@@ -809,6 +840,7 @@ async fn poll_inner(api: &Api, headers: &HeaderMap, req: Request<Body>) -> Resul
             () = any_change(&mut subs) => {
                 let state = watch.classify(api).pop().unwrap_or(PollState::Missing);
                 if let Some(r) = answer(state) {
+                    woken(api, &subs);
                     return Ok(r);
                 }
             }
@@ -880,6 +912,7 @@ async fn polls_inner(
                     .iter()
                     .any(|s| matches!(s, PollState::Newer(_) | PollState::NewerEmpty(_)));
                 if newer || newly_missing {
+                    woken(api, &subs);
                     return Ok(polls_answer(&watch, &states));
                 }
             }
@@ -915,6 +948,30 @@ async fn nodes(State(api): Shared) -> Response {
         return r.into_response();
     }
     Reply::ok().json(&api.members.nodes()).into_response()
+}
+
+/// `GET /`: the web console, compiled into the binary.
+async fn console() -> Response {
+    (
+        StatusCode::OK,
+        [(http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("console/index.html"),
+    )
+        .into_response()
+}
+
+/// `GET /metrics`: Prometheus / OpenMetrics text.
+async fn metrics(State(api): Shared) -> Response {
+    let text = api.metrics.render(&api.registry, api.members.as_ref());
+    (
+        StatusCode::OK,
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// `GET /status`: this node's phase, protection and replication state.

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod metrics;
 pub mod registry;
 pub mod server;
 

@@ -389,6 +389,7 @@ async fn evict_loop(api: Arc<Api>) {
             was_protected = g.protected;
         }
         if !report.evicted.is_empty() {
+            api.metrics().evictions.inc_by(report.evicted.len() as u64);
             info!(
                 evicted = report.evicted.len(),
                 candidates = report.candidates,

@@ -69,6 +69,10 @@ pub struct PeerReport {
     pub sent: u64,
     /// Writes dropped on overflow.
     pub dropped: u64,
+    /// Failed attempts, retries included.
+    pub failures: u64,
+    /// Wall-clock ns of the last successful exchange (0 = never).
+    pub last_success: i64,
 }
 
 /// Membership and replication of one node.
@@ -320,6 +324,11 @@ impl Cluster {
             queued: s.peer.queued(),
             sent: s.peer.sent.load(std::sync::atomic::Ordering::Relaxed),
             dropped: s.peer.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            failures: s
+                .peer
+                .failures_total
+                .load(std::sync::atomic::Ordering::Relaxed),
+            last_success: s.peer.last_ok.load(std::sync::atomic::Ordering::Relaxed),
         };
         let mut v: Vec<PeerReport> = self.same.lock().values().map(one).collect();
         v.extend(self.zones.lock().values().map(one));

@@ -75,6 +75,10 @@ pub(crate) struct Peer {
     failures: AtomicU32,
     pub(crate) sent: AtomicU64,
     pub(crate) dropped: AtomicU64,
+    /// Failed attempts (each retry counts).
+    pub(crate) failures_total: AtomicU64,
+    /// Wall-clock ns of the last successful exchange.
+    pub(crate) last_ok: std::sync::atomic::AtomicI64,
     /// Last repair register per key, for "at most one repair per key, peer
     /// and renew interval".
     repairs: Mutex<HashMap<InstanceKey, i64>>,
@@ -95,6 +99,8 @@ impl Peer {
             failures: AtomicU32::new(0),
             sent: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            failures_total: AtomicU64::new(0),
+            last_ok: std::sync::atomic::AtomicI64::new(0),
             repairs: Mutex::new(HashMap::new()),
         }
     }
@@ -231,12 +237,17 @@ impl Peer {
 
     fn succeeded(&self) {
         self.failures.store(0, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        self.last_ok.store(now, Ordering::Relaxed);
         if self.status.swap(UP, Ordering::Relaxed) != UP {
             info!(peer = %self.name, "peer up");
         }
     }
 
     fn failed(&self, lost_after: u32, why: &str) {
+        self.failures_total.fetch_add(1, Ordering::Relaxed);
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= lost_after {
             self.mark_lost(why);

@@ -75,8 +75,7 @@ impl Guard {
         let r = self.current.swap(0, Ordering::Relaxed);
         self.last.store(r, Ordering::Relaxed);
         let mut state = self.state();
-        state.protected =
-            self.enabled && i64::try_from(r).unwrap_or(i64::MAX) < state.threshold;
+        state.protected = self.enabled && i64::try_from(r).unwrap_or(i64::MAX) < state.threshold;
         self.protected.store(state.protected, Ordering::Relaxed);
         state
     }

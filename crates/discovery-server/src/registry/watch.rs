@@ -18,7 +18,7 @@ use super::AppKey;
 /// The change channels of every app somebody is waiting on.
 #[derive(Debug, Default)]
 pub(crate) struct Watchers {
-    channels: DashMap<AppKey, watch::Sender<u64>>,
+    channels: DashMap<AppKey, watch::Sender<Option<tokio::time::Instant>>>,
     parked: AtomicUsize,
 }
 
@@ -28,7 +28,7 @@ impl Watchers {
         let rx = self
             .channels
             .entry(key.clone())
-            .or_insert_with(|| watch::channel(0).0)
+            .or_insert_with(|| watch::channel(None).0)
             .subscribe();
         Subscription {
             rx: Some(rx),
@@ -41,7 +41,8 @@ impl Watchers {
     /// stores the new version and wakes the tasks.
     pub(crate) fn notify(&self, key: &AppKey) {
         if let Some(tx) = self.channels.get(key) {
-            tx.send_modify(|v| *v = v.wrapping_add(1));
+            let now = tokio::time::Instant::now();
+            tx.send_modify(|v| *v = Some(now));
         }
     }
 
@@ -71,12 +72,17 @@ impl Drop for ParkGuard {
 /// once nobody else listens, so idle apps cost nothing.
 #[derive(Debug)]
 pub(crate) struct Subscription {
-    rx: Option<watch::Receiver<u64>>,
+    rx: Option<watch::Receiver<Option<tokio::time::Instant>>>,
     key: AppKey,
     owner: Arc<Watchers>,
 }
 
 impl Subscription {
+    /// When the app last changed, if it did since anyone subscribed.
+    pub(crate) fn last_change(&self) -> Option<tokio::time::Instant> {
+        self.rx.as_ref().and_then(|rx| *rx.borrow())
+    }
+
     /// Resolves at the next change after the subscription (or the last
     /// `changed`) was made.
     pub(crate) async fn changed(&mut self) {

@@ -1,0 +1,239 @@
+//! Prometheus metrics, served at `GET /metrics` in the OpenMetrics text
+//! format. Counters and histograms are updated as requests happen; gauges
+//! that mirror state (instances, protection, peers) are read at scrape time.
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry as PromRegistry,
+};
+
+use crate::{api::Members, registry::Registry};
+
+/// Labels of a served request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct RequestLabels {
+    pub(crate) route: String,
+    /// The envelope code, or the HTTP status for non-JSON answers.
+    pub(crate) code: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct RouteLabels {
+    pub(crate) route: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+}
+
+type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms … ~16 s; long polls land in the top buckets by design.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Every metric of a node.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: PromRegistry,
+    pub(crate) requests: Family<RequestLabels, Counter>,
+    pub(crate) latency: HistogramFamily,
+    pub(crate) wakeups: Counter,
+    pub(crate) wakeup_latency: Histogram,
+    pub(crate) evictions: Counter,
+    instances: Gauge,
+    apps: Gauge,
+    parked: Gauge,
+    protected: Gauge,
+    renews: Gauge,
+    expected: Gauge,
+    threshold: Gauge,
+    peer_up: Family<PeerLabels, Gauge>,
+    queue: Family<PeerLabels, Gauge>,
+    sent: Family<PeerLabels, Counter>,
+    dropped: Family<PeerLabels, Counter>,
+    failures: Family<PeerLabels, Counter>,
+    last_success: Family<PeerLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut r = PromRegistry::with_prefix("discovery");
+        let requests = Family::<RequestLabels, Counter>::default();
+        r.register(
+            "http_requests",
+            "HTTP requests by route and answer code",
+            requests.clone(),
+        );
+        let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        r.register(
+            "http_request_duration_seconds",
+            "Time to answer, by route (long polls include their hold)",
+            latency.clone(),
+        );
+        let wakeups = Counter::default();
+        r.register(
+            "poll_wakeups",
+            "Held long polls answered because an app changed",
+            wakeups.clone(),
+        );
+        let wakeup_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        r.register(
+            "poll_wakeup_seconds",
+            "From an app's change to a held poll's answer",
+            wakeup_latency.clone(),
+        );
+        let evictions = Counter::default();
+        r.register(
+            "evictions",
+            "Instances evicted after their lease expired",
+            evictions.clone(),
+        );
+        let gauge = |r: &mut PromRegistry, name: &str, help: &str| {
+            let g = Gauge::default();
+            r.register(name, help, g.clone());
+            g
+        };
+        let instances = gauge(&mut r, "instances", "Registered instances");
+        let apps = gauge(&mut r, "apps", "Apps with at least one instance");
+        let parked = gauge(&mut r, "parked_polls", "Long polls currently held");
+        let protected = gauge(
+            &mut r,
+            "protected",
+            "1 while protect mode suspends lease expiry",
+        );
+        let renews = gauge(
+            &mut r,
+            "renews_last_tick",
+            "Renews counted in the previous eviction tick (R)",
+        );
+        let expected = gauge(
+            &mut r,
+            "renews_expected",
+            "Renews expected per eviction tick (E)",
+        );
+        let threshold = gauge(
+            &mut r,
+            "renews_threshold",
+            "Protect mode when R falls below this (T)",
+        );
+        let peer_up = Family::<PeerLabels, Gauge>::default();
+        r.register(
+            "peer_up",
+            "1 when the replication target answers, 0 when Lost",
+            peer_up.clone(),
+        );
+        let queue = Family::<PeerLabels, Gauge>::default();
+        r.register(
+            "replication_queue_depth",
+            "Writes waiting for a target",
+            queue.clone(),
+        );
+        let sent = Family::<PeerLabels, Counter>::default();
+        r.register(
+            "replication_sent",
+            "Writes delivered to a target",
+            sent.clone(),
+        );
+        let dropped = Family::<PeerLabels, Counter>::default();
+        r.register(
+            "replication_dropped",
+            "Writes dropped because a target's queue was full",
+            dropped.clone(),
+        );
+        let failures = Family::<PeerLabels, Counter>::default();
+        r.register(
+            "replication_failures",
+            "Failed attempts towards a target (retries included)",
+            failures.clone(),
+        );
+        let last_success = Family::<PeerLabels, Gauge>::default();
+        r.register(
+            "peer_last_success_timestamp_seconds",
+            "Unix time of the last successful exchange with a target",
+            last_success.clone(),
+        );
+        Metrics {
+            registry: r,
+            requests,
+            latency,
+            wakeups,
+            wakeup_latency,
+            evictions,
+            instances,
+            apps,
+            parked,
+            protected,
+            renews,
+            expected,
+            threshold,
+            peer_up,
+            queue,
+            sent,
+            dropped,
+            failures,
+            last_success,
+        }
+    }
+
+    /// Records one answered request.
+    pub(crate) fn request(&self, route: &str, code: &str, seconds: f64) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_string(),
+                code: code.to_string(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    /// The text exposition, after reading the state gauges.
+    pub(crate) fn render(&self, registry: &Registry, members: &dyn Members) -> String {
+        let to_i64 = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        self.instances.set(to_i64(registry.len()));
+        self.apps.set(to_i64(registry.apps()));
+        self.parked.set(to_i64(registry.parked_polls()));
+        let g = registry.guard_state();
+        self.protected.set(i64::from(g.protected));
+        self.renews.set(i64::try_from(g.renews).unwrap_or(i64::MAX));
+        self.expected.set(g.expected);
+        self.threshold.set(g.threshold);
+        for p in members.peers() {
+            let l = PeerLabels { peer: p.name };
+            self.peer_up.get_or_create(&l).set(i64::from(p.status == 0));
+            self.queue.get_or_create(&l).set(to_i64(p.queued));
+            // Delivery counts live in the peer; mirror their absolute values.
+            let mirror = |c: &Counter, v: u64| {
+                c.inner().store(v, std::sync::atomic::Ordering::Relaxed);
+            };
+            mirror(&self.sent.get_or_create(&l), p.sent);
+            mirror(&self.dropped.get_or_create(&l), p.dropped);
+            mirror(&self.failures.get_or_create(&l), p.failures);
+            self.last_success
+                .get_or_create(&l)
+                .set(p.last_success / 1_000_000_000);
+        }
+        let mut out = String::with_capacity(8 * 1024);
+        encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}
