@@ -201,6 +201,15 @@ impl Default for Limits {
     }
 }
 
+/// `[snapshot]`: optional persistence for a lone node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// File to write; `None` disables snapshots.
+    pub path: Option<PathBuf>,
+    /// How often to write it.
+    pub interval: Duration,
+}
+
 /// The whole configuration of one node.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -224,6 +233,8 @@ pub struct Config {
     pub cluster: Cluster,
     /// Input limits.
     pub limits: Limits,
+    /// Registry snapshot.
+    pub snapshot: Snapshot,
     /// Schedulers loaded from the config directory.
     pub schedulers: BTreeMap<AppKey, Scheduler>,
     /// The directory scheduler files come from (SIGHUP reloads it).
@@ -311,7 +322,15 @@ struct Raw {
     registry: RawRegistry,
     cluster: RawCluster,
     limits: RawLimits,
+    snapshot: RawSnapshot,
     scheduler: Option<toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawSnapshot {
+    path: Option<String>,
+    interval: Option<GoDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -619,6 +638,18 @@ impl Config {
             registry,
             cluster,
             limits,
+            snapshot: Snapshot {
+                path: raw
+                    .snapshot
+                    .path
+                    .filter(|p| !p.is_empty())
+                    .map(PathBuf::from),
+                interval: positive(
+                    "snapshot.interval",
+                    raw.snapshot.interval,
+                    Duration::from_secs(30),
+                )?,
+            },
             schedulers: BTreeMap::new(),
             scheduler_dir: None,
         })

@@ -15,6 +15,7 @@ pub mod config;
 pub mod metrics;
 pub mod registry;
 pub mod server;
+pub mod snapshot;
 
 pub mod replication;
 

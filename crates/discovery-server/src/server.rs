@@ -129,8 +129,11 @@ impl ServerHandle {
         for t in &self.tasks {
             t.abort();
         }
-        cancel_self(&self.api, self.cluster.as_ref()).await;
+        // Answer held polls and stop accepting first, so that clients move
+        // to another node at once; then take our record out and flush.
         let _ = self.shutdown_tx.send(true);
+        cancel_self(&self.api, self.cluster.as_ref()).await;
+        save_snapshot(&self.api);
         let drain = self.api.config.cluster.drain_timeout;
         self.cluster.drain(drain).await;
         self.cluster.stop();
@@ -316,6 +319,21 @@ pub async fn start_on(
             warn!("server error: {e}");
         }
     });
+    if !has_peers {
+        if let Some(path) = &config.snapshot.path {
+            match crate::snapshot::restore(&api.registry, path, clock.now()) {
+                Ok(n) => {
+                    info!(instances = n, path = %path.display(), "restored the registry snapshot")
+                }
+                Err(crate::snapshot::SnapshotError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    info!(path = %path.display(), "no snapshot yet");
+                }
+                Err(e) => warn!("{e}; starting empty"),
+            }
+        }
+    }
     cluster.start();
     // Our own record exists before anyone can learn our address from the
     // log line below.
@@ -328,11 +346,14 @@ pub async fn start_on(
         "discovery listening on {bound}"
     );
 
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(evict_loop(Arc::clone(&api))),
         tokio::spawn(self_renew_loop(Arc::clone(&api), Arc::clone(&replicator))),
         tokio::spawn(become_ready(Arc::clone(&api), Arc::clone(&cluster))),
     ];
+    if config.snapshot.path.is_some() {
+        tasks.push(tokio::spawn(snapshot_loop(Arc::clone(&api))));
+    }
     Ok(ServerHandle {
         addr: bound,
         api,
@@ -341,6 +362,26 @@ pub async fn start_on(
         tasks,
         serve,
     })
+}
+
+fn save_snapshot(api: &Api) {
+    if let Some(path) = &api.config.snapshot.path {
+        match crate::snapshot::save(&api.registry, path, api.clock.now()) {
+            Ok(n) => tracing::debug!(instances = n, "snapshot written"),
+            Err(e) => warn!("{e}"),
+        }
+    }
+}
+
+async fn snapshot_loop(api: Arc<Api>) {
+    let every = api.config.snapshot.interval;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tick.tick().await;
+        // File IO off the runtime's worker threads.
+        let a = Arc::clone(&api);
+        let _ = tokio::task::spawn_blocking(move || save_snapshot(&a)).await;
+    }
 }
 
 /// Start-up sync, then init-protect, then SERVING (spec §5.4, §7.5).

@@ -348,3 +348,61 @@ fn rand_suffix() -> u64 {
         .subsec_nanos()
         .into()
 }
+
+#[tokio::test]
+async fn snapshot_keeps_a_lone_node_registry_across_restarts() {
+    let dir = tempdir("snapshot");
+    let snap = dir.join("registry.json");
+    let conf = format!(
+        "[snapshot]\npath = \"{}\"\ninterval = \"1h\"\n",
+        snap.display()
+    );
+    let cfg = || Config::parse(&conf).unwrap().0;
+    let node = server::start(cfg(), Some("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let base = format!("http://{}", node.addr());
+    let r: Value = reqwest::Client::new()
+        .post(format!("{base}/discovery/register"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(
+            "zone=sh001&env=dev&appid=kept&hostname=h1&status=1&addrs=grpc://a:1&addrs=http://a:2",
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["code"], 0);
+    node.shutdown().await;
+    assert!(snap.exists());
+
+    let node = server::start(cfg(), Some("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let v = get(
+        &node.addr().to_string(),
+        "/discovery/fetch?env=dev&appid=kept&status=1",
+    )
+    .await;
+    assert_eq!(v["code"], 0, "{v}");
+    assert_eq!(
+        v["data"]["instances"]["sh001"][0]["addrs"],
+        serde_json::json!(["grpc://a:1", "http://a:2"])
+    );
+    node.shutdown().await;
+
+    // A corrupt snapshot is reported and ignored.
+    std::fs::write(&snap, b"{\"version\":1,\"inst").unwrap();
+    let node = server::start(cfg(), Some("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let v = get(
+        &node.addr().to_string(),
+        "/discovery/fetch?env=dev&appid=kept&status=1",
+    )
+    .await;
+    assert_eq!(v["code"], -404);
+    node.shutdown().await;
+}
