@@ -1,7 +1,12 @@
 //! `cargo xtask <command>`: project automation, one small binary.
 //!
 //! * `test`: the whole test suite (nextest when installed, then doctests);
-//! * `ci`: formatting, clippy, then `test`: what `.ci/run` runs.
+//! * `ci`: formatting, clippy, then `test`: what `.ci/run` runs;
+//! * `bench [--quick] [--check] [--no-cluster]`: builds the release
+//!   `discovery` and `bench` binaries, then runs `bench`, which starts the
+//!   servers as child processes, prints a table and writes
+//!   `target/bench/<time>.json`. The heavy code lives in `crates/loadgen`,
+//!   so xtask itself stays small for `cargo xtask test`.
 
 use std::{
     path::{Path, PathBuf},
@@ -70,13 +75,43 @@ fn ci() -> anyhow::Result<()> {
     test(&[])
 }
 
-const USAGE: &str = "usage: cargo xtask <test [nextest args…] | ci>";
+fn bench(extra: &[String]) -> anyhow::Result<()> {
+    let mut build = cargo();
+    build.args([
+        "build",
+        "--release",
+        "-p",
+        "discovery-server",
+        "--bin",
+        "discovery",
+        "-p",
+        "loadgen",
+        "--bin",
+        "bench",
+    ]);
+    run(build)?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    let release = target.join("release");
+    let mut cmd = Command::new(release.join("bench"));
+    cmd.current_dir(root())
+        .arg("--discovery-bin")
+        .arg(release.join("discovery"))
+        .arg("--out")
+        .arg(target.join("bench"))
+        .args(extra);
+    run(cmd)
+}
+
+const USAGE: &str =
+    "usage: cargo xtask <test [nextest args…] | ci | bench [--quick] [--check] [--no-cluster]>";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("ci") => ci(),
+        Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);

@@ -1,0 +1,178 @@
+//! Child processes under test (discovery nodes, the ceiling), their memory
+//! (`VmRSS` from `/proc/<pid>/status`), the open-file limit, and the machine
+//! a run happened on.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use loadgen::proc::{Server, free_addr};
+//!
+//! let addr = free_addr()?;
+//! let mut cmd = tokio::process::Command::new("target/release/discovery");
+//! cmd.args(["--listen", &addr.to_string()]);
+//! let node = Server::spawn(cmd, addr, "node-0", "/readyz").await?;
+//! println!("{} bytes resident", node.rss()?);
+//! node.stop().await;
+//! # Ok(()) }
+//! ```
+
+use std::{net::SocketAddr, os::fd::AsFd as _, process::Stdio, time::Duration};
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+use tokio::process::{Child, Command};
+
+use crate::client::{Conn, Req};
+
+/// A loopback address that was free a moment ago (for a child to bind).
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+/// A server running as a child process, killed on drop.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its name in messages.
+    pub name: String,
+}
+
+impl Server {
+    /// Starts `cmd` (its stdout goes to our stderr) and waits until `ready`
+    /// (a path) answers HTTP 200 on `addr`.
+    pub async fn spawn(
+        mut cmd: Command,
+        addr: SocketAddr,
+        name: &str,
+        ready: &str,
+    ) -> anyhow::Result<Server> {
+        let err = std::io::stderr().as_fd().try_clone_to_owned()?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(err))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        let mut server = Server {
+            child,
+            addr,
+            name: name.to_string(),
+        };
+        server.wait_ready(ready, Duration::from_secs(30)).await?;
+        Ok(server)
+    }
+
+    async fn wait_ready(&mut self, path: &str, limit: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("{} exited during start-up: {status}", self.name);
+            }
+            if let Ok(mut c) = Conn::connect(self.addr).await {
+                if let Ok(a) = c.send(Req::get(path)).await {
+                    if a.status.is_success() {
+                        return Ok(());
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("{} not ready within {limit:?}", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// Its resident set size in bytes.
+    pub fn rss(&self) -> anyhow::Result<u64> {
+        rss_of(self.pid())
+    }
+
+    /// `kill -9` and reap.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// `VmRSS` of a process, in bytes.
+pub fn rss_of(pid: u32) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    parse_kb_field(&text, "VmRSS:").context("no VmRSS line")
+}
+
+/// A `Name:   1234 kB` field of a `/proc` file, in bytes.
+pub fn parse_kb_field(text: &str, field: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    let kb: u64 = line[field.len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Raises this process's open-file soft limit to its hard limit (children
+/// inherit it); returns the new soft limit.
+pub fn raise_nofile() -> anyhow::Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")
+}
+
+/// The machine a run happened on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// Logical CPUs available.
+    pub nproc: usize,
+    /// `MemTotal`, bytes.
+    pub mem_total_bytes: u64,
+    /// The kernel release.
+    pub kernel: String,
+    /// The CPU model, when `/proc/cpuinfo` names it.
+    pub cpu: String,
+    /// The open-file soft limit after raising it.
+    pub nofile: u64,
+}
+
+impl Machine {
+    /// Reads `/proc`.
+    pub fn probe(nofile: u64) -> Machine {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let cpuinfo = read("/proc/cpuinfo");
+        let cpu = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map_or_else(String::new, |s| s.trim().to_string());
+        Machine {
+            nproc: std::thread::available_parallelism().map_or(1, usize::from),
+            mem_total_bytes: parse_kb_field(&read("/proc/meminfo"), "MemTotal:").unwrap_or(0),
+            kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+            cpu,
+            nofile,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kb_fields() {
+        let status = "Name:\tdiscovery\nVmPeak:\t  99 kB\nVmRSS:\t   12345 kB\nThreads:\t3\n";
+        assert_eq!(parse_kb_field(status, "VmRSS:"), Some(12345 * 1024));
+        assert_eq!(parse_kb_field(status, "VmSwap:"), None);
+        assert_eq!(parse_kb_field("VmRSS: x kB", "VmRSS:"), None);
+    }
+
+    #[test]
+    fn own_rss_is_readable() {
+        assert!(rss_of(std::process::id()).unwrap() > 0);
+    }
+}

@@ -1,0 +1,954 @@
+//! The benchmark scenarios of issue 8, run against `discovery` child
+//! processes: register, renew, fetch/fetchs, poll wake-up, memory, and a
+//! 3-node cluster's replication; each throughput figure next to a ceiling
+//! measured in the same run.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use clap::Parser as _;
+//! use loadgen::{args::Cli, scenarios::Bench};
+//!
+//! let cli = Cli::parse_from(["bench", "--check"]);
+//! let report = Bench::new(cli.run, 20_000)?.run().await?;
+//! println!("{}", report.table());
+//! # Ok(()) }
+//! ```
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, OnceLock},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use tokio::{
+    process::Command,
+    sync::Semaphore,
+    time::{Instant, sleep},
+};
+
+use crate::{
+    args::{RunArgs, Scale},
+    client::{Conn, Plan, Req, drive},
+    proc::{Machine, Server, free_addr},
+    report::{Report, Row, Target},
+    stats::{Recorder, Summary},
+};
+
+/// Extra config of every benchmarked node: no eviction during the run, room
+/// for a million instances, holds longer than any wake-up takes.
+const NODE_TOML: &str = r#"
+[registry]
+lease = "1h"
+evict_interval = "1h"
+poll_hold = "60s"
+[limits]
+max_instances = 2000000
+max_pollers = 50000
+[cluster]
+sync_timeout = "2s"
+"#;
+
+const ENV: &str = "dev";
+const ZONE: &str = "sh001";
+/// `{"weight":"10"}`, form-encoded.
+const METADATA: &str = "%7B%22weight%22%3A%2210%22%7D";
+
+/// The `i`-th instance of a set of `apps` apps named `<prefix>.<n>`:
+/// (appid, hostname). Instances are dealt round-robin over the apps.
+pub fn instance(prefix: &str, apps: u64, i: u64) -> (String, String) {
+    (
+        format!("bench.{prefix}.{:05}", i % apps),
+        format!("host-{:07}", i / apps),
+    )
+}
+
+fn register_form(appid: &str, hostname: &str, i: u64) -> String {
+    format!(
+        "zone={ZONE}&env={ENV}&appid={appid}&hostname={hostname}&status=1\
+         &addrs=http%3A%2F%2F10.{}.{}.{}%3A8000&version=v1&metadata={METADATA}",
+        (i >> 16) & 255,
+        (i >> 8) & 255,
+        i & 255
+    )
+}
+
+fn register_req(appid: &str, hostname: &str, i: u64) -> Req {
+    Req::post_form("/discovery/register", register_form(appid, hostname, i))
+}
+
+fn renew_req(appid: &str, hostname: &str) -> Req {
+    Req::post_form(
+        "/discovery/renew",
+        format!("zone={ZONE}&env={ENV}&appid={appid}&hostname={hostname}"),
+    )
+}
+
+fn fetch_req(appid: &str) -> Req {
+    Req::get(format!("/discovery/fetch?env={ENV}&appid={appid}&status=1"))
+}
+
+/// A registry of `sets` instance sets: (prefix, apps, count), numbered one
+/// after the other, so that one index addresses every instance.
+#[derive(Debug, Clone)]
+struct Population(Vec<(&'static str, u64, u64)>);
+
+impl Population {
+    fn len(&self) -> u64 {
+        self.0.iter().map(|s| s.2).sum()
+    }
+
+    fn get(&self, mut i: u64) -> (String, String) {
+        for &(prefix, apps, n) in &self.0 {
+            if i < n {
+                return instance(prefix, apps, i);
+            }
+            i -= n;
+        }
+        unreachable!("index within the population")
+    }
+}
+
+/// One benchmark run.
+#[derive(Debug)]
+pub struct Bench {
+    args: RunArgs,
+    scale: Scale,
+    bin: PathBuf,
+    dir: PathBuf,
+    machine: Machine,
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+/// The two ceilings: (ops/s, p50, p99) of each.
+#[derive(Debug, Clone, Copy)]
+struct Ceilings {
+    fetch: Summary,
+    small: Summary,
+}
+
+impl Bench {
+    /// Prepares a run; `nofile` is the open-file limit already raised.
+    pub fn new(args: RunArgs, nofile: u64) -> anyhow::Result<Bench> {
+        let scale = Scale::of(&args);
+        let bin = match &args.discovery_bin {
+            Some(b) => b.clone(),
+            None => std::env::current_exe()?
+                .parent()
+                .context("executable has a directory")?
+                .join("discovery"),
+        };
+        ensure!(
+            bin.exists(),
+            "{} not found: build it with `cargo build --release -p discovery-server` or pass --discovery-bin",
+            bin.display()
+        );
+        let dir = std::env::temp_dir().join(format!("discovery-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Bench {
+            args,
+            scale,
+            bin,
+            dir,
+            machine: Machine::probe(nofile),
+            rows: Vec::new(),
+            notes: Vec::new(),
+        })
+    }
+
+    fn say(&self, what: &str) {
+        eprintln!("bench: {what}");
+    }
+
+    async fn start_nodes(&self, n: usize, tag: &str) -> anyhow::Result<Vec<Server>> {
+        let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect::<Result<_, _>>()?;
+        let layout = testkit::Layout::zones(&[(ZONE, n)]).toml(NODE_TOML);
+        let mut starts = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let conf = self.dir.join(format!("{tag}-{i}.toml"));
+            std::fs::write(&conf, layout.config_text(i, &addrs))?;
+            let mut cmd = Command::new(&self.bin);
+            cmd.arg("--conf").arg(&conf).env("RUST_LOG", "warn");
+            let (addr, name) = (*addr, format!("{tag}-{i}"));
+            starts.push(tokio::spawn(async move {
+                Server::spawn(cmd, addr, &name, "/readyz").await
+            }));
+        }
+        let mut nodes = Vec::new();
+        for s in starts {
+            nodes.push(s.await??);
+        }
+        Ok(nodes)
+    }
+
+    async fn start_ceiling(&self, body_bytes: usize) -> anyhow::Result<Server> {
+        let addr = free_addr()?;
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.args([
+            "ceiling",
+            "--listen",
+            &addr.to_string(),
+            "--body-bytes",
+            &body_bytes.to_string(),
+        ]);
+        Server::spawn(cmd, addr, "ceiling", "/").await
+    }
+
+    async fn measure_ceiling(&self, body_bytes: usize) -> anyhow::Result<Summary> {
+        let c = self.start_ceiling(body_bytes).await?;
+        let s = drive(
+            c.addr,
+            self.args.conns,
+            Plan::timed(self.scale.measure),
+            |_| Req::get("/discovery/fetch?env=dev&appid=x&status=1"),
+        )
+        .await?;
+        c.stop().await;
+        check(&s, "ceiling")?;
+        Ok(s)
+    }
+
+    /// Runs every scenario and returns the report.
+    pub async fn run(mut self) -> anyhow::Result<Report> {
+        let started = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        self.notes.push(format!(
+            "mode {}; load generator on the same {} cores as the servers; {} connections; server logs at RUST_LOG=warn",
+            self.scale.mode, self.machine.nproc, self.args.conns
+        ));
+        let single = self.single_node().await?;
+        if !self.args.no_cluster {
+            self.cluster(single).await?;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(Report {
+            started: crate::report::utc(started),
+            mode: self.scale.mode.into(),
+            machine: self.machine,
+            rows: self.rows,
+            notes: self.notes,
+        })
+    }
+
+    fn throughput_rows(&mut self, name: &str, s: &Summary, ceiling: (&str, &Summary), note: &str) {
+        let (cname, c) = ceiling;
+        self.rows.push(
+            Row::new(name, "ops/s", s.ops_per_s, "/s")
+                .ratio(cname, c.ops_per_s)
+                .note(note),
+        );
+        self.rows
+            .push(Row::new(name, "p50", s.p50_ms, "ms").ratio(cname, c.p50_ms));
+        self.rows
+            .push(Row::new(name, "p99", s.p99_ms, "ms").ratio(cname, c.p99_ms));
+    }
+
+    fn set_target(&mut self, scenario: &str, figure: &str, target: Target) {
+        if let Some(r) = self
+            .rows
+            .iter_mut()
+            .rev()
+            .find(|r| r.scenario == scenario && r.figure == figure)
+        {
+            *r = r.clone().target(target);
+        }
+    }
+
+    /// Register, fetch, renew, poll wake-up and memory on one node; returns
+    /// the single-node register and renew rates for the cluster ratios.
+    async fn single_node(&mut self) -> anyhow::Result<(f64, f64)> {
+        let scale = self.scale.clone();
+        let conns = self.args.conns;
+        self.say("starting one discovery node");
+        let node = self.start_nodes(1, "single").await?.remove(0);
+        let addr = node.addr;
+        sleep(Duration::from_millis(500)).await;
+        let rss_empty = node.rss()?;
+
+        // 1. Register.
+        self.say(&format!(
+            "register: {} instances over {} apps",
+            scale.instances, scale.apps
+        ));
+        let apps = scale.apps;
+        let register = drive(addr, conns, Plan::count(scale.instances), move |i| {
+            let (a, h) = instance("app", apps, i);
+            register_req(&a, &h, i)
+        })
+        .await?;
+        check(&register, "register")?;
+        sleep(Duration::from_millis(500)).await;
+        let rss_base = node.rss()?;
+
+        // The ceilings answer bodies as large as a fetch and a renew answer.
+        let mut ctl = Conn::connect(addr).await?;
+        let fetch_bytes = ctl
+            .send(fetch_req(&instance("app", apps, 0).0))
+            .await?
+            .body
+            .len();
+        let (a, h) = instance("app", apps, 0);
+        let renew_bytes = ctl.send(renew_req(&a, &h)).await?.body.len();
+        self.say(&format!(
+            "ceilings: {fetch_bytes} B (a fetch answer) and {renew_bytes} B (a renew answer)"
+        ));
+        let ceilings = Ceilings {
+            fetch: self.measure_ceiling(fetch_bytes).await?,
+            small: self.measure_ceiling(renew_bytes).await?,
+        };
+        let fetch_c = (format!("{fetch_bytes} B"), ceilings.fetch);
+        let small_c = (format!("{renew_bytes} B"), ceilings.small);
+        self.throughput_rows(
+            "ceiling",
+            &ceilings.fetch,
+            (&fetch_c.0, &fetch_c.1),
+            &format!("minimal hyper server, {fetch_bytes} B body"),
+        );
+        self.throughput_rows(
+            "ceiling",
+            &ceilings.small,
+            (&small_c.0, &small_c.1),
+            &format!("minimal hyper server, {renew_bytes} B body"),
+        );
+        self.throughput_rows(
+            "register",
+            &register,
+            (&small_c.0, &small_c.1),
+            &format!(
+                "{} instances over {} apps, {conns} conns",
+                scale.instances, scale.apps
+            ),
+        );
+        self.set_target("register", "ops/s", Target::RatioAtLeast(0.50));
+
+        // 3. Fetch and fetchs of random apps.
+        self.say("fetch / fetchs of random apps");
+        let fetch = drive(addr, conns, Plan::timed(scale.measure), move |_| {
+            let app = rand::random_range(0..apps);
+            fetch_req(&instance("app", apps, app).0)
+        })
+        .await?;
+        check(&fetch, "fetch")?;
+        self.throughput_rows(
+            "fetch",
+            &fetch,
+            (&fetch_c.0, &fetch_c.1),
+            &format!(
+                "1 random app of {apps}, {} instances, {} B answer",
+                scale.instances / apps,
+                fetch.mean_body_bytes
+            ),
+        );
+        self.set_target("fetch", "ops/s", Target::RatioAtLeast(0.40));
+        let fetchs = drive(addr, conns, Plan::timed(scale.measure), move |_| {
+            let (x, y) = (rand::random_range(0..apps), rand::random_range(0..apps));
+            Req::get(format!(
+                "/discovery/fetchs?env={ENV}&appid={}&appid={}&status=1",
+                instance("app", apps, x).0,
+                instance("app", apps, y).0
+            ))
+        })
+        .await?;
+        check(&fetchs, "fetchs")?;
+        self.throughput_rows(
+            "fetchs",
+            &fetchs,
+            (&fetch_c.0, &fetch_c.1),
+            &format!("2 random apps, {} B answer", fetchs.mean_body_bytes),
+        );
+
+        // 2. Steady renew of every instance, in order.
+        self.say("renew of every instance");
+        let n = scale.instances;
+        let renew = drive(addr, conns, Plan::timed(scale.measure), move |i| {
+            let (a, h) = instance("app", apps, i % n);
+            renew_req(&a, &h)
+        })
+        .await?;
+        check(&renew, "renew")?;
+        self.throughput_rows(
+            "renew",
+            &renew,
+            (&small_c.0, &small_c.1),
+            &format!("{n} instances round-robin"),
+        );
+        self.set_target("renew", "ops/s", Target::RatioAtLeast(0.60));
+
+        // 4. Poll wake-up, with the memory of parked pollers.
+        for &pollers in &scale.pollers {
+            self.say(&format!("poll wake-up: {pollers} parked pollers"));
+            let w = poll_wakeup(&node, pollers).await?;
+            let name = format!("poll wake-up {pollers}");
+            for (figure, v, c) in [
+                ("p50", w.wake.p50_ms, ceilings.small.p50_ms),
+                ("p99", w.wake.p99_ms, ceilings.small.p99_ms),
+                ("max", w.wake.max_ms, ceilings.small.max_ms),
+            ] {
+                self.rows
+                    .push(Row::new(&name, figure, v, "ms").ratio(&small_c.0, c));
+            }
+            self.rows.push(
+                Row::new(&name, "register call", w.register_ms, "ms")
+                    .ratio(&small_c.0, ceilings.small.p50_ms)
+                    .note("the write that woke them; must not wait for the wake-ups"),
+            );
+            if pollers >= 10_000 {
+                self.set_target(&name, "p99", Target::AtMost(50.0));
+            }
+            let per = (w.rss_parked.saturating_sub(w.rss_before)) as f64 / pollers as f64;
+            self.rows.push(
+                Row::new(
+                    "memory",
+                    &format!("RSS per parked poller ({pollers})"),
+                    per,
+                    "B",
+                )
+                .target(Target::AtMost(8192.0))
+                .note("socket, connection and waiter"),
+            );
+        }
+
+        // 5. Memory: empty, base, big; big stays stable with renews.
+        let big = scale.big.max(scale.instances);
+        let extra = big - scale.instances;
+        self.say(&format!("memory: loading {big} instances"));
+        let big_apps = (extra / 100).max(1);
+        let loaded = drive(addr, conns, Plan::count(extra), move |i| {
+            let (a, h) = instance("big", big_apps, i);
+            register_req(&a, &h, i)
+        })
+        .await?;
+        check(&loaded, "register (big)")?;
+        sleep(Duration::from_millis(500)).await;
+        let rss_big = node.rss()?;
+        let pop = Population(vec![("app", apps, n), ("big", big_apps, extra)]);
+        let total = pop.len();
+        let renew_big = drive(addr, conns, Plan::timed(scale.measure), move |i| {
+            let (a, h) = pop.get(i % total);
+            renew_req(&a, &h)
+        })
+        .await?;
+        check(&renew_big, "renew (big)")?;
+        sleep(Duration::from_millis(500)).await;
+        let rss_after = node.rss()?;
+        let scaled = if big < 1_000_000 {
+            format!("scaled down from 1M in {} mode", scale.mode)
+        } else {
+            String::new()
+        };
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        self.rows
+            .push(Row::new("memory", "RSS empty", mib(rss_empty), "MiB"));
+        self.rows.push(Row::new(
+            "memory",
+            &format!("RSS {} instances", crate::report::human(n as f64)),
+            mib(rss_base),
+            "MiB",
+        ));
+        self.rows.push(
+            Row::new(
+                "memory",
+                &format!("RSS {} instances", crate::report::human(big as f64)),
+                mib(rss_big),
+                "MiB",
+            )
+            .note(&scaled),
+        );
+        self.rows.push(
+            Row::new(
+                "memory",
+                &format!("RSS per instance ({})", crate::report::human(n as f64)),
+                rss_base.saturating_sub(rss_empty) as f64 / n as f64,
+                "B",
+            )
+            .target(Target::AtMost(1024.0)),
+        );
+        self.rows.push(
+            Row::new(
+                "memory",
+                &format!("RSS per instance ({})", crate::report::human(big as f64)),
+                rss_big.saturating_sub(rss_empty) as f64 / big as f64,
+                "B",
+            )
+            .target(Target::AtMost(1024.0))
+            .note(&scaled),
+        );
+        self.rows.push(
+            Row::new(
+                "memory",
+                &format!("RSS growth over {:?} of renews", scale.measure),
+                mib(rss_after.saturating_sub(rss_big)),
+                "MiB",
+            )
+            .note("stable = about 0"),
+        );
+        self.throughput_rows(
+            &format!("renew at {}", crate::report::human(big as f64)),
+            &renew_big,
+            (&small_c.0, &small_c.1),
+            &scaled,
+        );
+        self.set_target(
+            &format!("renew at {}", crate::report::human(big as f64)),
+            "ops/s",
+            Target::AtLeast(33_000.0),
+        );
+        node.stop().await;
+        Ok((register.ops_per_s, renew.ops_per_s))
+    }
+
+    /// Replication latency and cluster write throughput on three nodes.
+    async fn cluster(&mut self, single: (f64, f64)) -> anyhow::Result<()> {
+        let scale = self.scale.clone();
+        let conns = self.args.conns;
+        self.say("starting a 3-node cluster");
+        let nodes = self.start_nodes(3, "cluster").await?;
+        for n in &nodes {
+            wait_peers_up(n.addr, 2).await?;
+        }
+        let mut w = Conn::connect(nodes[0].addr).await?;
+        let mut readers = vec![
+            Conn::connect(nodes[1].addr).await?,
+            Conn::connect(nodes[2].addr).await?,
+        ];
+        let mut ctl: Vec<Conn> = vec![
+            Conn::connect(nodes[1].addr).await?,
+            Conn::connect(nodes[2].addr).await?,
+        ];
+
+        // Write on node 1 → visible on nodes 2 and 3: parked long polls on
+        // both answer when the write arrives.
+        self.say(&format!(
+            "replication: {} write → visible trials",
+            scale.repl_trials
+        ));
+        let app = "bench.repl";
+        ensure!(
+            w.send(register_req(app, "seed", 0)).await?.is_ok(),
+            "seed register"
+        );
+        for c in ctl.iter_mut() {
+            wait_visible(c, app).await?;
+        }
+        let (mut both, mut call) = (Recorder::new(), Recorder::new());
+        let mut each = [Recorder::new(), Recorder::new()];
+        for k in 0..scale.repl_trials {
+            let mut polls = Vec::new();
+            for (j, mut r) in std::mem::take(&mut readers).into_iter().enumerate() {
+                let latest = latest_timestamp(&mut ctl[j], app).await?;
+                let parked = parked_polls(&mut ctl[j]).await?;
+                let req = poll_req(app, &format!("watcher-{j}"), latest);
+                polls.push(tokio::spawn(async move {
+                    let a = r.send(req).await;
+                    (r, a, Instant::now())
+                }));
+                wait_parked(&mut ctl[j], parked + 1).await?;
+            }
+            let t0 = Instant::now();
+            let a = w
+                .send(register_req(app, &format!("r-{k}"), k as u64))
+                .await?;
+            ensure!(a.is_ok(), "register on node 1: {:?}", a.body);
+            call.record(t0.elapsed());
+            let mut slowest = Duration::ZERO;
+            for (j, task) in polls.into_iter().enumerate() {
+                let (conn, answer, at) = task.await?;
+                readers.push(conn);
+                let answer = answer?;
+                ensure!(answer.is_ok(), "poll on node {}: {:?}", j + 2, answer.body);
+                ensure!(at >= t0, "poll on node {} answered before the write", j + 2);
+                let d = at - t0;
+                each[j].record(d);
+                slowest = slowest.max(d);
+            }
+            both.record(slowest);
+            sleep(Duration::from_millis(5)).await;
+        }
+        let window = Duration::from_secs(1);
+        let both = both.summary(window);
+        for (figure, v) in [
+            ("p50", both.p50_ms),
+            ("p99", both.p99_ms),
+            ("max", both.max_ms),
+        ] {
+            let mut row = Row::new("replication visible on 2 and 3", figure, v, "ms");
+            if figure == "p99" {
+                row = row.target(Target::AtMost(10.0));
+            }
+            self.rows
+                .push(row.note("one write at a time; includes the long-poll wake-up"));
+        }
+        for (j, r) in each.iter().enumerate() {
+            let s = r.summary(window);
+            self.rows.push(Row::new(
+                &format!("replication visible on {}", j + 2),
+                "p99",
+                s.p99_ms,
+                "ms",
+            ));
+        }
+        let c = call.summary(window);
+        self.rows.push(
+            Row::new("replication", "register call p99", c.p99_ms, "ms")
+                .note("answers after one same-zone ack"),
+        );
+
+        // Sustained writes through node 1, and peer requests per write.
+        let sent0 = peer_sent(&mut w).await?;
+        self.say(&format!(
+            "cluster: {} registers through node 1",
+            scale.cluster_writes
+        ));
+        let reg = drive(
+            nodes[0].addr,
+            conns,
+            Plan::count(scale.cluster_writes),
+            move |i| {
+                let (a, h) = instance("cl", 100, i);
+                register_req(&a, &h, i)
+            },
+        )
+        .await?;
+        check(&reg, "cluster register")?;
+        let drained = Instant::now();
+        wait_drained(&mut w).await?;
+        let drain_ms = drained.elapsed().as_secs_f64() * 1000.0;
+        let sent1 = peer_sent(&mut w).await?;
+        let writes = scale.cluster_writes;
+        self.rows.push(
+            Row::new("cluster register via node 1", "ops/s", reg.ops_per_s, "/s")
+                .ratio("single node", single.0)
+                .target(Target::RatioAtLeast(0.25))
+                .note(format!(
+                    "{writes} registers, {conns} conns; ratio to the single-node register rate"
+                )),
+        );
+        self.rows.push(Row::new(
+            "cluster register via node 1",
+            "p99",
+            reg.p99_ms,
+            "ms",
+        ));
+        self.rows.push(
+            Row::new(
+                "cluster register via node 1",
+                "peer requests per write",
+                (sent1 - sent0) as f64 / writes as f64,
+                "",
+            )
+            .target(Target::AtMost(2.0))
+            .note("2 peers: 2 = one request per peer, no storm"),
+        );
+        self.rows.push(
+            Row::new(
+                "cluster register via node 1",
+                "queues drained after",
+                drain_ms,
+                "ms",
+            )
+            .note("time after the last answer"),
+        );
+
+        self.say("cluster: renews through node 1");
+        let renew = drive(nodes[0].addr, conns, Plan::timed(scale.measure), move |i| {
+            let (a, h) = instance("cl", 100, i % writes);
+            renew_req(&a, &h)
+        })
+        .await?;
+        check(&renew, "cluster renew")?;
+        let drained = Instant::now();
+        wait_drained(&mut w).await?;
+        let renew_drain_ms = drained.elapsed().as_secs_f64() * 1000.0;
+        let sent2 = peer_sent(&mut w).await?;
+        self.rows.push(
+            Row::new("cluster renew via node 1", "ops/s", renew.ops_per_s, "/s")
+                .ratio("single node", single.1)
+                .note("ratio to the single-node renew rate"),
+        );
+        self.rows.push(Row::new(
+            "cluster renew via node 1",
+            "p99",
+            renew.p99_ms,
+            "ms",
+        ));
+        // Renews started in the warm-up replicate too; count per renew sent.
+        let renews_sent = renew_requests(&renew, &scale);
+        self.rows.push(
+            Row::new(
+                "cluster renew via node 1",
+                "peer requests per renew",
+                (sent2 - sent1) as f64 / renews_sent,
+                "",
+            )
+            .note("estimate: warm-up renews counted at the measured rate"),
+        );
+        self.rows.push(Row::new(
+            "cluster renew via node 1",
+            "queues drained after",
+            renew_drain_ms,
+            "ms",
+        ));
+        let counts = {
+            let mut v = Vec::new();
+            for n in &nodes {
+                let mut c = Conn::connect(n.addr).await?;
+                v.push(
+                    status(&mut c).await?["registry"]["instances"]
+                        .as_u64()
+                        .unwrap_or(0),
+                );
+            }
+            v
+        };
+        if counts.iter().any(|&c| c != counts[0]) {
+            self.notes.push(format!(
+                "cluster nodes disagree on the instance count: {counts:?}"
+            ));
+        }
+        for n in nodes {
+            n.stop().await;
+        }
+        Ok(())
+    }
+}
+
+fn renew_requests(s: &Summary, scale: &Scale) -> f64 {
+    let Plan::For { warmup, measure } = Plan::timed(scale.measure) else {
+        return s.ops as f64;
+    };
+    (s.ops as f64 * (warmup + measure).as_secs_f64() / measure.as_secs_f64()).max(1.0)
+}
+
+/// Fails a scenario that had errors or did nothing.
+fn check(s: &Summary, what: &str) -> anyhow::Result<()> {
+    if s.errors > 0 || s.ops == 0 {
+        bail!("{what}: {} operations, {} errors", s.ops, s.errors);
+    }
+    Ok(())
+}
+
+fn poll_req(app: &str, hostname: &str, latest: i64) -> Req {
+    Req::get(format!(
+        "/discovery/poll?env={ENV}&hostname={hostname}&appid={app}&latest_timestamp={latest}"
+    ))
+    .header("x1-bmspy-timeout", "40000")
+}
+
+async fn status(c: &mut Conn) -> anyhow::Result<serde_json::Value> {
+    c.send(Req::get("/status")).await?.json()
+}
+
+async fn parked_polls(c: &mut Conn) -> anyhow::Result<u64> {
+    Ok(status(c).await?["registry"]["parked_polls"]
+        .as_u64()
+        .unwrap_or(0))
+}
+
+async fn wait_parked(c: &mut Conn, want: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = parked_polls(c).await?;
+        if now >= want {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "only {now} of {want} polls parked after 60 s"
+        );
+        sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn latest_timestamp(c: &mut Conn, app: &str) -> anyhow::Result<i64> {
+    let a = c.send(fetch_req(app)).await?;
+    ensure!(a.is_ok(), "fetch {app}: {:?}", a.body);
+    a.json()?["data"]["latest_timestamp"]
+        .as_i64()
+        .context("latest_timestamp")
+}
+
+async fn wait_visible(c: &mut Conn, app: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c.send(fetch_req(app)).await?.is_ok() {
+        ensure!(
+            Instant::now() < deadline,
+            "{app} not replicated within 30 s"
+        );
+        sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+async fn peers(c: &mut Conn) -> anyhow::Result<Vec<serde_json::Value>> {
+    Ok(status(c).await?["peers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
+async fn wait_peers_up(addr: SocketAddr, n: usize) -> anyhow::Result<()> {
+    let mut c = Conn::connect(addr).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = peers(&mut c).await?;
+        if p.iter().filter(|p| p["status"] == 0).count() >= n {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "{addr}: peers not UP: {p:?}");
+        sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Writes delivered to all peers so far.
+async fn peer_sent(c: &mut Conn) -> anyhow::Result<u64> {
+    Ok(peers(c)
+        .await?
+        .iter()
+        .map(|p| p["sent"].as_u64().unwrap_or(0))
+        .sum())
+}
+
+async fn wait_drained(c: &mut Conn) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let queued: u64 = peers(c)
+            .await?
+            .iter()
+            .map(|p| p["queued"].as_u64().unwrap_or(0))
+            .sum();
+        if queued == 0 {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "{queued} writes still queued");
+        sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// What one poll wake-up measured.
+#[derive(Debug)]
+struct Wakeup {
+    wake: Summary,
+    register_ms: f64,
+    rss_before: u64,
+    rss_parked: u64,
+}
+
+/// Parks `n` long polls (one connection each) on a fresh app, registers
+/// one instance there, and times every poller's answer from the register.
+async fn poll_wakeup(node: &Server, n: usize) -> anyhow::Result<Wakeup> {
+    let addr = node.addr;
+    let app = format!("bench.poll.{n}");
+    let mut ctl = Conn::connect(addr).await?;
+    let mut writer = Conn::connect(addr).await?;
+    ensure!(
+        ctl.send(register_req(&app, "seed", 0)).await?.is_ok(),
+        "seed"
+    );
+    let latest = latest_timestamp(&mut ctl, &app).await?;
+    let parked0 = parked_polls(&mut ctl).await?;
+    sleep(Duration::from_millis(300)).await;
+    let rss_before = node.rss()?;
+
+    // Connect with bounded concurrency, so that the listen backlog never
+    // overflows (a dropped SYN costs a second).
+    let gate = Arc::new(Semaphore::new(256));
+    let t0 = Arc::new(OnceLock::<Instant>::new());
+    let mut tasks = Vec::with_capacity(n);
+    for k in 0..n {
+        let (gate, t0) = (Arc::clone(&gate), Arc::clone(&t0));
+        let req = poll_req(&app, &format!("poller-{k}"), latest);
+        tasks.push(tokio::spawn(async move {
+            let mut c = {
+                let _permit = gate.acquire().await?;
+                Conn::connect(addr).await?
+            };
+            let a = c.send(req).await?;
+            let at = Instant::now();
+            ensure!(a.is_ok(), "poller {k}: {:?}", a.body);
+            let t0 = *t0.get().context("answered before the register")?;
+            Ok::<_, anyhow::Error>(at.saturating_duration_since(t0))
+        }));
+    }
+    wait_parked(&mut ctl, parked0 + n as u64).await?;
+    sleep(Duration::from_millis(300)).await;
+    let rss_parked = node.rss()?;
+
+    let start = Instant::now();
+    let _ = t0.set(start);
+    let a = writer.send(register_req(&app, "wake", 1)).await?;
+    let register_ms = start.elapsed().as_secs_f64() * 1000.0;
+    ensure!(a.is_ok(), "wake register: {:?}", a.body);
+    let mut rec = Recorder::new();
+    for t in tasks {
+        match t.await? {
+            Ok(d) => rec.record(d),
+            Err(e) => {
+                eprintln!("bench: {e:#}");
+                rec.error();
+            }
+        }
+    }
+    let wake = rec.summary(start.elapsed());
+    check(&wake, "poll wake-up")?;
+    Ok(Wakeup {
+        wake,
+        register_ms,
+        rss_before,
+        rss_parked,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instances_are_dealt_over_apps() {
+        assert_eq!(
+            instance("app", 1000, 0),
+            ("bench.app.00000".into(), "host-0000000".into())
+        );
+        assert_eq!(
+            instance("app", 1000, 1001),
+            ("bench.app.00001".into(), "host-0000001".into())
+        );
+        let pop = Population(vec![("app", 10, 100), ("big", 5, 50)]);
+        assert_eq!(pop.len(), 150);
+        assert_eq!(pop.get(99), instance("app", 10, 99));
+        assert_eq!(pop.get(100), instance("big", 5, 0));
+    }
+
+    #[test]
+    fn register_form_is_valid() {
+        let f = register_form("a", "h", 0x010203);
+        let pairs: Vec<(String, String)> = url_pairs(&f);
+        assert!(pairs.contains(&("addrs".into(), "http://10.1.2.3:8000".into())));
+        assert!(pairs.contains(&("metadata".into(), r#"{"weight":"10"}"#.into())));
+    }
+
+    fn url_pairs(s: &str) -> Vec<(String, String)> {
+        s.split('&')
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap();
+                (k.to_string(), decode(v))
+            })
+            .collect()
+    }
+
+    fn decode(v: &str) -> String {
+        let b = v.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' {
+                out.push(u8::from_str_radix(&v[i + 1..i + 3], 16).unwrap());
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).unwrap()
+    }
+}
