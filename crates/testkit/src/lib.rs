@@ -7,6 +7,9 @@
 //! * [`ProcessTopology`]: `discovery` binaries as child processes, for what
 //!   only a real process shows (`kill -9`, signals).
 //!
+//! [`demo::DemoTopology`] adds demo servers and the demo client to a
+//! process topology.
+//!
 //! ```no_run
 //! # async fn run() {
 //! use testkit::{Layout, Topology};
@@ -18,6 +21,8 @@
 //! topo.shutdown().await;
 //! # }
 //! ```
+
+pub mod demo;
 
 use std::{
     net::SocketAddr,
@@ -254,19 +259,35 @@ where
     out
 }
 
-/// Path of the `discovery` binary next to the running test executable, or
+/// Path of the `discovery` binary next to the running executable, or
 /// `$DISCOVERY_BIN`.
 pub fn discovery_bin() -> PathBuf {
     if let Ok(p) = std::env::var("DISCOVERY_BIN") {
         return PathBuf::from(p);
     }
+    sibling_bin("discovery")
+}
+
+/// The directory holding the workspace's binaries for the running
+/// executable: `target/<profile>` for a test (`target/<profile>/deps/<test>`)
+/// as for a binary (`target/<profile>/<bin>`).
+pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> → target/<profile>/discovery
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("discovery");
+    let dir = exe.parent().expect("exe dir");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("target dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// Path of the workspace binary `name` in [`bin_dir`]; panics with the
+/// command to build it when missing.
+pub fn sibling_bin(name: &str) -> PathBuf {
+    let bin = bin_dir().join(name);
     assert!(
         bin.exists(),
-        "{} not built; run `cargo build --bin discovery` or set DISCOVERY_BIN",
+        "{} not built; run `cargo build --bin {name}`",
         bin.display()
     );
     bin
@@ -286,13 +307,20 @@ impl Process {
         std::fs::create_dir_all(dir)?;
         let conf = dir.join(format!("{name}.toml"));
         std::fs::write(&conf, config)?;
-        let mut child = Command::new(bin)
-            .arg("-conf")
-            .arg(&conf)
-            .env(
-                "RUST_LOG",
-                std::env::var("TESTKIT_LOG").unwrap_or_else(|_| "info".into()),
-            )
+        let mut cmd = Command::new(bin);
+        cmd.arg("-conf").arg(&conf).env(
+            "RUST_LOG",
+            std::env::var("TESTKIT_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        Process::spawn(cmd, name).await
+    }
+
+    /// Spawns `cmd` (stdout piped, stderr inherited, killed on drop) and
+    /// waits at most 20 s for a stdout line `… listening on <addr> …`, as
+    /// `discovery`, `demo-server` and `demo-client` print. Every stdout line
+    /// is echoed with a `[name]` prefix.
+    pub async fn spawn(mut cmd: Command, name: &str) -> std::io::Result<Self> {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -321,6 +349,30 @@ impl Process {
             }
         });
         Ok(Process { child, addr })
+    }
+
+    /// The OS process id, while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Sends `signal` (a `kill -s` name: `TERM`, `INT`, `KILL`) without
+    /// waiting.
+    pub async fn signal(&self, signal: &str) -> std::io::Result<()> {
+        if let Some(pid) = self.child.id() {
+            Command::new("kill")
+                .arg("-s")
+                .arg(signal)
+                .arg(pid.to_string())
+                .status()
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the exit.
+    pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait().await
     }
 
     /// `kill -9`.
@@ -353,8 +405,13 @@ pub struct ProcessTopology {
 }
 
 impl ProcessTopology {
-    /// Starts every node at once.
+    /// Starts every node at once ([`discovery_bin`]).
     pub async fn start(layout: &Layout) -> std::io::Result<Self> {
+        Self::start_with(layout, discovery_bin()).await
+    }
+
+    /// Starts every node at once, running `bin`.
+    pub async fn start_with(layout: &Layout, bin: PathBuf) -> std::io::Result<Self> {
         let addrs = reserve(layout.count()).await;
         let dir = std::env::temp_dir().join(format!(
             "testkit-{}-{}",
@@ -365,7 +422,7 @@ impl ProcessTopology {
             layout: layout.clone(),
             addrs,
             dir,
-            bin: discovery_bin(),
+            bin,
             nodes: Vec::new(),
         };
         let starts: Vec<_> = (0..topo.addrs.len()).map(|i| topo.spawn_node(i)).collect();
@@ -389,6 +446,11 @@ impl ProcessTopology {
     /// Node `i`'s base URL.
     pub fn url(&self, i: usize) -> String {
         format!("http://{}", self.addrs[i])
+    }
+
+    /// Every node's address (running or not).
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
     }
 
     /// `kill -9` node `i`.

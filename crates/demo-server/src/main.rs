@@ -1,0 +1,337 @@
+//! `demo-server`: the Greeter of the discovery walkthrough (spec §8).
+//!
+//! Binds the gRPC address (port 0 picks one), logs
+//! `demo-server listening on <addr>`, serves, then registers
+//! `grpc://<advertise-ip>:<port>` as `demo.service` (or `--appid`/`APP_ID`)
+//! with weight, colour and cluster in the metadata. Replies `Hello <name>`
+//! with the response metadata `x-served-by: <hostname>` and the `cpu_usage`
+//! trailer. On SIGINT/SIGTERM it cancels the registration (at most 5 s), then
+//! stops gRPC gracefully, so that clients have moved away before the
+//! listener closes.
+//!
+//! ```text
+//! DISCOVERY_NODES=127.0.0.1:7171 HOSTNAME=demo-server-1 demo-server --grpc-addr 127.0.0.1:9000
+//! ```
+//!
+//! Without discovery nodes it prints the SDK's error and exits with status 2.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use clap::Parser;
+use demo_proto::helloworld::{
+    HelloReply, HelloRequest,
+    greeter_server::{Greeter, GreeterServer},
+};
+use discovery_client::{Discovery, config::Flags};
+use naming::{Instance, Registration, Registry, metadata};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status, metadata::MetadataValue};
+use tracing::{error, info, warn};
+
+/// The appid registered when neither `--appid` nor `APP_ID` is set.
+const DEFAULT_APPID: &str = "demo.service";
+/// Bound of the cancel on shutdown (the SDK's own bound is the same).
+const CANCEL_BOUND: Duration = Duration::from_secs(5);
+/// Bound of the graceful gRPC stop once deregistered.
+const DRAIN_BOUND: Duration = Duration::from_secs(5);
+
+/// The Greeter demo server: serves gRPC and registers itself with discovery.
+#[derive(Debug, Parser)]
+#[command(name = "demo-server", version, about)]
+struct Cli {
+    /// gRPC listen address; port 0 picks a free one.
+    #[arg(long, env = "GRPC_ADDR", default_value = "0.0.0.0:9000")]
+    grpc_addr: SocketAddr,
+    /// IP registered in `grpc://<ip>:<port>` [default: the listen IP when it
+    /// is not 0.0.0.0, else the first non-loopback IPv4, else 127.0.0.1]
+    #[arg(long, env = "ADVERTISE_IP")]
+    advertise_ip: Option<IpAddr>,
+    /// Balancer weight, registered as `weight` metadata.
+    #[arg(long, default_value_t = naming::DEFAULT_WEIGHT)]
+    weight: u32,
+    /// Traffic colour, registered as `color` metadata [default: DEPLOY_COLOR]
+    #[arg(long)]
+    color: Option<String>,
+    /// Cluster, registered as `cluster` metadata.
+    #[arg(long, default_value = "")]
+    cluster: String,
+    /// The SDK settings (`--appid` defaults to demo.service here).
+    #[command(flatten)]
+    sdk: Flags,
+}
+
+/// The service: greets and says who answered.
+#[derive(Debug, Clone)]
+struct Hello {
+    hostname: String,
+    served_by: MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl Hello {
+    fn new(hostname: &str) -> anyhow::Result<Self> {
+        Ok(Hello {
+            hostname: hostname.to_string(),
+            served_by: hostname
+                .parse()
+                .with_context(|| format!("hostname {hostname:?} is not valid metadata"))?,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Greeter for Hello {
+    async fn say_hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+        let name = req.into_inner().name;
+        tracing::debug!(%name, host = %self.hostname, "SayHello");
+        let mut resp = Response::new(HelloReply {
+            message: format!("Hello {name}"),
+        });
+        resp.metadata_mut()
+            .insert("x-served-by", self.served_by.clone());
+        Ok(resp)
+    }
+}
+
+fn init_logs() {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi)
+        .init();
+}
+
+/// The IP to register: the flag, else the listen IP when specific, else the
+/// first non-loopback IPv4 of the host, else loopback.
+fn advertise_ip(flag: Option<IpAddr>, bound: SocketAddr) -> IpAddr {
+    if let Some(ip) = flag {
+        return ip;
+    }
+    if !bound.ip().is_unspecified() {
+        return bound.ip();
+    }
+    first_non_loopback_ipv4().map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4)
+}
+
+/// The host's first non-loopback IPv4, read from the kernel's routing trie
+/// (`/proc/net/fib_trie`, where every local address is a `/32 host LOCAL`
+/// leaf). This works without a default route (private container networks)
+/// and needs no `getifaddrs`.
+fn first_non_loopback_ipv4() -> Option<Ipv4Addr> {
+    let text = std::fs::read_to_string("/proc/net/fib_trie").ok()?;
+    let mut last: Option<Ipv4Addr> = None;
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(ip) = t.strip_prefix("|-- ") {
+            last = ip.trim().parse().ok();
+        } else if t.contains("/32 host LOCAL") {
+            if let Some(ip) = last.filter(|ip| !ip.is_loopback() && !ip.is_unspecified()) {
+                return Some(ip);
+            }
+        }
+    }
+    None
+}
+
+/// Installs the SIGTERM and SIGINT handlers now; the returned future
+/// resolves with the first signal's name.
+fn signals() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    })
+}
+
+/// Registers, retrying every second while the registry cannot be reached,
+/// until `stop` fires. Returns `None` when stopped first.
+async fn register(
+    discovery: &Discovery,
+    instance: Instance,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Registration> {
+    loop {
+        tokio::select! {
+            r = discovery.register(instance.clone()) => match r {
+                Ok(reg) => return Some(reg),
+                Err(e) => warn!(error = %e, "register failed; retrying in 1 s"),
+            },
+            _ = stop.wait_for(|s| *s) => return None,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|s| *s) => return None,
+        }
+    }
+}
+
+async fn run(cli: Cli, discovery: Discovery) -> anyhow::Result<()> {
+    let config = discovery.config().clone();
+    let appid = if config.appid.is_empty() {
+        DEFAULT_APPID.to_string()
+    } else {
+        config.appid.clone()
+    };
+    let color = cli.color.clone().unwrap_or_else(|| config.color.clone());
+    let signal = signals().context("installing signal handlers")?;
+
+    let listener = tokio::net::TcpListener::bind(cli.grpc_addr)
+        .await
+        .with_context(|| format!("binding {}", cli.grpc_addr))?;
+    let bound = listener.local_addr()?;
+    info!(
+        hostname = %config.hostname,
+        "demo-server listening on {bound}"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (grpc_stop_tx, mut grpc_stop) = watch::channel(false);
+    let service = GreeterServer::new(Hello::new(&config.hostname)?);
+    let server = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .layer(discovery_tonic::CpuLayer::new())
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move {
+                    let _ = grpc_stop.wait_for(|s| *s).await;
+                },
+            )
+            .await
+    });
+
+    let addr = format!(
+        "grpc://{}",
+        SocketAddr::new(advertise_ip(cli.advertise_ip, bound), bound.port())
+    );
+    let mut md = BTreeMap::from([(metadata::WEIGHT.to_string(), cli.weight.to_string())]);
+    if !color.is_empty() {
+        md.insert(metadata::COLOR.to_string(), color);
+    }
+    if !cli.cluster.is_empty() {
+        md.insert(metadata::CLUSTER.to_string(), cli.cluster.clone());
+    }
+    let instance = Instance {
+        appid: appid.clone(),
+        addrs: vec![addr.clone()],
+        metadata: md,
+        ..Default::default()
+    };
+
+    // A signal during a slow register still ends the process.
+    let signals = tokio::spawn(async move {
+        let sig = signal.await;
+        let _ = stop_tx.send(true);
+        sig
+    });
+    let mut reg_stop = stop_rx.clone();
+    let registration = register(&discovery, instance, &mut reg_stop).await;
+    if registration.is_some() {
+        info!(
+            zone = %config.zone,
+            env = %config.env,
+            hostname = %config.hostname,
+            "{appid} registered as {addr}"
+        );
+    }
+
+    let sig = signals.await.context("signal task")?;
+    info!("{sig}: deregistering");
+    if let Some(reg) = registration {
+        match tokio::time::timeout(CANCEL_BOUND, reg.cancel()).await {
+            Ok(Ok(())) => info!("{appid} cancelled"),
+            Ok(Err(e)) => {
+                warn!(error = %e, "cancel failed; the registry evicts us after the lease")
+            }
+            Err(_) => warn!("cancel took more than {CANCEL_BOUND:?}; going on"),
+        }
+    }
+    // Deregistered: clients stop picking us within a poll, and in-flight
+    // calls get a bounded time to finish.
+    let _ = grpc_stop_tx.send(true);
+    match tokio::time::timeout(DRAIN_BOUND, server).await {
+        Ok(Ok(Ok(()))) => info!("gRPC stopped"),
+        Ok(Ok(Err(e))) => error!(error = %e, "gRPC server error"),
+        Ok(Err(e)) => error!(error = %e, "gRPC server task failed"),
+        Err(_) => warn!("gRPC did not drain within {DRAIN_BOUND:?}"),
+    }
+    let _ = discovery.close().await;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("demo-server: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _guard = rt.enter();
+    let discovery = match Discovery::new(cli.sdk.builder().build()) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("demo-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cli, discovery)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertise_ip_prefers_flag_then_specific_listen_ip() {
+        let any: SocketAddr = "0.0.0.0:9000".parse().unwrap();
+        let lo: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        assert_eq!(advertise_ip(Some(ip), any), ip);
+        assert_eq!(advertise_ip(None, lo), lo.ip());
+        let detected = advertise_ip(None, any);
+        assert!(detected.is_ipv4());
+    }
+
+    #[test]
+    fn help_lists_the_spec_flags() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        for flag in [
+            "--grpc-addr",
+            "--advertise-ip",
+            "--appid",
+            "--weight",
+            "--color",
+            "--cluster",
+            "--discovery-nodes",
+            "GRPC_ADDR",
+            "ADVERTISE_IP",
+        ] {
+            assert!(help.contains(flag), "{flag} missing from --help");
+        }
+    }
+}

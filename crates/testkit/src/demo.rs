@@ -1,0 +1,203 @@
+//! The demo topology as child processes: `discovery` nodes, `demo-server`s
+//! and one `demo-client`, all on loopback with OS-chosen ports. Used by
+//! `cargo xtask up` and `cargo xtask e2e` (through the `demo-topology`
+//! binary) and by tests.
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! use testkit::demo::{DemoBins, DemoTopology};
+//!
+//! let mut topo = DemoTopology::start(DemoBins::sibling(), 3, 2).await?;
+//! let (status, body) = topo.say_hello("kratos").await.expect("HTTP");
+//! println!("{status} {body}");
+//! topo.kill_server(0).await; // kill -9 demo-server-1
+//! topo.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitStatus, time::Duration};
+
+use tokio::process::Command;
+
+use crate::{Layout, Process, ProcessTopology, sibling_bin};
+
+/// Where the three binaries are.
+#[derive(Debug, Clone)]
+pub struct DemoBins {
+    /// The registry, `discovery`.
+    pub discovery: PathBuf,
+    /// `demo-server`.
+    pub demo_server: PathBuf,
+    /// `demo-client`.
+    pub demo_client: PathBuf,
+}
+
+impl DemoBins {
+    /// The binaries next to the running executable (see [`crate::bin_dir`]).
+    pub fn sibling() -> Self {
+        DemoBins {
+            discovery: crate::discovery_bin(),
+            demo_server: sibling_bin("demo-server"),
+            demo_client: sibling_bin("demo-client"),
+        }
+    }
+}
+
+/// A running demo: a discovery cluster, demo servers and a demo client.
+#[derive(Debug)]
+pub struct DemoTopology {
+    bins: DemoBins,
+    /// The discovery nodes.
+    pub cluster: ProcessTopology,
+    /// Demo servers by index; server `i` has hostname `demo-server-{i+1}`.
+    /// `None` once killed or stopped.
+    pub servers: Vec<Option<Process>>,
+    /// The demo client.
+    pub client: Process,
+    http: reqwest::Client,
+}
+
+impl DemoTopology {
+    /// Starts `nodes` discovery nodes (zone `zone01`, env `dev`, default
+    /// registry timings), waits until they serve reads, then `servers`
+    /// demo servers and the demo client.
+    pub async fn start(bins: DemoBins, nodes: usize, servers: usize) -> std::io::Result<Self> {
+        let cluster = ProcessTopology::start_with(
+            &Layout::zones(&[("zone01", nodes)]),
+            bins.discovery.clone(),
+        )
+        .await?;
+        cluster.wait_ready().await;
+        let nodes_env = nodes_list(cluster.addrs());
+        let client = start_client(&bins, &nodes_env).await?;
+        let mut topo = DemoTopology {
+            bins,
+            cluster,
+            servers: Vec::new(),
+            client,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("HTTP client"),
+        };
+        for _ in 0..servers {
+            topo.add_server().await?;
+        }
+        Ok(topo)
+    }
+
+    /// `DISCOVERY_NODES` of the cluster: every node, dead or alive.
+    pub fn discovery_nodes(&self) -> String {
+        nodes_list(self.cluster.addrs())
+    }
+
+    /// The demo client's base URL.
+    pub fn client_url(&self) -> String {
+        format!("http://{}", self.client.addr)
+    }
+
+    /// A demo server's address, while it runs.
+    pub fn server_addr(&self, i: usize) -> Option<SocketAddr> {
+        self.servers.get(i)?.as_ref().map(|p| p.addr)
+    }
+
+    /// Starts one more demo server (hostname `demo-server-<n>`); returns its
+    /// index.
+    pub async fn add_server(&mut self) -> std::io::Result<usize> {
+        let i = self.servers.len();
+        let name = format!("demo-server-{}", i + 1);
+        let mut cmd = Command::new(&self.bins.demo_server);
+        cmd.args(["--grpc-addr", "127.0.0.1:0", "--advertise-ip", "127.0.0.1"])
+            .env("DISCOVERY_NODES", self.discovery_nodes())
+            .env("HOSTNAME", &name);
+        demo_env(&mut cmd);
+        self.servers.push(Some(Process::spawn(cmd, &name).await?));
+        Ok(i)
+    }
+
+    /// `kill -9` demo server `i`: the registry is not told.
+    pub async fn kill_server(&mut self, i: usize) {
+        if let Some(mut p) = self.servers[i].take() {
+            p.kill().await;
+        }
+    }
+
+    /// SIGTERM to demo server `i`; waits for its exit.
+    pub async fn stop_server(&mut self, i: usize) -> Option<ExitStatus> {
+        let mut p = self.servers[i].take()?;
+        p.terminate().await.ok()
+    }
+
+    /// `GET /say_hello?name=<name>` on the client: the status and the JSON
+    /// body (`Null` when it is not JSON).
+    pub async fn say_hello(&self, name: &str) -> Result<(u16, serde_json::Value), reqwest::Error> {
+        let resp = self
+            .http
+            .get(format!("{}/say_hello", self.client_url()))
+            .query(&[("name", name)])
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        ))
+    }
+
+    /// Stops the client and the servers with SIGTERM (so that they
+    /// deregister), then kills the nodes.
+    pub async fn shutdown(mut self) {
+        let _ = self.client.terminate().await;
+        for i in 0..self.servers.len() {
+            self.stop_server(i).await;
+        }
+        for i in 0..self.cluster.nodes.len() {
+            if let Some(p) = &self.cluster.nodes[i] {
+                let _ = p.signal("TERM").await;
+            }
+        }
+        for p in self.cluster.nodes.iter_mut().flatten() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), p.wait()).await;
+        }
+    }
+}
+
+async fn start_client(bins: &DemoBins, nodes: &str) -> std::io::Result<Process> {
+    let mut cmd = Command::new(&bins.demo_client);
+    cmd.args(["--http-addr", "127.0.0.1:0"])
+        .env("DISCOVERY_NODES", nodes)
+        .env("HOSTNAME", "demo-client-1");
+    demo_env(&mut cmd);
+    Process::spawn(cmd, "demo-client-1").await
+}
+
+/// The environment of demo processes: no inherited identity, logs from
+/// `TESTKIT_LOG` (default `info`).
+fn demo_env(cmd: &mut Command) {
+    for var in [
+        "ZONE",
+        "REGION",
+        "DEPLOY_ENV",
+        "DEPLOY_COLOR",
+        "APP_ID",
+        "GRPC_ADDR",
+        "HTTP_ADDR",
+        "DEMO_TARGET",
+        "ADVERTISE_IP",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("TESTKIT_LOG").unwrap_or_else(|_| "info".into()),
+    );
+}
+
+fn nodes_list(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
