@@ -330,6 +330,53 @@ impl Api {
 
 type Shared = State<Arc<Api>>;
 
+/// `-401`: a token is missing or wrong.
+const UNAUTHORIZED: i64 = -401;
+
+/// Who is asking: the token presented and the peer address.
+struct Caller {
+    token: Option<String>,
+    ip: Option<std::net::IpAddr>,
+}
+
+impl Caller {
+    fn of(req: &Request<Body>) -> Self {
+        Caller {
+            token: crate::auth::presented(req.headers()),
+            ip: req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        }
+    }
+}
+
+impl Api {
+    /// Applies `[auth]`; a `token` parameter counts when no header did.
+    fn authorize(&self, need: crate::auth::Need, caller: &Caller, p: &Params) -> Result<(), Reply> {
+        if self.config.auth.is_open() {
+            return Ok(());
+        }
+        let token = caller
+            .token
+            .as_deref()
+            .or(Some(p.str("token")).filter(|t| !t.is_empty()));
+        self.config
+            .auth
+            .check(need, token, caller.ip)
+            .map_err(|why| Reply::message(UNAUTHORIZED, format!("unauthorized: {why}")))
+    }
+}
+
+/// The auth rule of a write: peers' writes need the peer token.
+fn write_need(p: &Params) -> crate::auth::Need {
+    if is_peer(p) {
+        crate::auth::Need::PeerWrite
+    } else {
+        crate::auth::Need::ClientWrite
+    }
+}
+
 /// The discovery routes plus `/healthz` and `/readyz`.
 pub fn router(api: Arc<Api>) -> Router {
     let node_id = HeaderValue::from_str(&api.node.id).expect("hex id is a valid header value");
@@ -438,7 +485,9 @@ async fn register(State(api): Shared, req: Request<Body>) -> Response {
 }
 
 async fn register_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
+    let caller = Caller::of(&req);
     let p = bind(api, req).await?;
+    api.authorize(write_need(&p), &caller, &p)?;
     let key = api.instance_key(&p)?;
     let status = match p.u32("status")? {
         0 => return Err(Reply::bad_param("status", "required")),
@@ -477,6 +526,12 @@ async fn register_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply
     }
     for a in &addrs {
         api.check_len("addrs", a)?;
+        if !valid_addr(a) {
+            return Err(Reply::bad_param(
+                "addrs",
+                format!("{a:?} is not scheme://host:port"),
+            ));
+        }
     }
     let region = p.str("region");
     let version = p.str("version");
@@ -527,6 +582,27 @@ async fn register_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply
     Ok(Reply::ok().into_response())
 }
 
+/// `scheme://host:port`, optionally followed by `?query` (kratos v2
+/// endpoints carry `?isSecure=false`).
+fn valid_addr(a: &str) -> bool {
+    let Some((scheme, rest)) = a.split_once("://") else {
+        return false;
+    };
+    let scheme_ok = scheme
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    let authority = rest.split(['?', '/']).next().unwrap_or("");
+    let Some((host, port)) = authority.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = !host.is_empty() && !host.contains(',') && !host.contains(' ');
+    scheme_ok && host_ok && port.parse::<u16>().is_ok()
+}
+
 fn parse_register_metadata(api: &Api, text: &str) -> Result<BTreeMap<String, String>, Reply> {
     if text.is_empty() {
         return Ok(BTreeMap::new());
@@ -568,7 +644,9 @@ async fn renew(State(api): Shared, req: Request<Body>) -> Response {
 }
 
 async fn renew_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
+    let caller = Caller::of(&req);
     let p = bind(api, req).await?;
+    api.authorize(write_need(&p), &caller, &p)?;
     let key = api.instance_key(&p)?;
     let dirty = p.i64("dirty_timestamp")?;
     let peer_dirty = is_peer(&p).then_some(dirty);
@@ -593,7 +671,9 @@ async fn cancel(State(api): Shared, req: Request<Body>) -> Response {
 }
 
 async fn cancel_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
+    let caller = Caller::of(&req);
     let p = bind(api, req).await?;
+    api.authorize(write_need(&p), &caller, &p)?;
     let key = api.instance_key(&p)?;
     p.i64("latest_timestamp")?;
     let now = api.clock.now();
@@ -614,7 +694,14 @@ async fn set(State(api): Shared, req: Request<Body>) -> Response {
 }
 
 async fn set_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
+    let caller = Caller::of(&req);
     let p = bind(api, req).await?;
+    let need = if is_peer(&p) {
+        crate::auth::Need::PeerWrite
+    } else {
+        crate::auth::Need::Admin
+    };
+    api.authorize(need, &caller, &p)?;
     let zone = api.key_field(&p, "zone")?;
     let env = api.key_field(&p, "env")?;
     let appid = api.key_field(&p, "appid")?;
@@ -684,8 +771,16 @@ fn parse_set_metadata(text: &str) -> Result<MetadataPatch, Reply> {
     }
 }
 
-async fn fetch_all(State(api): Shared) -> Response {
+async fn fetch_all(State(api): Shared, req: Request<Body>) -> Response {
     if let Some(r) = api.gate(true) {
+        return r.into_response();
+    }
+    let caller = Caller::of(&req);
+    let p = match bind(&api, req).await {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    if let Err(r) = api.authorize(crate::auth::Need::PeerRead, &caller, &p) {
         return r.into_response();
     }
     Reply::ok().json(&api.registry.all()).into_response()

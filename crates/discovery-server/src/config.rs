@@ -235,6 +235,8 @@ pub struct Config {
     pub limits: Limits,
     /// Registry snapshot.
     pub snapshot: Snapshot,
+    /// Tokens (off by default).
+    pub auth: crate::auth::Auth,
     /// Schedulers loaded from the config directory.
     pub schedulers: BTreeMap<AppKey, Scheduler>,
     /// The directory scheduler files come from (SIGHUP reloads it).
@@ -323,7 +325,17 @@ struct Raw {
     cluster: RawCluster,
     limits: RawLimits,
     snapshot: RawSnapshot,
+    auth: RawAuth,
     scheduler: Option<toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawAuth {
+    write_token: Option<String>,
+    admin_token: Option<String>,
+    peer_token: Option<String>,
+    trusted_cidrs: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -649,6 +661,26 @@ impl Config {
                     raw.snapshot.interval,
                     Duration::from_secs(30),
                 )?,
+            },
+            auth: {
+                let secret =
+                    |v: Option<String>| v.filter(|t| !t.is_empty()).map(crate::auth::Secret::new);
+                let mut trusted = Vec::new();
+                for c in &raw.auth.trusted_cidrs {
+                    let net = c
+                        .parse::<ipnet::IpNet>()
+                        .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                        .map_err(|_| {
+                            invalid("auth.trusted_cidrs", format!("{c:?} is not a CIDR"))
+                        })?;
+                    trusted.push(net);
+                }
+                crate::auth::Auth {
+                    write_token: secret(raw.auth.write_token),
+                    admin_token: secret(raw.auth.admin_token),
+                    peer_token: secret(raw.auth.peer_token),
+                    trusted_cidrs: trusted,
+                }
             },
             schedulers: BTreeMap::new(),
             scheduler_dir: None,

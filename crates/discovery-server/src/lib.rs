@@ -10,6 +10,7 @@
 //! * [`server`]: binds, self-registers, runs the tickers, shuts down.
 
 pub mod api;
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod metrics;

@@ -312,6 +312,7 @@ pub async fn start_on(
         let graceful = async move {
             let _ = down.wait_for(|d| *d).await;
         };
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(graceful)
             .await

@@ -918,13 +918,59 @@ async fn peer_register_splits_comma_joined_addrs_and_keeps_reg_timestamp() {
     let i = h.fetch("status=1").await.json()["data"]["instances"]["sh001"][0].clone();
     assert_eq!(i["addrs"], json!(["grpc://a:1", "http://a:2"]));
     assert_eq!(i["reg_timestamp"], 77);
-    // A client's comma is data, not a separator.
-    h.post(
-        "/discovery/register",
-        "zone=sh001&env=dev&appid=demo.svc&hostname=h2&status=1&addrs=grpc://a:1,http://a:2&reg_timestamp=77",
-    )
-    .await;
-    let i = h.fetch("status=1").await.json()["data"]["instances"]["sh001"][1].clone();
-    assert_eq!(i["addrs"], json!(["grpc://a:1,http://a:2"]));
-    assert_ne!(i["reg_timestamp"], 77);
+    // A client's comma-joined value is not an address.
+    let r = h
+        .post(
+            "/discovery/register",
+            "zone=sh001&env=dev&appid=demo.svc&hostname=h2&status=1&addrs=grpc://a:1,http://a:2&reg_timestamp=77",
+        )
+        .await;
+    assert_eq!(r.code(), -400);
+    assert!(r.body.contains("'addrs'"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn addrs_must_be_scheme_host_port() {
+    let h = Harness::new();
+    for bad in [
+        "h:1",
+        "grpc://h",
+        "grpc://:1",
+        "grpc://h:99999",
+        "://h:1",
+        "1x://h:1",
+        "grpc://h:port",
+    ] {
+        let r = h
+            .post(
+                "/discovery/register",
+                &format!(
+                    "zone=z&env=dev&appid=a&hostname=h&status=1&addrs={}",
+                    urlenc(bad)
+                ),
+            )
+            .await;
+        assert_eq!(r.code(), -400, "{bad}");
+    }
+    for good in [
+        "grpc://10.0.0.1:9000",
+        "http://[::1]:80",
+        "grpc://127.0.0.1:9000?isSecure=false",
+        "tcp+tls://h.example:443",
+    ] {
+        let r = h
+            .post(
+                "/discovery/register",
+                &format!(
+                    "zone=z&env=dev&appid=a&hostname=h&status=1&addrs={}",
+                    urlenc(good)
+                ),
+            )
+            .await;
+        assert_eq!(r.code(), 0, "{good}: {}", r.body);
+    }
+}
+
+fn urlenc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

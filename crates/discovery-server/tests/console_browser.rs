@@ -98,36 +98,13 @@ impl Page {
     }
 }
 
-async fn register(base: &str, zone: &str, host: &str, status: u8) {
-    let r: Value = reqwest::Client::new()
-        .post(format!("{base}/discovery/register"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("zone={zone}&env=dev&appid=demo.svc&hostname={host}&status={status}&addrs=grpc://10.0.0.9:9000&version=v7&metadata=%7B%22weight%22%3A%2220%22%7D"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(r["code"], 0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn console_shows_registered_instances_in_a_real_browser() {
-    let node = server::start(
-        Config::parse("").unwrap().0,
-        Some("127.0.0.1:0".parse().unwrap()),
-    )
-    .await
-    .unwrap();
-    let base = format!("http://{}", node.addr());
-    register(&base, "sh001", "web-1", 1).await;
-    register(&base, "sh001", "web-2", 1).await;
-    register(&base, "sh002", "web-3", 2).await;
-
-    let profile = std::env::temp_dir().join(format!("console-chromium-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&profile);
-    let mut browser = tokio::process::Command::new(chromium())
+/// Starts headless Chromium on `url`; returns the process, a DevTools
+/// session on its page, and the profile directory.
+async fn launch(url: &str) -> (tokio::process::Child, Page, PathBuf) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let profile = std::env::temp_dir().join(format!("console-chromium-{}-{n}", std::process::id()));
+    let browser = tokio::process::Command::new(chromium())
         .args([
             "--headless",
             "--no-sandbox",
@@ -177,8 +154,38 @@ async fn console_shows_registered_instances_in_a_real_browser() {
     let (ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
     let mut page = Page { ws, next_id: 0 };
     page.call("Page.enable", json!({})).await;
-    page.call("Page.navigate", json!({"url": format!("{base}/")}))
-        .await;
+    page.call("Page.navigate", json!({"url": url})).await;
+    (browser, page, profile)
+}
+
+async fn register(base: &str, zone: &str, host: &str, status: u8) {
+    let r: Value = reqwest::Client::new()
+        .post(format!("{base}/discovery/register"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("zone={zone}&env=dev&appid=demo.svc&hostname={host}&status={status}&addrs=grpc://10.0.0.9:9000&version=v7&metadata=%7B%22weight%22%3A%2220%22%7D"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["code"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_shows_registered_instances_in_a_real_browser() {
+    let node = server::start(
+        Config::parse("").unwrap().0,
+        Some("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let base = format!("http://{}", node.addr());
+    register(&base, "sh001", "web-1", 1).await;
+    register(&base, "sh001", "web-2", 1).await;
+    register(&base, "sh002", "web-3", 2).await;
+
+    let (mut browser, mut page, profile) = launch(&format!("{base}/")).await;
 
     // The app list, the selected app's instances, the cluster, the charts.
     page.wait_text("apps", &["demo.svc", "infra.discovery"])
@@ -269,5 +276,39 @@ async fn metrics_are_served_in_prometheus_text() {
     ] {
         assert!(text.contains(needle), "{needle} missing in:\n{text}");
     }
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_works_with_auth_on_after_the_admin_token_is_entered_once() {
+    let cfg = Config::parse("[auth]\nwrite_token = \"w\"\nadmin_token = \"adm\"\npeer_token = \"p\"\ntrusted_cidrs = [\"127.0.0.0/8\"]\n")
+        .unwrap()
+        .0;
+    let node = server::start(cfg, Some("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let base = format!("http://{}", node.addr());
+    register(&base, "sh001", "secure-1", 1).await;
+    let (mut browser, mut page, profile) = launch(&format!("{base}/")).await;
+    // Without a token the registry listing is refused and the form shows.
+    let start = Instant::now();
+    while page
+        .eval("getComputedStyle(document.getElementById('login')).display")
+        .await
+        != "block"
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "login form never shown"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    page.eval("document.getElementById('token').value = 'adm'; document.getElementById('login').requestSubmit(); true").await;
+    page.wait_text("instances", &["secure-1"]).await;
+    // Entered once: a reload keeps it.
+    page.call("Page.reload", json!({})).await;
+    page.wait_text("instances", &["secure-1"]).await;
+    let _ = browser.kill().await;
+    let _ = std::fs::remove_dir_all(&profile);
     node.shutdown().await;
 }

@@ -168,6 +168,14 @@ impl Cluster {
         }
     }
 
+    /// Adds the peer token, when one is configured.
+    pub(crate) fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.config.auth.peer_token {
+            Some(t) => req.bearer_auth(t.expose()),
+            None => req,
+        }
+    }
+
     fn is_self(&self, addr: &str) -> bool {
         addr == self.node.advertise || self.selves.lock().contains(addr)
     }
@@ -409,8 +417,10 @@ impl Cluster {
     /// One `fetch/all`; `Ok(None)` when the address is this node.
     async fn fetch_all(&self, target: &str) -> Result<Option<usize>, String> {
         let res = self
-            .http
-            .get(format!("http://{target}/discovery/fetch/all"))
+            .authorized(
+                self.http
+                    .get(format!("http://{target}/discovery/fetch/all")),
+            )
             .send()
             .await
             .map_err(|e| e.to_string())?;

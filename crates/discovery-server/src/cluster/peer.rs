@@ -290,8 +290,7 @@ async fn post(
     body: String,
 ) -> Result<Answer, Failure> {
     let res = cluster
-        .http
-        .post(format!("http://{target}{path}"))
+        .authorized(cluster.http.post(format!("http://{target}{path}")))
         .header(
             http::header::CONTENT_TYPE,
             "application/x-www-form-urlencoded",
