@@ -103,8 +103,28 @@ fn bench(extra: &[String]) -> anyhow::Result<()> {
     run(cmd)
 }
 
-const USAGE: &str =
-    "usage: cargo xtask <test [nextest args…] | ci | bench [--quick] [--check] [--no-cluster]>";
+const USAGE: &str = "usage: cargo xtask <test [nextest args…] | ci | bench [--quick] [--check] [--no-cluster] | fuzz [seconds] [seed]>";
+
+/// The HTTP fuzz test for longer than its CI budget (default 60 s).
+fn fuzz(args: &[String]) -> anyhow::Result<()> {
+    let secs = args.first().map_or("60", String::as_str);
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--release",
+        "-p",
+        "discovery-server",
+        "--test",
+        "http_fuzz",
+        "--",
+        "--nocapture",
+    ])
+    .env("FUZZ_SECS", secs);
+    if let Some(seed) = args.get(1) {
+        cmd.env("FUZZ_SEED", seed);
+    }
+    run(cmd)
+}
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -112,6 +132,7 @@ fn main() -> anyhow::Result<()> {
         Some("test") => test(&args[1..]),
         Some("ci") => ci(),
         Some("bench") => bench(&args[1..]),
+        Some("fuzz") => fuzz(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);

@@ -654,6 +654,11 @@ impl Registry {
         out
     }
 
+    /// An app's change counter, tombstones included.
+    pub fn latest(&self, key: &AppKey) -> Option<i64> {
+        self.apps.get(key).map(|a| a.latest)
+    }
+
     /// One copy, if present.
     pub fn get(&self, key: &InstanceKey) -> Option<Instance> {
         self.apps
