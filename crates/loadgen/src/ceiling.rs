@@ -3,6 +3,12 @@
 //! for an answer of that size. Benchmarks report their figures as ratios to
 //! it, measured in the same run, because the machines are shared and noisy.
 //!
+//! For the long-poll wake-up it also parks: `GET /discovery/poll…` waits
+//! until a `POST /discovery/register` arrives, which answers every parked
+//! request at once; `GET /status` reports how many are parked in the shape
+//! the discovery server uses. So the wake-up of N pollers has a ceiling too:
+//! what N connections cost on this machine with no registry at all.
+//!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -10,14 +16,20 @@
 //! # Ok(()) }
 //! ```
 
-use std::convert::Infallible;
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
 use http_body_util::Full;
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Notify};
 
 use crate::client::CODE_HEADER;
 
@@ -35,24 +47,55 @@ pub fn fixed_body(len: usize) -> Bytes {
     Bytes::from(s)
 }
 
+/// Parked requests and their wake-up.
+#[derive(Debug, Default)]
+struct Park {
+    parked: AtomicUsize,
+    wake: Notify,
+}
+
+fn respond(body: Bytes) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(body));
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    h.insert(CODE_HEADER, HeaderValue::from_static("0"));
+    res
+}
+
+async fn answer(req: Request<Incoming>, body: Bytes, park: Arc<Park>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if path.starts_with("/discovery/poll") {
+        let woken = park.wake.notified();
+        park.parked.fetch_add(1, Ordering::Relaxed);
+        woken.await;
+        park.parked.fetch_sub(1, Ordering::Relaxed);
+    } else if path == "/discovery/register" {
+        park.wake.notify_waiters();
+    } else if path == "/status" {
+        let n = park.parked.load(Ordering::Relaxed);
+        return respond(Bytes::from(format!(
+            r#"{{"registry":{{"parked_polls":{n}}}}}"#
+        )));
+    }
+    respond(body)
+}
+
 /// Serves `body` to every request on every connection, forever.
 pub async fn serve(listener: TcpListener, body: Bytes) {
+    let park = Arc::new(Park::default());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let body = body.clone();
+        let (body, park) = (body.clone(), Arc::clone(&park));
         tokio::spawn(async move {
-            let svc = service_fn(move |_req: Request<Incoming>| {
-                let mut res = Response::new(Full::new(body.clone()));
-                let h = res.headers_mut();
-                h.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json; charset=utf-8"),
-                );
-                h.insert(CODE_HEADER, HeaderValue::from_static("0"));
-                async move { Ok::<_, Infallible>(res) }
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let (body, park) = (body.clone(), Arc::clone(&park));
+                async move { Ok::<_, Infallible>(answer(req, body, park).await) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)

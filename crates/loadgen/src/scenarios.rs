@@ -378,15 +378,30 @@ impl Bench {
         // 4. Poll wake-up, with the memory of parked pollers.
         for &pollers in &scale.pollers {
             self.say(&format!("poll wake-up: {pollers} parked pollers"));
-            let w = poll_wakeup(&node, pollers).await?;
+            let ceiling = self.start_ceiling(renew_bytes).await?;
+            let cw = poll_wakeup(&ceiling, pollers, false).await?;
+            ceiling.stop().await;
+            let w = poll_wakeup(&node, pollers, true).await?;
             let name = format!("poll wake-up {pollers}");
+            let cname = format!("{pollers} parked on ceiling");
             for (figure, v, c) in [
-                ("p50", w.wake.p50_ms, ceilings.small.p50_ms),
-                ("p99", w.wake.p99_ms, ceilings.small.p99_ms),
-                ("max", w.wake.max_ms, ceilings.small.max_ms),
+                ("p50", cw.wake.p50_ms, cw.wake.p50_ms),
+                ("p99", cw.wake.p99_ms, cw.wake.p99_ms),
+                ("max", cw.wake.max_ms, cw.wake.max_ms),
+            ] {
+                self.rows.push(
+                    Row::new(&format!("ceiling wake-up {pollers}"), figure, v, "ms")
+                        .ratio(&cname, c)
+                        .note("hyper server that parks and wakes, no registry"),
+                );
+            }
+            for (figure, v, c) in [
+                ("p50", w.wake.p50_ms, cw.wake.p50_ms),
+                ("p99", w.wake.p99_ms, cw.wake.p99_ms),
+                ("max", w.wake.max_ms, cw.wake.max_ms),
             ] {
                 self.rows
-                    .push(Row::new(&name, figure, v, "ms").ratio(&small_c.0, c));
+                    .push(Row::new(&name, figure, v, "ms").ratio(&cname, c));
             }
             self.rows.push(
                 Row::new(&name, "register call", w.register_ms, "ms")
@@ -396,16 +411,18 @@ impl Bench {
             if pollers >= 10_000 {
                 self.set_target(&name, "p99", Target::AtMost(50.0));
             }
-            let per = (w.rss_parked.saturating_sub(w.rss_before)) as f64 / pollers as f64;
+            let per =
+                |w: &Wakeup| w.rss_parked.saturating_sub(w.rss_before) as f64 / pollers as f64;
             self.rows.push(
                 Row::new(
                     "memory",
                     &format!("RSS per parked poller ({pollers})"),
-                    per,
+                    per(&w),
                     "B",
                 )
+                .ratio(&cname, per(&cw))
                 .target(Target::AtMost(8192.0))
-                .note("socket, connection and waiter"),
+                .note("connection, request and waiter; kernel socket memory is not in RSS"),
             );
         }
 
@@ -836,16 +853,20 @@ struct Wakeup {
 
 /// Parks `n` long polls (one connection each) on a fresh app, registers
 /// one instance there, and times every poller's answer from the register.
-async fn poll_wakeup(node: &Server, n: usize) -> anyhow::Result<Wakeup> {
+/// Against the ceiling (`discovery` false) the same requests park and wake
+/// with no registry behind them.
+async fn poll_wakeup(node: &Server, n: usize, discovery: bool) -> anyhow::Result<Wakeup> {
     let addr = node.addr;
     let app = format!("bench.poll.{n}");
     let mut ctl = Conn::connect(addr).await?;
     let mut writer = Conn::connect(addr).await?;
-    ensure!(
-        ctl.send(register_req(&app, "seed", 0)).await?.is_ok(),
-        "seed"
-    );
-    let latest = latest_timestamp(&mut ctl, &app).await?;
+    let latest = if discovery {
+        let seed = ctl.send(register_req(&app, "seed", 0)).await?;
+        ensure!(seed.is_ok(), "seed register: {:?}", seed.body);
+        latest_timestamp(&mut ctl, &app).await?
+    } else {
+        0
+    };
     let parked0 = parked_polls(&mut ctl).await?;
     sleep(Duration::from_millis(300)).await;
     let rss_before = node.rss()?;
