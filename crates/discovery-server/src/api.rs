@@ -566,6 +566,7 @@ async fn register_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply
     let opts = RegisterOptions {
         dirty_timestamp: dirty_timestamp.max(0),
         reg_timestamp: if peer { reg_timestamp.max(0) } else { 0 },
+        peer,
     };
     let out = api.registry.register(ins, opts, api.clock.now());
     let i = &out.instance;
@@ -675,9 +676,14 @@ async fn cancel_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> 
     let p = bind(api, req).await?;
     api.authorize(write_need(&p), &caller, &p)?;
     let key = api.instance_key(&p)?;
-    p.i64("latest_timestamp")?;
+    let cancelled_at = p.i64("latest_timestamp")?;
     let now = api.clock.now();
-    let Some(gone) = api.registry.cancel(&key, now) else {
+    let at = if is_peer(&p) && cancelled_at > 0 {
+        cancelled_at
+    } else {
+        now
+    };
+    let Some(gone) = api.registry.cancel_at(&key, now, at) else {
         return Ok(Reply::code(NOT_FOUND).into_response());
     };
     tracing::info!(appid = %key.appid, env = %key.env, zone = %key.zone, hostname = %key.hostname, "cancel");

@@ -130,7 +130,7 @@ proptest! {
                         zone: k.zone.clone(), env: k.env.clone(), appid: k.appid.clone(), hostname: k.hostname.clone(),
                         addrs: vec!["grpc://x:1".into()], version: version.to_string(), status, ..Default::default()
                     };
-                    reg.register(ins, RegisterOptions { dirty_timestamp: dirty, reg_timestamp: 0 }, now);
+                    reg.register(ins, RegisterOptions { dirty_timestamp: dirty, ..RegisterOptions::default() }, now);
                     let incoming_dirty = if dirty > 0 { dirty } else { now };
                     let fresh = M { status, version: version.to_string(), metadata: BTreeMap::new(), up: now, renew: now, dirty: incoming_dirty };
                     match model.get_mut(&k) {

@@ -158,6 +158,10 @@ pub struct RegisterOptions {
     pub dirty_timestamp: i64,
     /// `> 0` overrides the new copy's `reg_timestamp` (peer-originated only).
     pub reg_timestamp: i64,
+    /// A peer's copy (replication, repair): refused when the instance was
+    /// cancelled after that copy was made. A client's register clears the
+    /// cancellation instead.
+    pub peer: bool,
 }
 
 /// What a register did.
@@ -303,6 +307,10 @@ pub struct Registry {
     params: RegistryParams,
     apps: DashMap<AppKey, App>,
     schedulers: DashMap<AppKey, Scheduler>,
+    /// Recently cancelled keys and when, so that a stale copy still queued
+    /// somewhere (a partitioned or paused node's renew repair, a peer's
+    /// snapshot) cannot bring a cancelled instance back.
+    cancelled: DashMap<InstanceKey, i64>,
     watchers: Arc<Watchers>,
     guard: Guard,
     size: AtomicI64,
@@ -321,6 +329,7 @@ impl Registry {
             params,
             apps: DashMap::new(),
             schedulers: DashMap::new(),
+            cancelled: DashMap::new(),
             watchers: Arc::new(Watchers::default()),
             guard,
             size: AtomicI64::new(0),
@@ -382,14 +391,34 @@ impl Registry {
         if opts.reg_timestamp > 0 {
             ins.reg_timestamp = opts.reg_timestamp;
         }
+        if opts.peer {
+            if let Some(refused) = self.cancelled_since(&ins) {
+                return refused;
+            }
+        } else {
+            self.cancelled.remove(&InstanceKey::of(&ins));
+        }
         self.store(ins, now)
     }
 
     /// Merges a copy received from a peer's `fetch/all` or adopted from a
     /// `-409` answer: the peer's timestamps are kept, then the register rule
-    /// applies.
+    /// applies (and a copy older than a cancel of the key is refused).
     pub fn merge(&self, ins: Instance, now: i64) -> Registered {
+        if let Some(refused) = self.cancelled_since(&ins) {
+            return refused;
+        }
         self.store(ins, now)
+    }
+
+    /// `Some` (not applied) when `ins` predates a cancel of its key.
+    fn cancelled_since(&self, ins: &Instance) -> Option<Registered> {
+        let at = *self.cancelled.get(&InstanceKey::of(ins))?;
+        (ins.dirty_timestamp <= at).then(|| Registered {
+            instance: ins.clone(),
+            is_new: false,
+            applied: false,
+        })
     }
 
     fn store(&self, ins: Instance, now: i64) -> Registered {
@@ -463,6 +492,17 @@ impl Registry {
 
     /// Removes an instance; `None` when it does not exist.
     pub fn cancel(&self, key: &InstanceKey, now: i64) -> Option<Instance> {
+        self.cancel_at(key, now, now)
+    }
+
+    /// Removes an instance cancelled at `cancelled_at` (the originating
+    /// node's time, for a replicated cancel) and remembers the cancel for
+    /// `tombstone_retention`, even when the instance is not here.
+    pub fn cancel_at(&self, key: &InstanceKey, now: i64, cancelled_at: i64) -> Option<Instance> {
+        self.cancelled
+            .entry(key.clone())
+            .and_modify(|t| *t = (*t).max(cancelled_at))
+            .or_insert(cancelled_at);
         let app_key = key.app();
         let removed = {
             let mut app = self.apps.get_mut(&app_key)?;
@@ -706,6 +746,7 @@ impl Registry {
         let retention = nanos(self.params.tombstone_retention);
         self.apps
             .retain(|_, app| !app.zones.is_empty() || app.is_live_tombstone(now, retention));
+        self.cancelled.retain(|_, at| now - *at < retention);
 
         let reset_every = nanos(self.params.expected_reset_interval);
         let last = self.last_reset.load(Ordering::Relaxed);

@@ -54,6 +54,7 @@ fn new_copy_gets_now_then_overrides() {
         RegisterOptions {
             dirty_timestamp: 5,
             reg_timestamp: 6,
+            peer: true,
         },
         T0,
     );
@@ -401,4 +402,44 @@ fn fetch_all_sorts_by_env_zone_hostname() {
         .map(|i| format!("{}/{}/{}", i.env, i.zone, i.hostname))
         .collect();
     assert_eq!(order, ["dev/sh001/z", "dev/sh002/a", "prod/sh002/a"]);
+}
+
+#[test]
+fn a_peer_copy_older_than_a_cancel_is_refused() {
+    let reg = Registry::new(RegistryParams::default());
+    let peer = |dirty| RegisterOptions {
+        dirty_timestamp: dirty,
+        peer: true,
+        ..Default::default()
+    };
+    reg.register(ins("sh001", "h1"), RegisterOptions::default(), T0);
+    // Cancelled at T0 + 10 on another node.
+    assert!(
+        reg.cancel_at(&key("sh001", "h1"), T0 + 20, T0 + 10)
+            .is_some()
+    );
+    // A stale copy (a repair from a node that missed the cancel) is refused.
+    let out = reg.register(ins("sh001", "h1"), peer(T0), T0 + 30);
+    assert!(!out.applied);
+    assert!(reg.get(&key("sh001", "h1")).is_none());
+    let mut stale = ins("sh001", "h1");
+    stale.dirty_timestamp = T0;
+    assert!(!reg.merge(stale, T0 + 30).applied);
+    // A copy made after the cancel is taken, and so is a client's register.
+    assert!(
+        reg.register(ins("sh001", "h1"), peer(T0 + 11), T0 + 30)
+            .applied
+    );
+    reg.cancel(&key("sh001", "h1"), T0 + 40);
+    assert!(
+        reg.register(ins("sh001", "h1"), RegisterOptions::default(), T0 + 41)
+            .applied
+    );
+    // The memory of a cancel lasts `tombstone_retention`.
+    reg.cancel(&key("sh001", "h1"), T0 + 50);
+    reg.tick(T0 + 50 + 6 * 60 * SEC, &mut rng());
+    assert!(
+        reg.register(ins("sh001", "h1"), peer(T0), T0 + 7 * 60 * SEC)
+            .applied
+    );
 }
