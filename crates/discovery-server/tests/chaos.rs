@@ -1,0 +1,516 @@
+//! Chaos: three `discovery` processes, each in its own Linux network
+//! namespace on a private bridge, under a steady workload (registers,
+//! renews, cancels, long pollers). Faults, one at a time: `kill -9` and
+//! restart; isolation of a node (its link cut) longer than the lease, then
+//! healing; SIGSTOP past the lease, then SIGCONT; a rolling restart of all
+//! three. After each, every node must converge to exactly the instances the
+//! clients hold: none lost, none resurrected. Convergence times are printed.
+//!
+//! Needs root and `ip` (iproute2), as CI machines of this kind have.
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use parking_lot::Mutex;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::Value;
+use testkit::{Layout, Process};
+use tokio::process::Command;
+
+const TIMINGS: &str = r#"
+[httpClient]
+dial = "500ms"
+timeout = "2s"
+[registry]
+lease = "3s"
+evict_interval = "1s"
+renew_interval = "500ms"
+poll_hold = "5s"
+[cluster]
+sync_timeout = "3s"
+retry_initial = "50ms"
+retry_max = "500ms"
+probe_interval = "500ms"
+ack_timeout = "1s"
+drain_timeout = "2s"
+"#;
+
+fn sh(args: &[&str]) {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("run command");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sh_quiet(args: &[&str]) {
+    let _ = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output();
+}
+
+/// Three namespaces on a bridge; removed on drop.
+struct Net {
+    id: u32,
+    subnet: u32,
+}
+
+impl Net {
+    fn ns(&self, i: usize) -> String {
+        format!("dc{}n{i}", self.id)
+    }
+    fn bridge(&self) -> String {
+        format!("dcb{}", self.id)
+    }
+    fn ip(&self, i: usize) -> String {
+        format!("10.77.{}.{}", self.subnet, i + 1)
+    }
+
+    fn create(n: usize) -> Net {
+        assert!(
+            std::process::Command::new("id")
+                .arg("-u")
+                .output()
+                .map(|o| o.stdout == b"0\n")
+                .unwrap_or(false),
+            "the chaos suite needs root (network namespaces)"
+        );
+        let id = std::process::id() % 100_000;
+        let net = Net {
+            id,
+            subnet: id % 250,
+        };
+        let br = net.bridge();
+        sh(&["ip", "link", "add", &br, "type", "bridge"]);
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.77.{}.254/24", net.subnet),
+            "dev",
+            &br,
+        ]);
+        sh(&["ip", "link", "set", &br, "up"]);
+        // Docker may set the FORWARD policy to DROP for bridged traffic.
+        sh_quiet(&[
+            "iptables", "-I", "FORWARD", "-i", &br, "-o", &br, "-j", "ACCEPT",
+        ]);
+        for i in 0..n {
+            let ns = net.ns(i);
+            let veth = format!("dc{}v{i}", net.id);
+            sh(&["ip", "netns", "add", &ns]);
+            sh(&[
+                "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ]);
+            sh(&["ip", "link", "set", &veth, "master", &br, "up"]);
+            sh(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", net.ip(i)),
+                "dev",
+                "eth0",
+            ]);
+            sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        }
+        net
+    }
+
+    fn link(&self, i: usize, up: bool) {
+        sh(&[
+            "ip",
+            "-n",
+            &self.ns(i),
+            "link",
+            "set",
+            "eth0",
+            if up { "up" } else { "down" },
+        ]);
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            sh_quiet(&["ip", "netns", "del", &self.ns(i)]);
+            sh_quiet(&["ip", "link", "del", &format!("dc{}v{i}", self.id)]);
+        }
+        let br = self.bridge();
+        sh_quiet(&[
+            "iptables", "-D", "FORWARD", "-i", &br, "-o", &br, "-j", "ACCEPT",
+        ]);
+        sh_quiet(&["ip", "link", "del", &br]);
+    }
+}
+
+struct Cluster {
+    net: Net,
+    layout: Layout,
+    addrs: Vec<SocketAddr>,
+    dir: std::path::PathBuf,
+    nodes: Vec<Option<Process>>,
+}
+
+impl Cluster {
+    async fn spawn(&self, i: usize) -> Process {
+        let conf = self.dir.join(format!("node-{i}.toml"));
+        std::fs::write(&conf, self.layout.config_text(i, &self.addrs)).unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.net.ns(i)])
+            .arg(testkit::discovery_bin())
+            .arg("-conf")
+            .arg(&conf)
+            .env("RUST_LOG", "warn,discovery_server=info");
+        Process::spawn(cmd, &format!("node-{i}"))
+            .await
+            .expect("node starts")
+    }
+
+    async fn wait_ready(&self, i: usize) {
+        let url = format!("http://{}/readyz", self.addrs[i]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !reqwest::get(&url)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(Instant::now() < deadline, "node {i} not ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// What the clients believe: registered (and renewed) vs cancelled.
+#[derive(Default)]
+struct Truth {
+    live: BTreeSet<String>,
+    cancelled: BTreeSet<String>,
+}
+
+struct Workload {
+    truth: Mutex<Truth>,
+    stop: AtomicBool,
+    writes: AtomicU64,
+    failovers: AtomicU64,
+    reregisters: AtomicU64,
+    poll_answers: AtomicU64,
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(1500))
+        .connect_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap()
+}
+
+/// Posts to the first node that answers, as an SDK fails over.
+async fn post_any(
+    http: &reqwest::Client,
+    addrs: &[SocketAddr],
+    start: usize,
+    path: &str,
+    form: &str,
+    w: &Workload,
+) -> Option<i64> {
+    for k in 0..addrs.len() {
+        let a = addrs[(start + k) % addrs.len()];
+        let r = http
+            .post(format!("http://{a}{path}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.to_string())
+            .send()
+            .await;
+        if let Ok(r) = r {
+            if let Ok(v) = r.json::<Value>().await {
+                if let Some(code) = v["code"].as_i64().filter(|c| *c != -500) {
+                    return Some(code);
+                }
+            }
+        }
+        w.failovers.fetch_add(1, Ordering::Relaxed);
+    }
+    None
+}
+
+fn reg_form(h: &str) -> String {
+    format!("zone=sh001&env=dev&appid=chaos.app&hostname={h}&status=1&addrs=grpc://{h}.svc:9000")
+}
+
+fn key_form(h: &str) -> String {
+    format!("zone=sh001&env=dev&appid=chaos.app&hostname={h}")
+}
+
+async fn run_workload(addrs: Vec<SocketAddr>, w: Arc<Workload>) {
+    let http = client();
+    let mut rng = StdRng::seed_from_u64(42);
+    let mut next = 0u64;
+    let mut last_renew = Instant::now();
+    while !w.stop.load(Ordering::Relaxed) {
+        let start = rng.random_range(0..addrs.len());
+        let live: Vec<String> = w.truth.lock().live.iter().cloned().collect();
+        if live.len() < 25 || rng.random_bool(0.6) {
+            let h = format!("i{next}");
+            next += 1;
+            if post_any(
+                &http,
+                &addrs,
+                start,
+                "/discovery/register",
+                &reg_form(&h),
+                &w,
+            )
+            .await
+                == Some(0)
+            {
+                w.truth.lock().live.insert(h);
+                w.writes.fetch_add(1, Ordering::Relaxed);
+            }
+        } else {
+            let h = live[rng.random_range(0..live.len())].clone();
+            // Stop renewing first (the SDK's order), then cancel.
+            w.truth.lock().live.remove(&h);
+            match post_any(&http, &addrs, start, "/discovery/cancel", &key_form(&h), &w).await {
+                Some(0 | -404) => {
+                    w.truth.lock().cancelled.insert(h);
+                    w.writes.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {
+                    w.truth.lock().live.insert(h);
+                }
+            }
+        }
+        if last_renew.elapsed() >= Duration::from_millis(400) {
+            last_renew = Instant::now();
+            let live: Vec<String> = w.truth.lock().live.iter().cloned().collect();
+            for h in live {
+                let s = rng.random_range(0..addrs.len());
+                if post_any(&http, &addrs, s, "/discovery/renew", &key_form(&h), &w).await
+                    == Some(-404)
+                {
+                    // As the SDK does: the node forgot it, register again.
+                    w.reregisters.fetch_add(1, Ordering::Relaxed);
+                    post_any(&http, &addrs, s, "/discovery/register", &reg_form(&h), &w).await;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn run_poller(addr: SocketAddr, w: Arc<Workload>) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(8))
+        .build()
+        .unwrap();
+    let mut ts = 0i64;
+    while !w.stop.load(Ordering::Relaxed) {
+        let url = format!(
+            "http://{addr}/discovery/polls?env=dev&hostname=poller-{addr}&appid=chaos.app&latest_timestamp={ts}"
+        );
+        match http
+            .get(url)
+            .header("x1-bmspy-timeout", "5000")
+            .send()
+            .await
+        {
+            Ok(r) => match r.json::<Value>().await {
+                Ok(v) if v["code"] == 0 => {
+                    ts = v["data"]["chaos.app"]["latest_timestamp"]
+                        .as_i64()
+                        .unwrap_or(0);
+                    w.poll_answers.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            },
+            Err(_) => {
+                ts = 0;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+async fn hosts(http: &reqwest::Client, addr: SocketAddr) -> Option<BTreeSet<String>> {
+    let v: Value = http
+        .get(format!(
+            "http://{addr}/discovery/fetch?env=dev&appid=chaos.app&status=3"
+        ))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    match v["code"].as_i64()? {
+        0 => Some(
+            v["data"]["instances"]
+                .as_object()?
+                .values()
+                .flat_map(|z| z.as_array().cloned().unwrap_or_default())
+                .map(|i| i["hostname"].as_str().unwrap_or("").to_string())
+                .collect(),
+        ),
+        -404 => Some(BTreeSet::new()),
+        _ => None,
+    }
+}
+
+/// Pauses the workload, waits until every running node holds exactly the
+/// clients' live set, and returns how long that took.
+async fn converge(c: &Cluster, w: &Workload, fault: &str) -> Duration {
+    let http = client();
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(30);
+    loop {
+        let truth: BTreeSet<String> = w.truth.lock().live.clone();
+        let cancelled: BTreeSet<String> = w.truth.lock().cancelled.clone();
+        let mut ok = true;
+        let mut detail = String::new();
+        for (i, n) in c.nodes.iter().enumerate() {
+            if n.is_none() {
+                continue;
+            }
+            match hosts(&http, c.addrs[i]).await {
+                Some(h) if h == truth => {}
+                Some(h) => {
+                    ok = false;
+                    let lost: Vec<_> = truth.difference(&h).collect();
+                    let extra: Vec<_> = h.difference(&truth).collect();
+                    let resurrected: Vec<_> =
+                        extra.iter().filter(|e| cancelled.contains(**e)).collect();
+                    detail = format!(
+                        "node {i}: lost {lost:?}, extra {extra:?} (resurrected {resurrected:?})"
+                    );
+                }
+                None => {
+                    ok = false;
+                    detail = format!("node {i} not answering");
+                }
+            }
+        }
+        if ok {
+            let t = start.elapsed();
+            println!(
+                "CHAOS {fault}: converged in {t:?} with {} live instances",
+                truth.len()
+            );
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{fault}: no convergence: {detail}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_three_nodes_lose_nothing_and_resurrect_nothing() {
+    let net = Net::create(3);
+    let addrs: Vec<SocketAddr> = (0..3)
+        .map(|i| format!("{}:7171", net.ip(i)).parse().unwrap())
+        .collect();
+    let dir = std::env::temp_dir().join(format!("chaos-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut c = Cluster {
+        net,
+        layout: Layout::zones(&[("sh001", 3)]).toml(TIMINGS),
+        addrs: addrs.clone(),
+        dir,
+        nodes: vec![],
+    };
+    for i in 0..3 {
+        let p = c.spawn(i).await;
+        c.nodes.push(Some(p));
+    }
+    for i in 0..3 {
+        c.wait_ready(i).await;
+    }
+
+    let w = Arc::new(Workload {
+        truth: Mutex::new(Truth::default()),
+        stop: AtomicBool::new(false),
+        writes: AtomicU64::new(0),
+        failovers: AtomicU64::new(0),
+        reregisters: AtomicU64::new(0),
+        poll_answers: AtomicU64::new(0),
+    });
+    let mut tasks = vec![tokio::spawn(run_workload(addrs.clone(), Arc::clone(&w)))];
+    for a in &addrs {
+        tasks.push(tokio::spawn(run_poller(*a, Arc::clone(&w))));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut report = Vec::new();
+
+    // 1. kill -9 node 2, keep going, restart it.
+    c.nodes[2].take().unwrap().kill().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.nodes[2] = Some(c.spawn(2).await);
+    c.wait_ready(2).await;
+    report.push((
+        "kill -9 + restart",
+        converge(&c, &w, "kill -9 + restart").await,
+    ));
+
+    // 2. Isolate node 1 for longer than the lease, then heal.
+    c.net.link(1, false);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    c.net.link(1, true);
+    report.push((
+        "isolation 8 s (lease 3 s)",
+        converge(&c, &w, "isolation").await,
+    ));
+
+    // 3. SIGSTOP node 0 past the lease, then SIGCONT.
+    c.nodes[0].as_ref().unwrap().signal("STOP").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    c.nodes[0].as_ref().unwrap().signal("CONT").await.unwrap();
+    report.push(("SIGSTOP 6 s", converge(&c, &w, "SIGSTOP").await));
+
+    // 4. Rolling restart.
+    for i in 0..3 {
+        let mut p = c.nodes[i].take().unwrap();
+        assert!(p.terminate().await.unwrap().success(), "graceful exit");
+        c.nodes[i] = Some(c.spawn(i).await);
+        c.wait_ready(i).await;
+    }
+    report.push(("rolling restart", converge(&c, &w, "rolling restart").await));
+
+    w.stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+    println!(
+        "CHAOS workload: {} acknowledged writes, {} failovers, {} client re-registers after -404, {} poll answers",
+        w.writes.load(Ordering::Relaxed),
+        w.failovers.load(Ordering::Relaxed),
+        w.reregisters.load(Ordering::Relaxed),
+        w.poll_answers.load(Ordering::Relaxed)
+    );
+    for (fault, t) in &report {
+        println!("CHAOS | {fault} | converged in {t:?} |");
+    }
+    assert!(w.writes.load(Ordering::Relaxed) > 50, "the workload ran");
+    assert!(
+        w.poll_answers.load(Ordering::Relaxed) > 0,
+        "pollers were answered"
+    );
+    for p in c.nodes.iter_mut().flatten() {
+        let _ = p.terminate().await;
+    }
+    let _ = std::fs::remove_dir_all(&c.dir);
+}
