@@ -7,6 +7,11 @@
 //!   servers as child processes, prints a table and writes
 //!   `target/bench/<time>.json`. The heavy code lives in `crates/loadgen`,
 //!   so xtask itself stays small for `cargo xtask test`.
+//! * `up`, `e2e [--no-docker]`, `docker`: the demo topology on loopback,
+//!   its end-to-end checks (loopback, then docker compose), and the offline
+//!   `FROM scratch` image of `docker-compose.yml`; see [`demo`].
+
+mod demo;
 
 use std::{
     path::{Path, PathBuf},
@@ -103,7 +108,7 @@ fn bench(extra: &[String]) -> anyhow::Result<()> {
     run(cmd)
 }
 
-const USAGE: &str = "usage: cargo xtask <test [nextest args…] | ci | bench [--quick] [--check] [--no-cluster] | fuzz [seconds] [seed]>";
+const USAGE: &str = "usage: cargo xtask <test [nextest args…] | ci | bench [--quick] [--check] [--no-cluster] | fuzz [seconds] [seed] | up | e2e [--no-docker] | docker>";
 
 /// The HTTP fuzz test for longer than its CI budget (default 60 s).
 fn fuzz(args: &[String]) -> anyhow::Result<()> {
@@ -133,6 +138,9 @@ fn main() -> anyhow::Result<()> {
         Some("ci") => ci(),
         Some("bench") => bench(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
+        Some("up") => demo::up(),
+        Some("e2e") => demo::e2e(&args[1..]),
+        Some("docker") => demo::docker(),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);

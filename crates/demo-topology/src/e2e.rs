@@ -1,0 +1,204 @@
+//! The loopback end-to-end checks of the demo topology.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::{bail, ensure};
+use testkit::demo::{DemoBins, DemoTopology};
+use tokio::time::Instant;
+
+/// The outcome of a run of sequential calls.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub(crate) ok: usize,
+    /// (call index, status, body) of every failed call.
+    pub(crate) failed: Vec<(usize, u16, String)>,
+    /// Successful calls per `served_by`.
+    pub(crate) served: BTreeMap<String, usize>,
+}
+
+impl Tally {
+    fn add(&mut self, i: usize, result: Result<(u16, serde_json::Value), reqwest::Error>) {
+        match result {
+            Ok((200, body)) => {
+                self.ok += 1;
+                let by = body["served_by"].as_str().unwrap_or_default().to_string();
+                *self.served.entry(by).or_default() += 1;
+            }
+            Ok((status, body)) => self.failed.push((i, status, body.to_string())),
+            Err(e) => self.failed.push((i, 0, e.to_string())),
+        }
+    }
+}
+
+/// `n` sequential greetings.
+pub(crate) async fn calls(topo: &DemoTopology, n: usize) -> Tally {
+    let mut t = Tally::default();
+    for i in 0..n {
+        t.add(i, topo.say_hello("e2e").await);
+    }
+    t
+}
+
+/// Calls until one succeeds, at most `within`; returns how long it took.
+pub(crate) async fn until_ok(topo: &DemoTopology, within: Duration) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    loop {
+        let last = topo.say_hello("e2e").await;
+        if matches!(last, Ok((200, _))) {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > within {
+            bail!("no greeting within {within:?}; last answer: {last:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Calls until `host` serves one, at most `within`; returns how long it
+/// took and the calls made meanwhile.
+async fn until_served_by(
+    topo: &DemoTopology,
+    host: &str,
+    within: Duration,
+) -> anyhow::Result<(Duration, Tally)> {
+    let start = Instant::now();
+    let mut t = Tally::default();
+    let mut i = 0;
+    loop {
+        t.add(i, topo.say_hello("e2e").await);
+        i += 1;
+        if t.served.contains_key(host) {
+            return Ok((start.elapsed(), t));
+        }
+        if start.elapsed() > within {
+            bail!("{host} served no call within {within:?}: {t:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn step(text: &str) {
+    println!("e2e: {text}");
+}
+
+/// The checks; see the crate docs.
+pub(crate) async fn run() -> anyhow::Result<()> {
+    let mut figures: Vec<String> = Vec::new();
+    let mut topo = DemoTopology::start(DemoBins::sibling(), 3, 2).await?;
+    let result = checks(&mut topo, &mut figures).await;
+    topo.shutdown().await;
+    println!();
+    println!("e2e figures:");
+    for f in &figures {
+        println!("  {f}");
+    }
+    match &result {
+        Ok(()) => println!("e2e: PASSED"),
+        Err(e) => println!("e2e: FAILED: {e:#}"),
+    }
+    result
+}
+
+async fn checks(topo: &mut DemoTopology, figures: &mut Vec<String>) -> anyhow::Result<()> {
+    step("a greeting through the demo client");
+    let first = until_ok(topo, Duration::from_secs(15)).await?;
+    figures.push(format!(
+        "first greeting {first:?} after the last demo server listened"
+    ));
+    let (status, body) = topo.say_hello("kratos").await?;
+    ensure!(status == 200, "{status} {body}");
+    ensure!(body["message"] == "Hello kratos", "{body}");
+
+    step("both demo servers answer");
+    // p2c may favour one backend for a while (a starved one gets a call at
+    // least every 3 s), so both are given 10 s to show up.
+    let start = Instant::now();
+    let mut t = Tally::default();
+    let mut i = 0;
+    while t.served.len() < 2 && start.elapsed() < Duration::from_secs(10) {
+        t.add(i, topo.say_hello("e2e").await);
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    ensure!(t.failed.is_empty(), "failed calls: {:?}", t.failed);
+    ensure!(
+        t.served.contains_key("demo-server-1") && t.served.contains_key("demo-server-2"),
+        "not both servers answered: {:?}",
+        t.served
+    );
+
+    step("kill -9 demo-server-1 (the registry is not told)");
+    topo.kill_server(0).await;
+    let t = calls(topo, 300).await;
+    figures.push(format!(
+        "kill -9 of 1 of 2 demo servers: {} of 300 calls failed {:?}",
+        t.failed.len(),
+        t.failed
+    ));
+    ensure!(
+        t.failed.is_empty(),
+        "calls failed after kill -9 of a demo server: {:?}",
+        t.failed
+    );
+    ensure!(
+        t.served.keys().all(|k| k == "demo-server-2"),
+        "{:?}",
+        t.served
+    );
+
+    step(
+        "kill -9 discovery node 0, then start demo-server-3 (its node list starts with the dead node)",
+    );
+    topo.cluster.kill(0).await;
+    let i = topo.add_server().await?;
+    let host = format!("demo-server-{}", i + 1);
+    let (took, t) = until_served_by(topo, &host, Duration::from_secs(30)).await?;
+    figures.push(format!(
+        "{host} (registered with discovery node 0 dead) served its first call {took:?} after it listened; {} failed calls meanwhile",
+        t.failed.len()
+    ));
+    ensure!(
+        t.failed.is_empty(),
+        "calls failed while a discovery node was down: {:?}",
+        t.failed
+    );
+
+    step("SIGTERM demo-server-2: it deregisters through the surviving nodes");
+    let start = Instant::now();
+    let status = topo.stop_server(1).await;
+    ensure!(
+        status.is_some_and(|s| s.success()),
+        "demo-server-2 exit: {status:?}"
+    );
+    figures.push(format!(
+        "demo-server-2 deregistered and exited {:?} after SIGTERM",
+        start.elapsed()
+    ));
+    let t = calls(topo, 200).await;
+    figures.push(format!(
+        "after SIGTERM of demo-server-2: {} of 200 calls failed, served by {:?}",
+        t.failed.len(),
+        t.served
+    ));
+    ensure!(t.failed.is_empty(), "failed calls: {:?}", t.failed);
+    ensure!(t.served.keys().all(|k| *k == host), "{:?}", t.served);
+
+    step("the cluster still lists demo-server-3 and no longer demo-server-2");
+    let http = reqwest::Client::new();
+    for node in 1..3 {
+        let url = format!(
+            "{}/discovery/fetch?zone=zone01&env=dev&appid=demo.service&status=1",
+            topo.cluster.url(node)
+        );
+        let body: serde_json::Value = http.get(&url).send().await?.json().await?;
+        let hosts: Vec<&str> = body["data"]["instances"]["zone01"]
+            .as_array()
+            .map(|v| v.iter().filter_map(|i| i["hostname"].as_str()).collect())
+            .unwrap_or_default();
+        ensure!(
+            hosts.contains(&host.as_str()) && !hosts.contains(&"demo-server-2"),
+            "node {node} lists {hosts:?}"
+        );
+    }
+    Ok(())
+}
