@@ -313,6 +313,20 @@ impl Api {
         ))
     }
 
+    /// Beyond `limits.max_pollers` a poll is refused at once (`-400`, which
+    /// SDKs treat as an error: they switch node and back off) instead of
+    /// being held.
+    fn check_pollers(&self) -> Result<(), Reply> {
+        let max = self.config.limits.max_pollers;
+        if self.registry.parked_polls() >= max {
+            return Err(Reply::message(
+                BAD_REQUEST,
+                format!("too many held polls: limits.max_pollers ({max})"),
+            ));
+        }
+        Ok(())
+    }
+
     fn check_appids(&self, appids: &[&str]) -> Result<(), Reply> {
         let max = self.config.limits.max_appids_per_poll;
         if appids.len() > max {
@@ -933,6 +947,7 @@ async fn poll_inner(api: &Api, headers: &HeaderMap, req: Request<Body>) -> Resul
     if let Some(r) = answer(first) {
         return Ok(r);
     }
+    api.check_pollers()?;
     let _parked = api.registry.watchers().park();
     let hold = tokio::time::sleep(api.hold(headers));
     tokio::pin!(hold);
@@ -992,12 +1007,7 @@ async fn polls_inner(
         return Ok(polls_answer(&watch, &first));
     }
     let missing_at_start: Vec<bool> = first.iter().map(|s| *s == PollState::Missing).collect();
-    if api.registry.parked_polls() >= api.config.limits.max_pollers {
-        return Ok(
-            Reply::message(NOT_MODIFIED, "too many parked polls (limits.max_pollers)")
-                .into_response(),
-        );
-    }
+    api.check_pollers()?;
     let _parked = api.registry.watchers().park();
     let hold = tokio::time::sleep(api.hold(headers));
     tokio::pin!(hold);

@@ -974,3 +974,52 @@ async fn addrs_must_be_scheme_host_port() {
 fn urlenc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
+
+#[tokio::test]
+async fn the_instance_cap_refuses_new_keys_only() {
+    let h = Harness::from_toml("[limits]\nmax_instances = 2\n");
+    h.register("sh001", "h1", "").await;
+    h.register("sh001", "h2", "").await;
+    let r = h
+        .post(
+            "/discovery/register",
+            "zone=sh001&env=dev&appid=demo.svc&hostname=h3&status=1&addrs=grpc://h3:1",
+        )
+        .await;
+    assert_eq!(r.code(), -400);
+    assert!(r.body.contains("limits.max_instances"), "{}", r.body);
+    // Re-registering an existing instance is still allowed.
+    h.register("sh001", "h1", "").await;
+    assert_eq!(h.api.registry().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn beyond_max_pollers_a_poll_is_refused_at_once() {
+    let h = Harness::from_toml("[limits]\nmax_pollers = 1\n");
+    h.register("sh001", "h1", "").await;
+    let latest = h.latest().await;
+    let uri =
+        format!("/discovery/polls?env=dev&hostname=c&appid=demo.svc&latest_timestamp={latest}");
+    let router = h.router.clone();
+    let held_uri = uri.clone();
+    let held = tokio::spawn(async move {
+        use tower::ServiceExt;
+        router
+            .oneshot(Request::get(held_uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+    });
+    while h.api.registry().parked_polls() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let start = tokio::time::Instant::now();
+    let r = h.get(&uri).await;
+    assert_eq!(
+        start.elapsed(),
+        std::time::Duration::ZERO,
+        "answered at once, not held"
+    );
+    assert_eq!(r.code(), -400);
+    assert!(r.body.contains("limits.max_pollers"), "{}", r.body);
+    held.abort();
+}
