@@ -470,6 +470,18 @@ async fn bind(api: &Api, req: Request<Body>) -> Result<Params, Reply> {
     Params::bind(req, api.config.limits.max_body_bytes).await
 }
 
+/// Binds the parameters, then applies `[auth]` with the rule `need` picks.
+async fn bind_authorized(
+    api: &Api,
+    req: Request<Body>,
+    need: impl FnOnce(&Params) -> crate::auth::Need,
+) -> Result<Params, Reply> {
+    let caller = Caller::of(&req);
+    let p = bind(api, req).await?;
+    api.authorize(need(&p), &caller, &p)?;
+    Ok(p)
+}
+
 fn origin(p: &Params) -> Option<Origin> {
     if p.bool("replication") {
         None
@@ -499,9 +511,7 @@ async fn register(State(api): Shared, req: Request<Body>) -> Response {
 }
 
 async fn register_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
-    let caller = Caller::of(&req);
-    let p = bind(api, req).await?;
-    api.authorize(write_need(&p), &caller, &p)?;
+    let p = bind_authorized(api, req, write_need).await?;
     let key = api.instance_key(&p)?;
     let status = match p.u32("status")? {
         0 => return Err(Reply::bad_param("status", "required")),
@@ -659,9 +669,7 @@ async fn renew(State(api): Shared, req: Request<Body>) -> Response {
 }
 
 async fn renew_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
-    let caller = Caller::of(&req);
-    let p = bind(api, req).await?;
-    api.authorize(write_need(&p), &caller, &p)?;
+    let p = bind_authorized(api, req, write_need).await?;
     let key = api.instance_key(&p)?;
     let dirty = p.i64("dirty_timestamp")?;
     let peer_dirty = is_peer(&p).then_some(dirty);
@@ -686,9 +694,7 @@ async fn cancel(State(api): Shared, req: Request<Body>) -> Response {
 }
 
 async fn cancel_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
-    let caller = Caller::of(&req);
-    let p = bind(api, req).await?;
-    api.authorize(write_need(&p), &caller, &p)?;
+    let p = bind_authorized(api, req, write_need).await?;
     let key = api.instance_key(&p)?;
     let cancelled_at = p.i64("latest_timestamp")?;
     let now = api.clock.now();
@@ -714,14 +720,14 @@ async fn set(State(api): Shared, req: Request<Body>) -> Response {
 }
 
 async fn set_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
-    let caller = Caller::of(&req);
-    let p = bind(api, req).await?;
-    let need = if is_peer(&p) {
-        crate::auth::Need::PeerWrite
-    } else {
-        crate::auth::Need::Admin
-    };
-    api.authorize(need, &caller, &p)?;
+    let p = bind_authorized(api, req, |p| {
+        if is_peer(p) {
+            crate::auth::Need::PeerWrite
+        } else {
+            crate::auth::Need::Admin
+        }
+    })
+    .await?;
     let zone = api.key_field(&p, "zone")?;
     let env = api.key_field(&p, "env")?;
     let appid = api.key_field(&p, "appid")?;
@@ -795,12 +801,7 @@ async fn fetch_all(State(api): Shared, req: Request<Body>) -> Response {
     if let Some(r) = api.gate(true) {
         return r.into_response();
     }
-    let caller = Caller::of(&req);
-    let p = match bind(&api, req).await {
-        Ok(p) => p,
-        Err(r) => return r.into_response(),
-    };
-    if let Err(r) = api.authorize(crate::auth::Need::PeerRead, &caller, &p) {
+    if let Err(r) = bind_authorized(&api, req, |_| crate::auth::Need::PeerRead).await {
         return r.into_response();
     }
     Reply::ok().json(&api.registry.all()).into_response()

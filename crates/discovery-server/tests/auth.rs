@@ -136,16 +136,12 @@ async fn trusted_networks_need_no_write_token() {
     let node = discovery_server::server::start(cfg, Some("127.0.0.1:0".parse().unwrap()))
         .await
         .unwrap();
-    let r: serde_json::Value = reqwest::Client::new()
-        .post(format!("http://{}/discovery/register", node.addr()))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(REG)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = testkit::http::post_form(
+        &format!("http://{}", node.addr()),
+        "/discovery/register",
+        REG,
+    )
+    .await;
     assert_eq!(r["code"], 0);
     node.shutdown().await;
 }

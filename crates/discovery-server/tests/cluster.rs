@@ -7,33 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use testkit::{FAST, Layout, Topology};
 
-fn http() -> reqwest::Client {
-    reqwest::Client::new()
-}
-
-async fn post(base: &str, path: &str, form: &str) -> Value {
-    http()
-        .post(format!("{base}{path}"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form.to_string())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn get(base: &str, path: &str) -> Value {
-    http()
-        .get(format!("{base}{path}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
+use testkit::http::{get_json as get, post_form as post};
 
 fn reg_form(host: &str) -> String {
     format!(

@@ -10,18 +10,7 @@ use std::{
 use serde_json::Value;
 use testkit::{FAST, Layout, ProcessTopology};
 
-async fn post(base: &str, path: &str, form: &str) -> Value {
-    reqwest::Client::new()
-        .post(format!("{base}{path}"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form.to_string())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
+use testkit::http::post_form as post;
 
 async fn get(base: &str, path: &str) -> Option<Value> {
     reqwest::get(format!("{base}{path}"))

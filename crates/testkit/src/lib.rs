@@ -491,3 +491,38 @@ impl Drop for ProcessTopology {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Small HTTP helpers for talking to a node in tests.
+pub mod http {
+    use serde_json::Value;
+
+    /// POSTs a url-encoded form and decodes the JSON answer.
+    ///
+    /// # Panics
+    /// When the node does not answer with JSON.
+    pub async fn post_form(base: &str, path: &str, form: &str) -> Value {
+        reqwest::Client::new()
+            .post(format!("{base}{path}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.to_string())
+            .send()
+            .await
+            .expect("node answers")
+            .json()
+            .await
+            .expect("JSON answer")
+    }
+
+    /// GETs and decodes the JSON answer.
+    ///
+    /// # Panics
+    /// When the node does not answer with JSON.
+    pub async fn get_json(base: &str, path: &str) -> Value {
+        reqwest::get(format!("{base}{path}"))
+            .await
+            .expect("node answers")
+            .json()
+            .await
+            .expect("JSON answer")
+    }
+}
