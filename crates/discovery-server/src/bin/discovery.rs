@@ -105,18 +105,6 @@ fn init_logs(cfg: &Config, cli: &Cli) {
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut quit = signal(SignalKind::quit())?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-        _ = quit.recv() => "SIGQUIT",
-    })
-}
-
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let (mut cfg, warnings) = match &cli.conf {
         Some(path) => Config::load(path)?,
@@ -143,22 +131,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.conf.is_none() {
         info!("no -conf given; using the embedded default config");
     }
+    // Signal handlers go in before the node announces itself, so that a
+    // SIGHUP or SIGTERM right after start is never the default action.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
     let node = server::start(cfg, cli.listen)
         .await
         .context("starting discovery")?;
     let api = std::sync::Arc::clone(node.api());
-    let hup = tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            server::reload_schedulers(&api);
+    let sig = loop {
+        tokio::select! {
+            _ = hup.recv() => server::reload_schedulers(&api),
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = quit.recv() => break "SIGQUIT",
         }
-    });
-    let sig = wait_for_signal().await?;
+    };
     info!("{sig}: shutting down");
-    hup.abort();
     node.shutdown().await;
     Ok(())
 }
