@@ -135,7 +135,6 @@ pub struct Api {
     shutdown: watch::Receiver<bool>,
     replicator: Arc<dyn Replicator>,
     members: Arc<dyn Members>,
-    requests: dashmap::DashMap<String, std::sync::atomic::AtomicU64>,
     pub(crate) metrics: crate::metrics::Metrics,
 }
 
@@ -168,7 +167,6 @@ impl Api {
             shutdown,
             replicator,
             members,
-            requests: dashmap::DashMap::new(),
             metrics: crate::metrics::Metrics::new(),
         }
     }
@@ -180,20 +178,7 @@ impl Api {
 
     /// Requests served on a route (e.g. `/discovery/register`) since start.
     pub fn requests(&self, route: &str) -> u64 {
-        self.requests
-            .get(route)
-            .map_or(0, |c| c.load(Ordering::Relaxed))
-    }
-
-    fn count(&self, route: &str) {
-        if let Some(c) = self.requests.get(route) {
-            c.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        self.requests
-            .entry(route.to_string())
-            .or_default()
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.requests_on(route)
     }
 
     /// State for a router that runs outside [`server::start`]
@@ -415,21 +400,18 @@ pub fn router(api: Arc<Api>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&api),
             |State(api): State<Arc<Api>>, req: Request<Body>, next: axum::middleware::Next| async move {
-                let route = req
-                    .extensions()
-                    .get::<axum::extract::MatchedPath>()
-                    .map_or("unmatched", |p| p.as_str())
-                    .to_string();
-                api.count(&route);
+                let route = crate::metrics::route_index(
+                    req.extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map_or("unmatched", |p| p.as_str()),
+                );
                 let start = tokio::time::Instant::now();
                 let res = next.run(req).await;
-                let code = res
-                    .headers()
-                    .get("kratos-status-code")
-                    .and_then(|v| v.to_str().ok())
-                    .map_or_else(|| res.status().as_u16().to_string(), str::to_string);
-                api.metrics
-                    .request(&route, &code, start.elapsed().as_secs_f64());
+                let seconds = start.elapsed().as_secs_f64();
+                match res.headers().get("kratos-status-code").and_then(|v| v.to_str().ok()) {
+                    Some(code) => api.metrics.request(route, code, seconds),
+                    None => api.metrics.request(route, res.status().as_str(), seconds),
+                }
                 res
             },
         ))

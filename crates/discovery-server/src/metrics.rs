@@ -35,6 +35,47 @@ struct PeerLabels {
 
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
+/// Routes with their own label value; anything else is `unmatched`.
+const ROUTES: &[&str] = &[
+    "/discovery/register",
+    "/discovery/renew",
+    "/discovery/cancel",
+    "/discovery/set",
+    "/discovery/fetch/all",
+    "/discovery/fetch",
+    "/discovery/fetchs",
+    "/discovery/poll",
+    "/discovery/polls",
+    "/discovery/nodes",
+    "/",
+    "/status",
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    "unmatched",
+];
+
+/// Answer codes with their own label value; anything else is `other`.
+const CODES: &[&str] = &[
+    "0", "-304", "-400", "-401", "-404", "-409", "-500", "200", "404", "405", "503", "other",
+];
+
+/// The label index of a route (a matched path).
+pub(crate) fn route_index(route: &str) -> usize {
+    ROUTES
+        .iter()
+        .position(|r| *r == route)
+        .unwrap_or(ROUTES.len() - 1)
+}
+
+/// Per-request handles, resolved once per (route, code): the hot path
+/// neither allocates label strings nor hashes them.
+#[derive(Debug)]
+struct Handles {
+    counters: Vec<std::sync::OnceLock<Counter>>,
+    latency: Vec<std::sync::OnceLock<Histogram>>,
+}
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms … ~16 s; long polls land in the top buckets by design.
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -44,6 +85,7 @@ fn latency_histogram() -> Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     registry: PromRegistry,
+    handles: Handles,
     pub(crate) requests: Family<RequestLabels, Counter>,
     pub(crate) latency: HistogramFamily,
     pub(crate) wakeups: Counter,
@@ -170,6 +212,14 @@ impl Metrics {
         );
         Metrics {
             registry: r,
+            handles: Handles {
+                counters: (0..ROUTES.len() * CODES.len())
+                    .map(|_| std::sync::OnceLock::new())
+                    .collect(),
+                latency: (0..ROUTES.len())
+                    .map(|_| std::sync::OnceLock::new())
+                    .collect(),
+            },
             requests,
             latency,
             wakeups,
@@ -191,19 +241,41 @@ impl Metrics {
         }
     }
 
-    /// Records one answered request.
-    pub(crate) fn request(&self, route: &str, code: &str, seconds: f64) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.to_string(),
-                code: code.to_string(),
+    /// Records one answered request on route `route` (see [`route_index`]).
+    pub(crate) fn request(&self, route: usize, code: &str, seconds: f64) {
+        let route = route.min(ROUTES.len() - 1);
+        let c = CODES
+            .iter()
+            .position(|k| *k == code)
+            .unwrap_or(CODES.len() - 1);
+        self.handles.counters[route * CODES.len() + c]
+            .get_or_init(|| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        route: ROUTES[route].to_string(),
+                        code: CODES[c].to_string(),
+                    })
+                    .clone()
             })
             .inc();
-        self.latency
-            .get_or_create(&RouteLabels {
-                route: route.to_string(),
+        self.handles.latency[route]
+            .get_or_init(|| {
+                self.latency
+                    .get_or_create(&RouteLabels {
+                        route: ROUTES[route].to_string(),
+                    })
+                    .clone()
             })
             .observe(seconds);
+    }
+
+    /// Requests answered on a route since start, all codes.
+    pub(crate) fn requests_on(&self, route: &str) -> u64 {
+        let r = route_index(route);
+        (0..CODES.len())
+            .filter_map(|c| self.handles.counters[r * CODES.len() + c].get())
+            .map(Counter::get)
+            .sum()
     }
 
     /// The text exposition, after reading the state gauges.
