@@ -125,6 +125,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cfg.log.stdout = stdout;
     }
     init_logs(&cfg, &cli);
+    // Every held long poll is an open socket: take all the descriptors the
+    // hard limit allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(nofile = n, "open-file limit"),
+        Err(e) => warn!("cannot raise the open-file limit: {e}"),
+    }
     for w in warnings {
         warn!("{w}");
     }
