@@ -54,7 +54,7 @@ pub(crate) fn up() -> anyhow::Result<()> {
     let mut cmd = runner(&["up"]);
     // The nodes' info logs would drown the addresses; demo logs stay.
     if std::env::var_os("TESTKIT_LOG").is_none() {
-        cmd.env("TESTKIT_LOG", "warn,demo_client=info");
+        cmd.env("TESTKIT_LOG", "warn,demo_client=info,demo_server=info");
     }
     run(cmd)
 }
