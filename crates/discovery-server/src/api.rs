@@ -385,6 +385,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/discovery/renew", d(post(renew)))
         .route("/discovery/cancel", d(post(cancel)))
         .route("/discovery/set", d(post(set)))
+        .route("/discovery/replicate", d(post(replicate)))
         .route("/discovery/fetch/all", d(get(fetch_all)))
         .route("/discovery/fetch", d(get(fetch)))
         .route("/discovery/fetchs", d(get(fetchs)))
@@ -494,7 +495,14 @@ async fn register(State(api): Shared, req: Request<Body>) -> Response {
 
 async fn register_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
     let p = bind_authorized(api, req, write_need).await?;
-    let key = api.instance_key(&p)?;
+    register_apply(api, &p)
+        .await
+        .map(IntoResponse::into_response)
+}
+
+/// `register` on bound, authorized parameters (also used for batches).
+async fn register_apply(api: &Api, p: &Params) -> Result<Reply, Reply> {
+    let key = api.instance_key(p)?;
     let status = match p.u32("status")? {
         0 => return Err(Reply::bad_param("status", "required")),
         s @ (1 | 2) => Status::from(s),
@@ -505,7 +513,7 @@ async fn register_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply
             ));
         }
     };
-    let peer = is_peer(&p);
+    let peer = is_peer(p);
     let mut addrs: Vec<String> = p.list("addrs").into_iter().map(str::to_string).collect();
     if peer && addrs.len() == 1 && addrs[0].contains(',') {
         // The Go original's peers comma-join the addresses of an instance.
@@ -581,12 +589,12 @@ async fn register_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply
         addrs = ?i.addrs, new = out.is_new, applied = out.applied, peer,
         "register"
     );
-    if let Some(origin) = origin(&p) {
+    if let Some(origin) = origin(p) {
         api.replicator
             .replicate(Op::Register(out.instance), origin)
             .await;
     }
-    Ok(Reply::ok().into_response())
+    Ok(Reply::ok())
 }
 
 /// `scheme://host:port`, optionally followed by `?query` (kratos v2
@@ -652,23 +660,28 @@ async fn renew(State(api): Shared, req: Request<Body>) -> Response {
 
 async fn renew_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
     let p = bind_authorized(api, req, write_need).await?;
-    let key = api.instance_key(&p)?;
+    renew_apply(api, &p).await.map(IntoResponse::into_response)
+}
+
+/// `renew` on bound, authorized parameters (also used for batches).
+async fn renew_apply(api: &Api, p: &Params) -> Result<Reply, Reply> {
+    let key = api.instance_key(p)?;
     let dirty = p.i64("dirty_timestamp")?;
-    let peer_dirty = is_peer(&p).then_some(dirty);
+    let peer_dirty = is_peer(p).then_some(dirty);
     let out = api.registry.renew(&key, peer_dirty, api.clock.now());
     tracing::debug!(appid = %key.appid, hostname = %key.hostname, found = out.is_found(), "renew");
     let reply = match &out {
-        Renewed::NotFound => return Ok(Reply::code(NOT_FOUND).null().into_response()),
+        Renewed::NotFound => return Ok(Reply::code(NOT_FOUND).null()),
         Renewed::Ok(i) => Reply::ok().json(i),
         Renewed::PeerNewer(i) => Reply::code(NOT_FOUND).json(i),
         Renewed::PeerOlder(i) => Reply::code(CONFLICT).json(i),
     };
     if let (Some(origin), Renewed::Ok(i) | Renewed::PeerNewer(i) | Renewed::PeerOlder(i)) =
-        (origin(&p), out)
+        (origin(p), out)
     {
         api.replicator.replicate(Op::Renew(i), origin).await;
     }
-    Ok(reply.into_response())
+    Ok(reply)
 }
 
 async fn cancel(State(api): Shared, req: Request<Body>) -> Response {
@@ -677,24 +690,29 @@ async fn cancel(State(api): Shared, req: Request<Body>) -> Response {
 
 async fn cancel_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
     let p = bind_authorized(api, req, write_need).await?;
-    let key = api.instance_key(&p)?;
+    cancel_apply(api, &p).await.map(IntoResponse::into_response)
+}
+
+/// `cancel` on bound, authorized parameters (also used for batches).
+async fn cancel_apply(api: &Api, p: &Params) -> Result<Reply, Reply> {
+    let key = api.instance_key(p)?;
     let cancelled_at = p.i64("latest_timestamp")?;
     let now = api.clock.now();
-    let at = if is_peer(&p) && cancelled_at > 0 {
+    let at = if is_peer(p) && cancelled_at > 0 {
         cancelled_at
     } else {
         now
     };
     let Some(gone) = api.registry.cancel_at(&key, now, at) else {
-        return Ok(Reply::code(NOT_FOUND).into_response());
+        return Ok(Reply::code(NOT_FOUND));
     };
     tracing::info!(appid = %key.appid, env = %key.env, zone = %key.zone, hostname = %key.hostname, "cancel");
-    if let Some(origin) = origin(&p) {
+    if let Some(origin) = origin(p) {
         api.replicator
             .replicate(Op::Cancel(gone, now), origin)
             .await;
     }
-    Ok(Reply::ok().into_response())
+    Ok(Reply::ok())
 }
 
 async fn set(State(api): Shared, req: Request<Body>) -> Response {
@@ -710,9 +728,14 @@ async fn set_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
         }
     })
     .await?;
-    let zone = api.key_field(&p, "zone")?;
-    let env = api.key_field(&p, "env")?;
-    let appid = api.key_field(&p, "appid")?;
+    set_apply(api, &p).await.map(IntoResponse::into_response)
+}
+
+/// `set` on bound, authorized parameters (also used for batches).
+async fn set_apply(api: &Api, p: &Params) -> Result<Reply, Reply> {
+    let zone = api.key_field(p, "zone")?;
+    let env = api.key_field(p, "env")?;
+    let appid = api.key_field(p, "appid")?;
     let hostnames = p.list("hostname");
     if hostnames.is_empty() {
         return Err(Reply::bad_param("hostname", "required"));
@@ -760,11 +783,74 @@ async fn set_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
             ));
         }
     }
-    if let Some(origin) = origin(&p) {
+    if let Some(origin) = origin(p) {
         req.set_timestamp = req.set_timestamp.max(1);
         api.replicator.replicate(Op::Set(req), origin).await;
     }
-    Ok(Reply::ok().into_response())
+    Ok(Reply::ok())
+}
+
+/// A batch of writes from a node of ours.
+#[derive(serde::Deserialize)]
+struct Batch {
+    ops: Vec<BatchOp>,
+}
+
+#[derive(serde::Deserialize)]
+struct BatchOp {
+    path: String,
+    form: String,
+}
+
+/// `POST /discovery/replicate` (ours): several replicated writes in one
+/// request, applied in order, each answered as its own route would. Only
+/// peer-originated writes are taken.
+async fn replicate(State(api): Shared, req: Request<Body>) -> Response {
+    respond(replicate_inner(&api, req).await)
+}
+
+async fn replicate_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
+    let caller = Caller::of(&req);
+    let body = axum::body::to_bytes(req.into_body(), api.config.limits.max_body_bytes)
+        .await
+        .map_err(|_| Reply::message(BAD_REQUEST, "batch exceeds limits.max_body_bytes"))?;
+    api.authorize(crate::auth::Need::PeerWrite, &caller, &Params::default())?;
+    let batch: Batch = serde_json::from_slice(&body)
+        .map_err(|e| Reply::bad_param("ops", format!("not a batch: {e}")))?;
+    let mut out = Vec::with_capacity(64 * batch.ops.len() + 2);
+    out.push(b'[');
+    for (i, op) in batch.ops.iter().enumerate() {
+        let p = Params::from_query(&op.form);
+        let result = if !is_peer(&p) {
+            Err(Reply::bad_param(
+                "replication",
+                "a batch carries replicated writes only",
+            ))
+        } else {
+            match op.path.as_str() {
+                "/discovery/register" => register_apply(api, &p).await,
+                "/discovery/renew" => renew_apply(api, &p).await,
+                "/discovery/cancel" => cancel_apply(api, &p).await,
+                "/discovery/set" => set_apply(api, &p).await,
+                other => Err(Reply::bad_param(
+                    "path",
+                    format!("{other:?} cannot be batched"),
+                )),
+            }
+        };
+        let reply = result.unwrap_or_else(|e| e);
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(format!("{{\"code\":{}", reply.code_of()).as_bytes());
+        if let Some(data) = reply.data_of() {
+            out.extend_from_slice(b",\"data\":");
+            out.extend_from_slice(data);
+        }
+        out.push(b'}');
+    }
+    out.push(b']');
+    Ok(Reply::ok().data(Bytes::from(out)).into_response())
 }
 
 fn parse_set_metadata(text: &str) -> Result<MetadataPatch, Reply> {

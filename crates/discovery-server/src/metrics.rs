@@ -47,6 +47,7 @@ const ROUTES: &[&str] = &[
     "/discovery/poll",
     "/discovery/polls",
     "/discovery/nodes",
+    "/discovery/replicate",
     "/",
     "/status",
     "/metrics",

@@ -59,7 +59,7 @@ impl Params {
         Ok(Params { pairs })
     }
 
-    #[cfg(test)]
+    /// Parameters of an url-encoded form (a write inside a batch).
     pub(crate) fn from_query(q: &str) -> Params {
         let mut pairs = Vec::new();
         parse_urlencoded(q.as_bytes(), &mut pairs);

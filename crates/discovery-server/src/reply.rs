@@ -60,6 +60,16 @@ impl Reply {
         Self::message(BAD_REQUEST, format!("invalid parameter '{name}': {reason}"))
     }
 
+    /// The answer's code.
+    pub(crate) fn code_of(&self) -> i64 {
+        self.code
+    }
+
+    /// The answer's raw `data`, if any.
+    pub(crate) fn data_of(&self) -> Option<&Bytes> {
+        self.data.as_ref()
+    }
+
     /// Attaches raw JSON `data`.
     pub(crate) fn data(mut self, json: Bytes) -> Self {
         self.data = Some(json);

@@ -189,6 +189,8 @@ fn self_instance(api: &Api) -> Instance {
         hostname: env.host.clone(),
         addrs: vec![format!("http://{}", api.node.advertise)],
         version: env!("CARGO_PKG_VERSION").to_string(),
+        // Tells peers of ours that this node takes batched replication.
+        metadata: [("replication_batch".to_string(), "1".to_string())].into(),
         status: Status::Up,
         ..Default::default()
     }

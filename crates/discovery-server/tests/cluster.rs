@@ -452,3 +452,44 @@ async fn a_dead_node_of_another_zone_is_replaced_by_its_sibling() {
     assert!(status["protection"]["expected"].as_i64().is_some());
     topo.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_are_replicated_in_batches_between_our_nodes() {
+    let topo = Topology::start(&Layout::zones(&[("sh001", 3)]).toml(FAST)).await;
+    topo.wait_ready().await;
+    // Peers learn that the others take batches from their records.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let n = 400;
+    let writes: Vec<_> = (0..n)
+        .map(|i| {
+            let url = topo.url(0);
+            tokio::spawn(async move {
+                post(&url, "/discovery/register", &reg_form(&format!("b{i}"))).await
+            })
+        })
+        .collect();
+    for w in writes {
+        assert_eq!(w.await.unwrap()["code"], 0);
+    }
+    for peer in 1..3 {
+        let url = topo.url(peer);
+        eventually("every write replicated", Duration::from_secs(10), || {
+            let url = url.clone();
+            async move {
+                let v = get(&url, "/discovery/fetch?env=dev&appid=demo.svc&status=3").await;
+                v["data"]["instances"]["sh001"]
+                    .as_array()
+                    .map_or(0, Vec::len)
+                    == n
+            }
+        })
+        .await;
+        let api = topo.node(peer).api();
+        let batches = api.requests("/discovery/replicate");
+        let single = api.requests("/discovery/register");
+        println!("peer {peer}: {batches} batches and {single} single registers carried {n} writes");
+        assert!(batches > 0, "batching was used");
+        assert!(batches + single < n as u64, "fewer requests than writes");
+    }
+    topo.shutdown().await;
+}

@@ -208,6 +208,7 @@ impl Cluster {
         let now = self.clock.now();
         let lease = crate::registry::nanos(self.registry.params().lease);
         let mut learned_same = BTreeSet::new();
+        let mut batching = BTreeSet::new();
         let mut learned_zones: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         if let Fetched::Found(json) =
             self.registry
@@ -221,6 +222,13 @@ impl Cluster {
                     for addr in ins.addrs.iter().filter_map(|a| strip_http(a)) {
                         if self.is_self(addr) {
                             continue;
+                        }
+                        if ins
+                            .metadata
+                            .get("replication_batch")
+                            .is_some_and(|v| v == "1")
+                        {
+                            batching.insert(addr.to_string());
                         }
                         if ins.zone == self.config.env.zone {
                             learned_same.insert(addr.to_string());
@@ -261,6 +269,9 @@ impl Cluster {
                     slot.insert(Slot { peer, task });
                 }
             }
+        }
+        for (addr, slot) in self.same.lock().iter() {
+            slot.peer.set_batch(batching.contains(addr));
         }
         *self.learned.lock() = learned_same;
 

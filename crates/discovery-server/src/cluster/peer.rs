@@ -79,6 +79,8 @@ pub(crate) struct Peer {
     pub(crate) failures_total: AtomicU64,
     /// Wall-clock ns of the last successful exchange.
     pub(crate) last_ok: std::sync::atomic::AtomicI64,
+    /// Whether the target takes batches (`/discovery/replicate`).
+    batch: std::sync::atomic::AtomicBool,
     /// Last repair register per key, for "at most one repair per key, peer
     /// and renew interval".
     repairs: Mutex<HashMap<InstanceKey, i64>>,
@@ -102,7 +104,13 @@ impl Peer {
             failures_total: AtomicU64::new(0),
             last_ok: std::sync::atomic::AtomicI64::new(0),
             repairs: Mutex::new(HashMap::new()),
+            batch: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Marks the target as one of ours, which takes batches.
+    pub(crate) fn set_batch(&self, on: bool) {
+        self.batch.store(on, Ordering::Relaxed);
     }
 
     pub(crate) fn status(&self) -> u8 {
@@ -215,9 +223,14 @@ impl Peer {
         self.notify.notify_one();
     }
 
-    fn head(&self) -> Option<(u64, Op, Flags)> {
+    /// Up to `n` items from the head of the queue.
+    fn head(&self, n: usize) -> Vec<(u64, Op, Flags)> {
         let q = self.queue.lock();
-        q.items.front().map(|i| (i.seq, i.op.clone(), i.flags))
+        q.items
+            .iter()
+            .take(n)
+            .map(|i| (i.seq, i.op.clone(), i.flags))
+            .collect()
     }
 
     fn pop(&self, seq: u64) -> Option<Item> {
@@ -308,6 +321,53 @@ async fn post(
         .map_err(|e| Failure::Transport(format!("undecodable answer: {e}")))
 }
 
+/// Most writes one batch carries.
+const MAX_BATCH: usize = 256;
+
+/// Sends several writes in one request to a node of ours; the answers come
+/// back in order.
+async fn post_batch(
+    cluster: &Cluster,
+    target: &str,
+    items: &[(u64, Op, Flags)],
+) -> Result<Vec<Answer>, Failure> {
+    let ops: Vec<wire::BatchOp> = items
+        .iter()
+        .map(|(_, op, flags)| {
+            let (path, form) = wire::encode(op, *flags);
+            wire::BatchOp {
+                path: path.to_string(),
+                form,
+            }
+        })
+        .collect();
+    let res = cluster
+        .authorized(
+            cluster
+                .http
+                .post(format!("http://{target}/discovery/replicate")),
+        )
+        .json(&wire::Batch { ops })
+        .send()
+        .await
+        .map_err(|e| Failure::Transport(e.to_string()))?;
+    check_self(cluster, &res)?;
+    if res.status().as_u16() >= 400 {
+        return Err(Failure::Transport(format!("HTTP {}", res.status())));
+    }
+    let answer: wire::BatchAnswer = res
+        .json()
+        .await
+        .map_err(|e| Failure::Transport(format!("undecodable answer: {e}")))?;
+    match answer.data {
+        Some(list) if answer.code == 0 && list.len() == items.len() => Ok(list),
+        _ => Err(Failure::Transport(format!(
+            "batch refused: code {}",
+            answer.code
+        ))),
+    }
+}
+
 fn check_self(cluster: &Cluster, res: &reqwest::Response) -> Result<(), Failure> {
     let id = res
         .headers()
@@ -349,7 +409,9 @@ pub(crate) async fn run(cluster: Arc<Cluster>, peer: Arc<Peer>) {
     // Probe at once so that a dead peer is not shown UP for long.
     let mut probe_now = true;
     loop {
-        let Some((seq, op, flags)) = peer.head() else {
+        let batching = peer.batch.load(Ordering::Relaxed);
+        let items = peer.head(if batching { MAX_BATCH } else { 1 });
+        if items.is_empty() {
             // Idle: wait for work, probing now and then so that status
             // stays true.
             let wait = if std::mem::take(&mut probe_now) {
@@ -376,48 +438,85 @@ pub(crate) async fn run(cluster: Arc<Cluster>, peer: Arc<Peer>) {
                 }
             }
             continue;
-        };
+        }
         let Some(target) = peer.target() else {
             tokio::time::sleep(cfg.retry_max).await;
             continue;
         };
-        let (path, body) = wire::encode(&op, flags);
-        let outcome = match post(&cluster, &target, path, body).await {
-            Ok(answer) => handle_answer(&cluster, &peer, &op, flags, answer),
+        let answers = if items.len() == 1 {
+            let (_, op, flags) = &items[0];
+            let (path, body) = wire::encode(op, *flags);
+            post(&cluster, &target, path, body).await.map(|a| vec![a])
+        } else {
+            post_batch(&cluster, &target, &items).await
+        };
+        let answers = match answers {
+            Ok(a) => a,
             Err(Failure::IsSelf) => {
                 cluster.found_self(&target);
                 return;
             }
-            Err(Failure::Transport(e)) => Outcome::Retry(e),
+            Err(Failure::Transport(e)) => {
+                retry_later(&peer, cfg, &mut backoff, &e).await;
+                continue;
+            }
         };
-        match outcome {
-            Outcome::Done | Outcome::Rejected(_) => {
-                if let Outcome::Rejected(code) = outcome {
-                    warn!(peer = %peer.name, code, ?op, "peer rejected a replicated write");
+        // Answers in order: pop what is done, stop at the first that must
+        // be retried (the order per target is kept). Repairs go to the head
+        // once the answered writes are off it.
+        let mut repairs = Vec::new();
+        let mut retry = None;
+        for ((seq, op, flags), answer) in items.iter().zip(answers) {
+            match handle_answer(&cluster, &peer, op, *flags, answer, &mut repairs) {
+                Outcome::Retry(e) => {
+                    retry = Some(e);
+                    break;
                 }
-                peer.succeeded();
-                peer.sent.fetch_add(1, Ordering::Relaxed);
-                backoff = cfg.retry_initial;
-                if let Some(item) = peer.pop(seq) {
-                    if let Some(ack) = item.ack.filter(|_| peer.same_zone) {
-                        ack.send_replace(true);
+                outcome => {
+                    if let Outcome::Rejected(code) = outcome {
+                        warn!(peer = %peer.name, code, ?op, "peer rejected a replicated write");
+                    }
+                    peer.sent.fetch_add(1, Ordering::Relaxed);
+                    if let Some(item) = peer.pop(*seq) {
+                        if let Some(ack) = item.ack.filter(|_| peer.same_zone) {
+                            ack.send_replace(true);
+                        }
                     }
                 }
             }
-            Outcome::Retry(e) => {
-                peer.failed(cfg.lost_after, &e);
-                if !peer.same_zone {
-                    peer.rotate();
-                }
-                let jitter = rand::rng().random_range(0.8..1.2);
-                tokio::time::sleep(backoff.mul_f64(jitter)).await;
-                backoff = (backoff * 2).min(cfg.retry_max);
+        }
+        for (op, flags) in repairs.into_iter().rev() {
+            peer.push_front(op, flags);
+        }
+        match retry {
+            None => {
+                peer.succeeded();
+                backoff = cfg.retry_initial;
             }
+            Some(e) => retry_later(&peer, cfg, &mut backoff, &e).await,
         }
     }
 }
 
-fn handle_answer(cluster: &Arc<Cluster>, peer: &Peer, op: &Op, flags: Flags, a: Answer) -> Outcome {
+/// Counts a failure and sleeps the jittered backoff, doubling it.
+async fn retry_later(peer: &Peer, cfg: &crate::config::Cluster, backoff: &mut Duration, why: &str) {
+    peer.failed(cfg.lost_after, why);
+    if !peer.same_zone {
+        peer.rotate();
+    }
+    let jitter = rand::rng().random_range(0.8..1.2);
+    tokio::time::sleep(backoff.mul_f64(jitter)).await;
+    *backoff = (*backoff * 2).min(cfg.retry_max);
+}
+
+fn handle_answer(
+    cluster: &Arc<Cluster>,
+    peer: &Peer,
+    op: &Op,
+    flags: Flags,
+    a: Answer,
+    repairs: &mut Vec<(Op, Flags)>,
+) -> Outcome {
     match (op, a.code) {
         (_, 0) => Outcome::Done,
         (Op::Cancel(..), -404) => Outcome::Done,
@@ -429,7 +528,7 @@ fn handle_answer(cluster: &Arc<Cluster>, peer: &Peer, op: &Op, flags: Flags, a: 
             if peer.may_repair(&key, now, every) {
                 if let Some(ours) = cluster.registry.get(&key) {
                     debug!(peer = %peer.name, hostname = %key.hostname, "repair: registering our copy");
-                    peer.push_front(Op::Register(ours), flags);
+                    repairs.push((Op::Register(ours), flags));
                 }
             }
             Outcome::Done
@@ -525,10 +624,10 @@ mod tests {
     fn pop_only_removes_the_expected_head() {
         let p = Peer::new("p".into(), vec!["p".into()], true, 10);
         p.push(Op::Register(ins("a", 0)), F, None);
-        let (seq, _, _) = p.head().unwrap();
+        let (seq, _, _) = p.head(1).pop().unwrap();
         p.push_front(Op::Register(ins("repair", 0)), F);
         assert!(p.pop(seq).is_none(), "the head changed");
-        let (s2, op, _) = p.head().unwrap();
+        let (s2, op, _) = p.head(1).pop().unwrap();
         assert!(matches!(op, Op::Register(i) if i.hostname == "repair"));
         assert!(p.pop(s2).is_some());
         assert!(p.pop(seq).is_some());

@@ -135,6 +135,27 @@ pub(crate) struct Answer {
     pub(crate) data: Option<Instance>,
 }
 
+/// One write inside a batch: the route and the form it would be sent as.
+#[derive(Debug, serde::Serialize, Deserialize)]
+pub(crate) struct BatchOp {
+    pub(crate) path: String,
+    pub(crate) form: String,
+}
+
+/// The body of `POST /discovery/replicate`.
+#[derive(Debug, serde::Serialize, Deserialize)]
+pub(crate) struct Batch {
+    pub(crate) ops: Vec<BatchOp>,
+}
+
+/// Its answer: one per write, in order.
+#[derive(Debug, Deserialize)]
+pub(crate) struct BatchAnswer {
+    pub(crate) code: i64,
+    #[serde(default)]
+    pub(crate) data: Option<Vec<Answer>>,
+}
+
 /// The `fetch/all` answer.
 #[derive(Debug, Deserialize)]
 pub(crate) struct AllAnswer {
