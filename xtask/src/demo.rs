@@ -23,16 +23,32 @@ const BINS: &[(&str, &str)] = &[
     ("demo-client", "demo-client"),
 ];
 
+/// Whether to use the dev profile (`--dev`): CI runs e2e on the binaries its
+/// test run already built, instead of compiling everything again in release.
+fn dev_profile() -> bool {
+    DEV.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static DEV: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn set_dev_profile() {
+    DEV.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 fn release_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| root().join("target"), PathBuf::from)
-        .join("release")
+        .join(if dev_profile() { "debug" } else { "release" })
 }
 
-/// Builds the demo binaries (and the topology runner) once, release profile.
+/// Builds the demo binaries (and the topology runner) once, release profile
+/// (dev with `--dev`).
 fn build(with_runner: bool) -> anyhow::Result<()> {
     let mut cmd = cargo();
-    cmd.args(["build", "--release"]);
+    cmd.arg("build");
+    if !dev_profile() {
+        cmd.arg("--release");
+    }
     for (package, bin) in BINS {
         cmd.args(["-p", package, "--bin", bin]);
     }
@@ -62,6 +78,9 @@ pub(crate) fn up() -> anyhow::Result<()> {
 /// `cargo xtask e2e [--no-docker]`: loopback checks, then the docker ones.
 pub(crate) fn e2e(args: &[String]) -> anyhow::Result<()> {
     let docker_too = !args.iter().any(|a| a == "--no-docker");
+    if args.iter().any(|a| a == "--dev") {
+        set_dev_profile();
+    }
     build(true)?;
     run(runner(&["e2e"]))?;
     if docker_too {
@@ -95,7 +114,15 @@ fn image() -> anyhow::Result<()> {
     let mut libs: Vec<PathBuf> = Vec::new();
     for (_, bin) in BINS {
         let src = release_dir().join(bin);
-        fs::copy(&src, bin_dir.join(bin)).with_context(|| format!("copying {}", src.display()))?;
+        let dest = bin_dir.join(bin);
+        fs::copy(&src, &dest).with_context(|| format!("copying {}", src.display()))?;
+        if dev_profile() {
+            // Debug info would make a dev image several times larger.
+            let _ = Command::new("strip")
+                .arg("--strip-debug")
+                .arg(&dest)
+                .status();
+        }
         for lib in shared_libs(&src)? {
             if !libs.contains(&lib) {
                 libs.push(lib);

@@ -7,7 +7,7 @@
 //!   servers as child processes, prints a table and writes
 //!   `target/bench/<time>.json`. The heavy code lives in `crates/loadgen`,
 //!   so xtask itself stays small for `cargo xtask test`.
-//! * `up`, `e2e [--no-docker]`, `docker`: the demo topology on loopback,
+//! * `up`, `e2e [--no-docker] [--dev]`, `docker`: the demo topology on loopback,
 //!   its end-to-end checks (loopback, then docker compose), and the offline
 //!   `FROM scratch` image of `docker-compose.yml`; see [`demo`].
 
@@ -108,7 +108,7 @@ fn bench(extra: &[String]) -> anyhow::Result<()> {
     run(cmd)
 }
 
-const USAGE: &str = "usage: cargo xtask <test [nextest args…] | ci | bench [--quick] [--check] [--no-cluster] | fuzz [seconds] [seed] | up | e2e [--no-docker] | docker>";
+const USAGE: &str = "usage: cargo xtask <test [nextest args…] | ci | bench [--quick] [--check] [--no-cluster] | fuzz [seconds] [seed] | up | e2e [--no-docker] [--dev] | docker>";
 
 /// The HTTP fuzz test for longer than its CI budget (default 60 s).
 fn fuzz(args: &[String]) -> anyhow::Result<()> {
