@@ -302,13 +302,23 @@ async fn post(
     path: &str,
     body: String,
 ) -> Result<Answer, Failure> {
-    let res = cluster
+    let req = cluster
         .authorized(cluster.http.post(format!("http://{target}{path}")))
         .header(
             http::header::CONTENT_TYPE,
             "application/x-www-form-urlencoded",
         )
-        .body(body)
+        .body(body);
+    exchange(cluster, req).await
+}
+
+/// Sends a request to a peer and decodes its JSON answer; an answer from
+/// ourselves, an HTTP error or an undecodable body do not count.
+async fn exchange<T: serde::de::DeserializeOwned>(
+    cluster: &Cluster,
+    req: reqwest::RequestBuilder,
+) -> Result<T, Failure> {
+    let res = req
         .send()
         .await
         .map_err(|e| Failure::Transport(e.to_string()))?;
@@ -316,7 +326,7 @@ async fn post(
     if res.status().as_u16() >= 400 {
         return Err(Failure::Transport(format!("HTTP {}", res.status())));
     }
-    res.json::<Answer>()
+    res.json::<T>()
         .await
         .map_err(|e| Failure::Transport(format!("undecodable answer: {e}")))
 }
@@ -341,24 +351,14 @@ async fn post_batch(
             }
         })
         .collect();
-    let res = cluster
+    let req = cluster
         .authorized(
             cluster
                 .http
                 .post(format!("http://{target}/discovery/replicate")),
         )
-        .json(&wire::Batch { ops })
-        .send()
-        .await
-        .map_err(|e| Failure::Transport(e.to_string()))?;
-    check_self(cluster, &res)?;
-    if res.status().as_u16() >= 400 {
-        return Err(Failure::Transport(format!("HTTP {}", res.status())));
-    }
-    let answer: wire::BatchAnswer = res
-        .json()
-        .await
-        .map_err(|e| Failure::Transport(format!("undecodable answer: {e}")))?;
+        .json(&wire::Batch { ops });
+    let answer: wire::BatchAnswer = exchange(cluster, req).await?;
     match answer.data {
         Some(list) if answer.code == 0 && list.len() == items.len() => Ok(list),
         _ => Err(Failure::Transport(format!(

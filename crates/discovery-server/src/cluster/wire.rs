@@ -17,20 +17,12 @@ fn b(v: bool) -> String {
     v.to_string()
 }
 
-fn key_fields(
-    form: &mut Vec<(&'static str, String)>,
-    region: &str,
-    zone: &str,
-    env: &str,
-    appid: &str,
-    hostname: &str,
-    flags: Flags,
-) {
-    form.push(("region", region.to_string()));
-    form.push(("zone", zone.to_string()));
-    form.push(("env", env.to_string()));
-    form.push(("appid", appid.to_string()));
-    form.push(("hostname", hostname.to_string()));
+fn key_fields(form: &mut Vec<(&'static str, String)>, i: &Instance, flags: Flags) {
+    form.push(("region", i.region.clone()));
+    form.push(("zone", i.zone.clone()));
+    form.push(("env", i.env.clone()));
+    form.push(("appid", i.appid.clone()));
+    form.push(("hostname", i.hostname.clone()));
     form.push(("from_zone", b(flags.from_zone)));
     form.push(("replication", b(flags.replication)));
 }
@@ -44,28 +36,12 @@ pub(crate) fn encode(op: &Op, flags: Flags) -> (&'static str, String) {
             "/discovery/register"
         }
         Op::Renew(i) => {
-            key_fields(
-                &mut form,
-                &i.region,
-                &i.zone,
-                &i.env,
-                &i.appid,
-                &i.hostname,
-                flags,
-            );
+            key_fields(&mut form, i, flags);
             form.push(("dirty_timestamp", i.dirty_timestamp.to_string()));
             "/discovery/renew"
         }
         Op::Cancel(i, at) => {
-            key_fields(
-                &mut form,
-                &i.region,
-                &i.zone,
-                &i.env,
-                &i.appid,
-                &i.hostname,
-                flags,
-            );
+            key_fields(&mut form, i, flags);
             form.push(("latest_timestamp", at.to_string()));
             "/discovery/cancel"
         }
@@ -102,15 +78,7 @@ pub(crate) fn encode(op: &Op, flags: Flags) -> (&'static str, String) {
 }
 
 fn register_fields(form: &mut Vec<(&'static str, String)>, i: &Instance, flags: Flags) {
-    key_fields(
-        form,
-        &i.region,
-        &i.zone,
-        &i.env,
-        &i.appid,
-        &i.hostname,
-        flags,
-    );
+    key_fields(form, i, flags);
     // One field per address: the Go original's comma-joining corrupted
     // multi-address instances.
     for a in &i.addrs {
