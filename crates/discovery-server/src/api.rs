@@ -136,6 +136,8 @@ pub struct Api {
     replicator: Arc<dyn Replicator>,
     members: Arc<dyn Members>,
     pub(crate) metrics: crate::metrics::Metrics,
+    /// [`NODE_ID_HEADER`]'s value, built once.
+    node_header: HeaderValue,
 }
 
 impl std::fmt::Debug for Api {
@@ -158,6 +160,7 @@ impl Api {
         replicator: Arc<dyn Replicator>,
         members: Arc<dyn Members>,
     ) -> Self {
+        let node_header = HeaderValue::from_str(&node.id).expect("hex id is a valid header value");
         Api {
             registry,
             config,
@@ -168,6 +171,7 @@ impl Api {
             replicator,
             members,
             metrics: crate::metrics::Metrics::new(),
+            node_header,
         }
     }
 
@@ -378,7 +382,6 @@ fn write_need(p: &Params) -> crate::auth::Need {
 
 /// The discovery routes plus `/healthz` and `/readyz`.
 pub fn router(api: Arc<Api>) -> Router {
-    let node_id = HeaderValue::from_str(&api.node.id).expect("hex id is a valid header value");
     let d = |m: MethodRouter<Arc<Api>>| m.fallback(method_not_allowed);
     Router::new()
         .route("/discovery/register", d(post(register)))
@@ -407,7 +410,9 @@ pub fn router(api: Arc<Api>) -> Router {
                         .map_or("unmatched", |p| p.as_str()),
                 );
                 let start = tokio::time::Instant::now();
-                let res = next.run(req).await;
+                let mut res = next.run(req).await;
+                res.headers_mut()
+                    .insert(NODE_ID_HEADER, api.node_header.clone());
                 let seconds = start.elapsed().as_secs_f64();
                 match res.headers().get("kratos-status-code").and_then(|v| v.to_str().ok()) {
                     Some(code) => api.metrics.request(route, code, seconds),
@@ -416,13 +421,6 @@ pub fn router(api: Arc<Api>) -> Router {
                 res
             },
         ))
-        .layer(axum::middleware::map_response(move |mut res: Response| {
-            let id = node_id.clone();
-            async move {
-                res.headers_mut().insert(NODE_ID_HEADER, id);
-                res
-            }
-        }))
         .with_state(api)
 }
 

@@ -8,32 +8,67 @@ use http::{Method, Request, header};
 
 use crate::reply::{BAD_REQUEST, Reply};
 
+/// Where a decoded key or value lives: most are plain slices of the body or
+/// the query, so binding allocates only for escaped text.
+#[derive(Debug, Clone)]
+enum Piece {
+    Body(std::ops::Range<usize>),
+    Query(std::ops::Range<usize>),
+    Owned(String),
+}
+
 /// The bound key/value pairs of one request, in binding order.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Params {
-    pairs: Vec<(String, String)>,
+    body: Bytes,
+    query: String,
+    pairs: Vec<(Piece, Piece)>,
 }
 
-fn parse_urlencoded(bytes: &[u8], out: &mut Vec<(String, String)>) {
-    out.extend(form_urlencoded::parse(bytes).map(|(k, v)| (k.into_owned(), v.into_owned())));
+/// Appends the pairs of an url-encoded text, as slices of `base` where no
+/// decoding was needed.
+fn parse_into(base: &[u8], body: bool, out: &mut Vec<(Piece, Piece)>) {
+    let start = base.as_ptr() as usize;
+    let end = start + base.len();
+    let piece = |c: std::borrow::Cow<'_, str>| match c {
+        // Empty text may be a static "" outside `base`; it needs no storage.
+        std::borrow::Cow::Borrowed("") => Piece::Owned(String::new()),
+        std::borrow::Cow::Borrowed(s)
+            if (s.as_ptr() as usize) >= start && (s.as_ptr() as usize) + s.len() <= end =>
+        {
+            let at = s.as_ptr() as usize - start;
+            let r = at..at + s.len();
+            if body {
+                Piece::Body(r)
+            } else {
+                Piece::Query(r)
+            }
+        }
+        c => Piece::Owned(c.into_owned()),
+    };
+    out.extend(form_urlencoded::parse(base).map(|(k, v)| (piece(k), piece(v))));
 }
 
 impl Params {
     /// Binds a request's parameters, reading at most `max_body` bytes.
     pub(crate) async fn bind(req: Request<Body>, max_body: usize) -> Result<Params, Reply> {
         let (parts, body) = req.into_parts();
-        let mut pairs = Vec::new();
-        let query = parts.uri.query().unwrap_or("").as_bytes().to_vec();
+        let mut p = Params {
+            body: Bytes::new(),
+            query: parts.uri.query().unwrap_or("").to_string(),
+            pairs: Vec::new(),
+        };
         if parts.method != Method::POST {
-            parse_urlencoded(&query, &mut pairs);
-            return Ok(Params { pairs });
+            let mut pairs = Vec::new();
+            parse_into(p.query.as_bytes(), false, &mut pairs);
+            p.pairs = pairs;
+            return Ok(p);
         }
         let ctype = parts
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+            .unwrap_or("");
         let mime = ctype
             .split(';')
             .next()
@@ -42,36 +77,70 @@ impl Params {
             .to_ascii_lowercase();
         match mime.as_str() {
             "application/x-www-form-urlencoded" => {
-                let body = read_body(body, max_body).await?;
-                parse_urlencoded(&body, &mut pairs);
-                parse_urlencoded(&query, &mut pairs);
+                p.body = read_body(body, max_body).await?;
+                let mut pairs = Vec::new();
+                parse_into(&p.body, true, &mut pairs);
+                parse_into(p.query.as_bytes(), false, &mut pairs);
+                p.pairs = pairs;
             }
             "multipart/form-data" => {
-                parse_urlencoded(&query, &mut pairs);
+                let mut pairs = Vec::new();
+                parse_into(p.query.as_bytes(), false, &mut pairs);
+                p.pairs = pairs;
+                let ctype = ctype.to_string();
                 let body = read_body(body, max_body).await?;
-                multipart(&ctype, body, &mut pairs).await?;
+                let mut parts = Vec::new();
+                multipart(&ctype, body, &mut parts).await?;
+                p.pairs.extend(
+                    parts
+                        .into_iter()
+                        .map(|(k, v)| (Piece::Owned(k), Piece::Owned(v))),
+                );
             }
             "application/json" | "application/xml" | "text/xml" => {
                 return Err(Reply::message(BAD_REQUEST, "unsupported content type"));
             }
-            _ => parse_urlencoded(&query, &mut pairs),
+            _ => {
+                let mut pairs = Vec::new();
+                parse_into(p.query.as_bytes(), false, &mut pairs);
+                p.pairs = pairs;
+            }
         }
-        Ok(Params { pairs })
+        Ok(p)
     }
 
     /// Parameters of an url-encoded form (a write inside a batch).
     pub(crate) fn from_query(q: &str) -> Params {
+        let mut p = Params {
+            query: q.to_string(),
+            ..Params::default()
+        };
         let mut pairs = Vec::new();
-        parse_urlencoded(q.as_bytes(), &mut pairs);
-        Params { pairs }
+        parse_into(p.query.as_bytes(), false, &mut pairs);
+        p.pairs = pairs;
+        p
+    }
+
+    fn text<'a>(&'a self, piece: &'a Piece) -> &'a str {
+        match piece {
+            // Borrowed pieces were valid UTF-8 when parsed.
+            Piece::Body(r) => std::str::from_utf8(&self.body[r.clone()]).unwrap_or(""),
+            Piece::Query(r) => self.query.get(r.clone()).unwrap_or(""),
+            Piece::Owned(s) => s,
+        }
+    }
+
+    /// Values of `name`, in order.
+    fn values<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+        self.pairs
+            .iter()
+            .filter(move |(k, _)| self.text(k) == name)
+            .map(|(_, v)| self.text(v))
     }
 
     /// The first value (possibly empty); `""` when absent.
     pub(crate) fn str(&self, name: &str) -> &str {
-        self.pairs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map_or("", |(_, v)| v.as_str())
+        self.values(name).next().unwrap_or("")
     }
 
     /// A required string: present and non-empty.
@@ -84,11 +153,7 @@ impl Params {
 
     /// Every non-empty value, in order; never split on commas.
     pub(crate) fn list(&self, name: &str) -> Vec<&str> {
-        self.pairs
-            .iter()
-            .filter(|(k, v)| k == name && !v.is_empty())
-            .map(|(_, v)| v.as_str())
-            .collect()
+        self.values(name).filter(|v| !v.is_empty()).collect()
     }
 
     /// An unsigned 32-bit integer without sign; `0` when absent or empty.
