@@ -49,7 +49,52 @@ fn has_nextest() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
+}
+
+/// The suite drives a real headless Chromium (the web console) and cuts
+/// links between network namespaces (the chaos suite); on a fresh machine
+/// their Debian packages are installed first.
+fn ensure_test_tools() -> anyhow::Result<()> {
+    let mut missing = Vec::new();
+    if !on_path("chromium") && std::env::var_os("CHROMIUM").is_none() {
+        missing.extend(["chromium", "fonts-dejavu-core"]);
+    }
+    if !on_path("ip") {
+        missing.push("iproute2");
+    }
+    if !on_path("iptables") {
+        missing.push("iptables");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {missing:?} for the browser and chaos tests");
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n");
+    let apt = |args: &[&str]| {
+        let mut cmd = if root {
+            Command::new("apt-get")
+        } else {
+            let mut c = Command::new("sudo");
+            c.arg("apt-get");
+            c
+        };
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    run(apt(&["update", "-qq"]))?;
+    let mut install = apt(&["install", "-y", "-qq", "--no-install-recommends"]);
+    install.args(&missing);
+    run(install)
+}
+
 fn test(extra: &[String]) -> anyhow::Result<()> {
+    ensure_test_tools()?;
     let mut cmd = cargo();
     if has_nextest() {
         cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
