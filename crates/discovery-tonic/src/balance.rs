@@ -8,7 +8,7 @@
 //!   clone of [`Balanced`].
 //! * A call loads the set, drops ejected endpoints (all of them if every one
 //!   is ejected), keeps those of the request's colour, asks the
-//!   [`Picker`](crate::picker::Picker) and sends on that endpoint's channel.
+//!   [`Picker`] and sends on that endpoint's channel.
 //!   The picker hears how the call ended when the response body ends
 //!   (`grpc-status` and `cpu_usage` are trailers).
 //! * A transport failure ejects the endpoint with backoff
