@@ -1002,7 +1002,7 @@ async fn poll_inner(api: &Api, headers: &HeaderMap, req: Request<Body>) -> Resul
         zone: Some(p.str("zone")).filter(|z| !z.is_empty()),
         apps: vec![(appid, since)],
     };
-    let mut subs = vec![api.registry.watchers().subscribe(AppKey::new(env, appid))];
+    let mut subs = [api.registry.watchers().subscribe(AppKey::new(env, appid))];
     let answer = |state: PollState| match state {
         PollState::Missing => Some(reply::poll_miss(appid)),
         PollState::Newer(json) | PollState::NewerEmpty(json) => {
@@ -1014,23 +1014,14 @@ async fn poll_inner(api: &Api, headers: &HeaderMap, req: Request<Body>) -> Resul
     if let Some(r) = answer(first) {
         return Ok(r);
     }
-    api.check_pollers()?;
-    let _parked = api.registry.watchers().park();
-    let hold = tokio::time::sleep(api.hold(headers));
-    tokio::pin!(hold);
-    loop {
-        tokio::select! {
-            () = any_change(&mut subs) => {
-                let state = watch.classify(api).pop().unwrap_or(PollState::Missing);
-                if let Some(r) = answer(state) {
-                    woken(api, &subs);
-                    return Ok(r);
-                }
-            }
-            () = &mut hold => return Ok(Reply::code(NOT_MODIFIED).into_response()),
-            () = api.shutting_down() => return Ok(Reply::code(NOT_MODIFIED).into_response()),
-        }
-    }
+    hold_until(
+        api,
+        headers,
+        &mut subs,
+        || answer(watch.classify(api).pop().unwrap_or(PollState::Missing)),
+        || Reply::code(NOT_MODIFIED).into_response(),
+    )
+    .await
 }
 
 async fn polls(State(api): Shared, headers: HeaderMap, req: Request<Body>) -> Response {
@@ -1074,33 +1065,54 @@ async fn polls_inner(
         return Ok(polls_answer(&watch, &first));
     }
     let missing_at_start: Vec<bool> = first.iter().map(|s| *s == PollState::Missing).collect();
+    let newer = |states: &[PollState]| states.iter().any(PollState::is_newer);
+    hold_until(
+        api,
+        headers,
+        &mut subs,
+        || {
+            let states = watch.classify(api);
+            let newly_missing = states
+                .iter()
+                .zip(&missing_at_start)
+                .any(|(s, was)| *s == PollState::Missing && !was);
+            (newer(&states) || newly_missing).then(|| polls_answer(&watch, &states))
+        },
+        || {
+            let states = watch.classify(api);
+            if newer(&states) {
+                polls_answer(&watch, &states)
+            } else {
+                Reply::code(NOT_MODIFIED).into_response()
+            }
+        },
+    )
+    .await
+}
+
+/// Holds a long poll (spec §6): parks the request, re-decides on every
+/// change of a subscribed app (`on_change` answering ends the hold), answers
+/// with `on_expiry` when the hold ends, and with `-304` on shutdown.
+async fn hold_until(
+    api: &Api,
+    headers: &HeaderMap,
+    subs: &mut [crate::registry::Subscription],
+    mut on_change: impl FnMut() -> Option<Response>,
+    on_expiry: impl FnOnce() -> Response,
+) -> Result<Response, Reply> {
     api.check_pollers()?;
     let _parked = api.registry.watchers().park();
     let hold = tokio::time::sleep(api.hold(headers));
     tokio::pin!(hold);
     loop {
         tokio::select! {
-            () = any_change(&mut subs) => {
-                let states = watch.classify(api);
-                let newly_missing = states
-                    .iter()
-                    .zip(&missing_at_start)
-                    .any(|(s, was)| *s == PollState::Missing && !was);
-                let newer = states
-                    .iter()
-                    .any(|s| matches!(s, PollState::Newer(_) | PollState::NewerEmpty(_)));
-                if newer || newly_missing {
-                    woken(api, &subs);
-                    return Ok(polls_answer(&watch, &states));
+            () = any_change(subs) => {
+                if let Some(r) = on_change() {
+                    woken(api, subs);
+                    return Ok(r);
                 }
             }
-            () = &mut hold => {
-                let states = watch.classify(api);
-                if states.iter().any(|s| matches!(s, PollState::Newer(_) | PollState::NewerEmpty(_))) {
-                    return Ok(polls_answer(&watch, &states));
-                }
-                return Ok(Reply::code(NOT_MODIFIED).into_response());
-            }
+            () = &mut hold => return Ok(on_expiry()),
             () = api.shutting_down() => return Ok(Reply::code(NOT_MODIFIED).into_response()),
         }
     }

@@ -24,22 +24,12 @@ use serde_json::Value;
 use testkit::{Layout, Process};
 use tokio::process::Command;
 
-const TIMINGS: &str = r#"
+/// The test timings of `testkit::FAST`, plus a short peer timeout: a
+/// SIGSTOPped peer never answers, and a 40 s timeout would stall its queue.
+const PEER_CLIENT: &str = r#"
 [httpClient]
 dial = "500ms"
 timeout = "2s"
-[registry]
-lease = "3s"
-evict_interval = "1s"
-renew_interval = "500ms"
-poll_hold = "5s"
-[cluster]
-sync_timeout = "3s"
-retry_initial = "50ms"
-retry_max = "500ms"
-probe_interval = "500ms"
-ack_timeout = "1s"
-drain_timeout = "2s"
 "#;
 
 fn sh(args: &[&str]) {
@@ -428,7 +418,9 @@ async fn chaos_three_nodes_lose_nothing_and_resurrect_nothing() {
     std::fs::create_dir_all(&dir).unwrap();
     let mut c = Cluster {
         net,
-        layout: Layout::zones(&[("sh001", 3)]).toml(TIMINGS),
+        layout: Layout::zones(&[("sh001", 3)])
+            .toml(testkit::FAST)
+            .toml(PEER_CLIENT),
         addrs: addrs.clone(),
         dir,
         nodes: vec![],

@@ -33,7 +33,7 @@ use std::{
     time::Duration,
 };
 
-use naming::{BoxFuture, DISCOVERY_APPID, Instance, InstancesInfo};
+use naming::{BoxFuture, DISCOVERY_APPID, Instance};
 use parking_lot::Mutex;
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn};
@@ -41,7 +41,7 @@ use tracing::{debug, info, warn};
 use crate::{
     api::{Clock, Members, NODE_ID_HEADER, NodeIdentity, NodeStatus},
     config::Config,
-    registry::{AppKey, Fetched, Registry},
+    registry::{AppKey, Registry},
     replication::{Op, Origin, Replicator},
 };
 use peer::Peer;
@@ -210,35 +210,31 @@ impl Cluster {
         let mut learned_same = BTreeSet::new();
         let mut batching = BTreeSet::new();
         let mut learned_zones: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        if let Fetched::Found(json) =
-            self.registry
-                .fetch(&self.config.env.deploy_env, DISCOVERY_APPID, None, 3)
-        {
-            if let Ok(info) = serde_json::from_slice::<InstancesInfo>(&json) {
-                for ins in info.iter() {
-                    if now - ins.renew_timestamp > lease {
-                        continue;
-                    }
-                    for addr in ins.addrs.iter().filter_map(|a| strip_http(a)) {
-                        if self.is_self(addr) {
-                            continue;
-                        }
-                        if ins
-                            .metadata
-                            .get("replication_batch")
-                            .is_some_and(|v| v == "1")
-                        {
-                            batching.insert(addr.to_string());
-                        }
-                        if ins.zone == self.config.env.zone {
-                            learned_same.insert(addr.to_string());
-                        } else {
-                            learned_zones
-                                .entry(ins.zone.clone())
-                                .or_default()
-                                .insert(addr.to_string());
-                        }
-                    }
+        let records = self
+            .registry
+            .instances(&AppKey::new(&self.config.env.deploy_env, DISCOVERY_APPID));
+        for ins in &records {
+            if now - ins.renew_timestamp > lease {
+                continue;
+            }
+            for addr in ins.addrs.iter().filter_map(|a| strip_http(a)) {
+                if self.is_self(addr) {
+                    continue;
+                }
+                if ins
+                    .metadata
+                    .get("replication_batch")
+                    .is_some_and(|v| v == "1")
+                {
+                    batching.insert(addr.to_string());
+                }
+                if ins.zone == self.config.env.zone {
+                    learned_same.insert(addr.to_string());
+                } else {
+                    learned_zones
+                        .entry(ins.zone.clone())
+                        .or_default()
+                        .insert(addr.to_string());
                 }
             }
         }

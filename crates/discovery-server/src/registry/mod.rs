@@ -188,6 +188,13 @@ pub enum Renewed {
     PeerOlder(Instance),
 }
 
+impl PollState {
+    /// Whether the app has something to report (`Newer` or `NewerEmpty`).
+    pub fn is_newer(&self) -> bool {
+        matches!(self, PollState::Newer(_) | PollState::NewerEmpty(_))
+    }
+}
+
 impl Renewed {
     /// Whether the instance exists.
     pub fn is_found(&self) -> bool {
@@ -697,6 +704,13 @@ impl Registry {
     /// An app's change counter, tombstones included.
     pub fn latest(&self, key: &AppKey) -> Option<i64> {
         self.apps.get(key).map(|a| a.latest)
+    }
+
+    /// Every instance of an app, all zones and statuses.
+    pub fn instances(&self, key: &AppKey) -> Vec<Instance> {
+        self.apps.get(key).map_or_else(Vec::new, |a| {
+            a.zones.values().flat_map(|z| z.values().cloned()).collect()
+        })
     }
 
     /// One copy, if present.
