@@ -262,11 +262,12 @@ impl ClientConfig {
 /// A duration that cannot be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid duration {0:?}: expected an integer and a unit (ns, us, ms, s, m, h), e.g. \"250ms\""
+    "invalid duration {0:?}: expected a Go duration such as \"250ms\" or \"1m30s\" (units ns, us, ms, s, m, h)"
 )]
 pub struct InvalidDuration(pub String);
 
-/// Parses `"250ms"`, `"10s"`, `"1m"`, `"1h"`, `"500us"`, `"10ns"`.
+/// Parses a Go-syntax duration (`"250ms"`, `"10s"`, `"1m30s"`), as the
+/// kratos client config writes them.
 ///
 /// ```
 /// # use std::time::Duration;
@@ -274,21 +275,7 @@ pub struct InvalidDuration(pub String);
 /// assert!(discovery_tonic::config::parse_duration("250").is_err());
 /// ```
 pub fn parse_duration(s: &str) -> Result<Duration, InvalidDuration> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| InvalidDuration(s.to_string()))?;
-    let (n, unit) = t.split_at(split);
-    let n: u64 = n.parse().map_err(|_| InvalidDuration(s.to_string()))?;
-    Ok(match unit.trim() {
-        "ns" => Duration::from_nanos(n),
-        "us" | "µs" => Duration::from_micros(n),
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(InvalidDuration(s.to_string())),
-    })
+    naming::parse_go_duration(s).map_err(|_| InvalidDuration(s.to_string()))
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

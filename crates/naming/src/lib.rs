@@ -20,11 +20,13 @@
 //! assert_eq!(ins.grpc_addr(), Some("10.0.0.1:9000"));
 //! ```
 
+mod duration;
 mod error;
 mod instance;
 mod scheduler;
 mod traits;
 
+pub use duration::parse_go_duration;
 pub use error::{Elapsed, Error};
 pub use instance::{Instance, InstancesInfo, Status, metadata};
 pub use scheduler::{Scheduler, ZoneStrategy, ZoneWeight};
