@@ -47,38 +47,12 @@ use crate::{
 /// itself behind any address.
 pub const NODE_ID_HEADER: &str = "x-discovery-node-id";
 
-/// Wall-clock nanoseconds that advance with tokio's clock, so that timers and
-/// timestamps move together (and tests can pause both).
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    wall0: i64,
-    mono0: tokio::time::Instant,
-}
+/// Header a node of ours puts on every request to a peer: its advertised
+/// `host:port`. The peer takes it as a sign of life (a returning node is
+/// caught up at once); an unknown or forged value only wakes nothing.
+pub const NODE_ADDR_HEADER: &str = "x-discovery-node";
 
-impl Clock {
-    /// A clock anchored at the current wall time.
-    pub fn new() -> Self {
-        let wall0 = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
-        Clock {
-            wall0,
-            mono0: tokio::time::Instant::now(),
-        }
-    }
-
-    /// Nanoseconds since the Unix epoch.
-    pub fn now(&self) -> i64 {
-        let elapsed = i64::try_from(self.mono0.elapsed().as_nanos()).unwrap_or(i64::MAX);
-        self.wall0.saturating_add(elapsed)
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+pub use crate::clock::Clock;
 
 /// The node's lifecycle (spec §7.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +96,25 @@ pub trait Members: Send + Sync + 'static {
     /// Replication targets and their queues.
     fn peers(&self) -> Vec<crate::cluster::PeerReport> {
         Vec::new()
+    }
+
+    /// A request from the node at `addr` reached us.
+    fn heard_from(&self, _addr: &str) {}
+
+    /// Peer records waiting for their handshake.
+    fn candidates(&self) -> usize {
+        0
+    }
+
+    /// Decides about a peer-marked `infra.discovery` record before it is
+    /// stored (see [`crate::cluster::Vetted`]); without a cluster, stores it.
+    fn vet(
+        &self,
+        _ins: Instance,
+        _opts: RegisterOptions,
+        _origin: Option<Origin>,
+    ) -> crate::cluster::Vetted {
+        crate::cluster::Vetted::Admit
     }
 }
 
@@ -409,6 +402,9 @@ pub fn router(api: Arc<Api>) -> Router {
                         .get::<axum::extract::MatchedPath>()
                         .map_or("unmatched", |p| p.as_str()),
                 );
+                if let Some(addr) = req.headers().get(NODE_ADDR_HEADER).and_then(|v| v.to_str().ok()) {
+                    api.members.heard_from(addr);
+                }
                 let start = tokio::time::Instant::now();
                 let mut res = next.run(req).await;
                 res.headers_mut()
@@ -477,6 +473,33 @@ fn is_peer(p: &Params) -> bool {
     p.bool("replication") || p.bool("from_zone")
 }
 
+/// `infra.discovery` records are the cluster's membership, and SDKs find
+/// their nodes from them: only nodes write them (with the peer markers).
+fn check_reserved(p: &Params, appid: &str) -> Result<(), Reply> {
+    if appid == naming::DISCOVERY_APPID && !is_peer(p) {
+        return Err(Reply::message(
+            BAD_REQUEST,
+            format!("appid {appid} is reserved for discovery nodes (replication=true or from_zone=true)"),
+        ));
+    }
+    Ok(())
+}
+
+/// A peer's write carries timestamps from its clock; ours then never reads
+/// earlier, so that a later write through this node sorts after it.
+fn observe_peer_clock(api: &Api, p: &Params) {
+    if !is_peer(p) {
+        return;
+    }
+    for name in ["dirty_timestamp", "latest_timestamp", "set_timestamp"] {
+        if let Ok(ts) = p.i64(name) {
+            if !api.clock.observe(ts) {
+                tracing::debug!(param = name, ts, "peer timestamp too far ahead; not followed");
+            }
+        }
+    }
+}
+
 /// Decodes register/set metadata values: strings as they are, `null` as
 /// `""` (register) or removal (set), anything else as compact JSON text.
 fn metadata_value(v: serde_json::Value) -> Option<String> {
@@ -500,7 +523,9 @@ async fn register_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply
 
 /// `register` on bound, authorized parameters (also used for batches).
 async fn register_apply(api: &Api, p: &Params) -> Result<Reply, Reply> {
+    observe_peer_clock(api, p);
     let key = api.instance_key(p)?;
+    check_reserved(p, &key.appid)?;
     let status = match p.u32("status")? {
         0 => return Err(Reply::bad_param("status", "required")),
         s @ (1 | 2) => Status::from(s),
@@ -580,6 +605,13 @@ async fn register_apply(api: &Api, p: &Params) -> Result<Reply, Reply> {
         reg_timestamp: if peer { reg_timestamp.max(0) } else { 0 },
         peer,
     };
+    if ins.appid == naming::DISCOVERY_APPID {
+        match api.members.vet(ins.clone(), opts, origin(p)) {
+            crate::cluster::Vetted::Admit => {}
+            crate::cluster::Vetted::Held => return Ok(Reply::ok()),
+            crate::cluster::Vetted::Refused(why) => return Err(Reply::message(BAD_REQUEST, why)),
+        }
+    }
     let out = api.registry.register(ins, opts, api.clock.now());
     let i = &out.instance;
     tracing::info!(
@@ -663,7 +695,16 @@ async fn renew_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
 
 /// `renew` on bound, authorized parameters (also used for batches).
 async fn renew_apply(api: &Api, p: &Params) -> Result<Reply, Reply> {
+    observe_peer_clock(api, p);
     let key = api.instance_key(p)?;
+    if key.appid == naming::DISCOVERY_APPID && is_peer(p) {
+        // A node renewing its record is alive: flush our queue to it.
+        if let Some(record) = api.registry.get(&key) {
+            for a in record.addrs.iter().filter_map(|a| a.strip_prefix("http://")) {
+                api.members.heard_from(a);
+            }
+        }
+    }
     let dirty = p.i64("dirty_timestamp")?;
     let peer_dirty = is_peer(p).then_some(dirty);
     let out = api.registry.renew(&key, peer_dirty, api.clock.now());
@@ -693,7 +734,9 @@ async fn cancel_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> 
 
 /// `cancel` on bound, authorized parameters (also used for batches).
 async fn cancel_apply(api: &Api, p: &Params) -> Result<Reply, Reply> {
+    observe_peer_clock(api, p);
     let key = api.instance_key(p)?;
+    check_reserved(p, &key.appid)?;
     let cancelled_at = p.i64("latest_timestamp")?;
     let now = api.clock.now();
     let at = if is_peer(p) && cancelled_at > 0 {
@@ -701,7 +744,7 @@ async fn cancel_apply(api: &Api, p: &Params) -> Result<Reply, Reply> {
     } else {
         now
     };
-    let Some(gone) = api.registry.cancel_at(&key, now, at) else {
+    let Some(gone) = api.registry.cancel_at(&key, now, at, is_peer(p)) else {
         return Ok(Reply::code(NOT_FOUND));
     };
     tracing::info!(appid = %key.appid, env = %key.env, zone = %key.zone, hostname = %key.hostname, "cancel");
@@ -731,9 +774,11 @@ async fn set_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
 
 /// `set` on bound, authorized parameters (also used for batches).
 async fn set_apply(api: &Api, p: &Params) -> Result<Reply, Reply> {
+    observe_peer_clock(api, p);
     let zone = api.key_field(p, "zone")?;
     let env = api.key_field(p, "env")?;
     let appid = api.key_field(p, "appid")?;
+    check_reserved(p, appid)?;
     let hostnames = p.list("hostname");
     if hostnames.is_empty() {
         return Err(Reply::bad_param("hostname", "required"));
@@ -887,12 +932,16 @@ async fn fetch(State(api): Shared, req: Request<Body>) -> Response {
 }
 
 async fn fetch_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
-    if let Some(r) = api.gate(false) {
-        return Err(r);
-    }
     let p = bind(api, req).await?;
     let env = p.required("env")?;
     let appid = p.required("appid")?;
+    // The nodes' own records are always right, so they are served while
+    // syncing too: a peer verifying this node's record asks for them.
+    if appid != naming::DISCOVERY_APPID {
+        if let Some(r) = api.gate(false) {
+            return Err(r);
+        }
+    }
     let (zone, status) = fetch_scope(&p)?;
     let reply = match api.registry.fetch(env, appid, zone, status) {
         Fetched::Found(json) => Reply::ok().data(json),
@@ -1152,7 +1201,7 @@ async fn console() -> Response {
 
 /// `GET /metrics`: Prometheus / OpenMetrics text.
 async fn metrics(State(api): Shared) -> Response {
-    let text = api.metrics.render(&api.registry, api.members.as_ref());
+    let text = api.metrics.render(&api.registry, api.members.as_ref(), &api.clock);
     (
         StatusCode::OK,
         [(

@@ -163,6 +163,15 @@ pub struct Cluster {
     pub lost_after: u32,
     /// Longest wait for queues on shutdown.
     pub drain_timeout: Duration,
+    /// A peer unreachable this long is dead: its queue is dropped (counted)
+    /// and it is only probed, every `retry_max`, until it answers again.
+    pub dead_after: Duration,
+    /// How far ahead of our wall time a peer's timestamp is still followed
+    /// by our hybrid logical clock (see [`crate::clock`]).
+    pub max_clock_skew: Duration,
+    /// Added to this node's wall clock, in nanoseconds: simulates a host
+    /// whose clock is off, for fault-injection tests. Leave unset.
+    pub clock_offset: i64,
 }
 
 /// `[limits]` (spec §11).
@@ -184,6 +193,10 @@ pub struct Limits {
     pub max_pollers: usize,
     /// Instances per node.
     pub max_instances: usize,
+    /// Remembered cancels (tombstones); the oldest are forgotten first.
+    pub max_tombstones: usize,
+    /// Peers learned from `infra.discovery` records, verified or not.
+    pub max_peers: usize,
 }
 
 impl Default for Limits {
@@ -197,6 +210,8 @@ impl Default for Limits {
             max_appids_per_poll: 512,
             max_pollers: 50_000,
             max_instances: 1_000_000,
+            max_tombstones: 100_000,
+            max_peers: 64,
         }
     }
 }
@@ -366,6 +381,9 @@ struct RawCluster {
     probe_interval: Option<GoDuration>,
     lost_after: Option<u32>,
     drain_timeout: Option<GoDuration>,
+    dead_after: Option<GoDuration>,
+    max_clock_skew: Option<GoDuration>,
+    clock_offset: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -379,6 +397,8 @@ struct RawLimits {
     max_appids_per_poll: Option<usize>,
     max_pollers: Option<usize>,
     max_instances: Option<usize>,
+    max_tombstones: Option<usize>,
+    max_peers: Option<usize>,
 }
 
 /// Keys the Go original's files carry that we accept without using.
@@ -493,6 +513,8 @@ impl Config {
                 defaults.expected_reset_interval,
             )?,
             self_preservation: r.self_preservation.unwrap_or(true),
+            // Set from `[limits]` below.
+            max_tombstones: defaults.max_tombstones,
             tombstone_retention: positive(
                 "registry.tombstone_retention",
                 r.tombstone_retention,
@@ -539,6 +561,28 @@ impl Config {
                 c.drain_timeout,
                 Duration::from_secs(5),
             )?,
+            dead_after: positive(
+                "cluster.dead_after",
+                c.dead_after,
+                Duration::from_secs(10 * 60),
+            )?,
+            max_clock_skew: positive(
+                "cluster.max_clock_skew",
+                c.max_clock_skew,
+                crate::clock::DEFAULT_MAX_SKEW,
+            )?,
+            clock_offset: match c.clock_offset.as_deref().map(str::trim) {
+                None | Some("") => 0,
+                Some(text) => {
+                    let (sign, abs) = match text.strip_prefix('-') {
+                        Some(rest) => (-1, rest),
+                        None => (1, text),
+                    };
+                    let d = naming::parse_go_duration(abs)
+                        .map_err(|e| invalid("cluster.clock_offset", e))?;
+                    sign * i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+                }
+            },
         };
 
         let d = Limits::default();
@@ -564,6 +608,8 @@ impl Config {
             )?,
             max_pollers: nonzero("limits.max_pollers", l.max_pollers, d.max_pollers)?,
             max_instances: nonzero("limits.max_instances", l.max_instances, d.max_instances)?,
+            max_tombstones: nonzero("limits.max_tombstones", l.max_tombstones, d.max_tombstones)?,
+            max_peers: nonzero("limits.max_peers", l.max_peers, d.max_peers)?,
         };
 
         let hs = raw.httpserver;
@@ -589,6 +635,8 @@ impl Config {
             v: raw.log.v.unwrap_or(0),
             json: raw.log.json.unwrap_or(false),
         };
+        let mut registry = registry;
+        registry.params.max_tombstones = limits.max_tombstones;
         Ok(Config {
             nodes: raw.nodes,
             zones: raw.zones,

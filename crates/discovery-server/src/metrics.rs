@@ -105,6 +105,11 @@ pub struct Metrics {
     dropped: Family<PeerLabels, Counter>,
     failures: Family<PeerLabels, Counter>,
     last_success: Family<PeerLabels, Gauge>,
+    tombstones: Gauge,
+    tombstones_evicted: Counter,
+    emptied_apps: Gauge,
+    peer_candidates: Gauge,
+    clock_lead: Gauge,
 }
 
 impl Default for Metrics {
@@ -175,6 +180,32 @@ impl Metrics {
             "renews_threshold",
             "Protect mode when R falls below this (T)",
         );
+        let tombstones = gauge(
+            &mut r,
+            "tombstones",
+            "Remembered cancels (bounded by limits.max_tombstones)",
+        );
+        let tombstones_evicted = Counter::default();
+        r.register(
+            "tombstones_evicted",
+            "Remembered cancels forgotten because limits.max_tombstones was reached",
+            tombstones_evicted.clone(),
+        );
+        let emptied_apps = gauge(
+            &mut r,
+            "emptied_apps",
+            "Apps without instances whose counter is kept for pollers (bounded by limits.max_tombstones)",
+        );
+        let peer_candidates = gauge(
+            &mut r,
+            "peer_candidates",
+            "infra.discovery records waiting for their handshake (bounded by limits.max_peers)",
+        );
+        let clock_lead = gauge(
+            &mut r,
+            "clock_lead_milliseconds",
+            "How far the node's hybrid clock reads ahead of its wall clock, following peers",
+        );
         let peer_up = Family::<PeerLabels, Gauge>::default();
         r.register(
             "peer_up",
@@ -239,6 +270,11 @@ impl Metrics {
             dropped,
             failures,
             last_success,
+            tombstones,
+            tombstones_evicted,
+            emptied_apps,
+            peer_candidates,
+            clock_lead,
         }
     }
 
@@ -280,7 +316,12 @@ impl Metrics {
     }
 
     /// The text exposition, after reading the state gauges.
-    pub(crate) fn render(&self, registry: &Registry, members: &dyn Members) -> String {
+    pub(crate) fn render(
+        &self,
+        registry: &Registry,
+        members: &dyn Members,
+        clock: &crate::clock::Clock,
+    ) -> String {
         let to_i64 = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
         self.instances.set(to_i64(registry.len()));
         self.apps.set(to_i64(registry.apps()));
@@ -290,6 +331,21 @@ impl Metrics {
         self.renews.set(i64::try_from(g.renews).unwrap_or(i64::MAX));
         self.expected.set(g.expected);
         self.threshold.set(g.threshold);
+        self.tombstones.set(to_i64(registry.tombstones()));
+        self.tombstones_evicted
+            .inner()
+            .store(registry.tombstones_evicted(), std::sync::atomic::Ordering::Relaxed);
+        self.emptied_apps.set(to_i64(registry.emptied_apps()));
+        self.peer_candidates.set(to_i64(members.candidates()));
+        self.clock_lead
+            .set(i64::try_from(clock.lead().as_millis()).unwrap_or(i64::MAX));
+        // Peers come and go: only the current ones are exported.
+        self.peer_up.clear();
+        self.queue.clear();
+        self.sent.clear();
+        self.dropped.clear();
+        self.failures.clear();
+        self.last_success.clear();
         for p in members.peers() {
             let l = PeerLabels { peer: p.name };
             self.peer_up.get_or_create(&l).set(i64::from(p.status == 0));

@@ -273,7 +273,7 @@ pub async fn start_on(
         id: format!("{:016x}", rand::random::<u64>()),
         advertise: advertise.clone(),
     };
-    let clock = Clock::new();
+    let clock = Clock::with_offset(config.cluster.clock_offset, config.cluster.max_clock_skew);
     let registry = Arc::new(Registry::new(config.registry.params.clone()));
     for (key, s) in &config.schedulers {
         registry.set_scheduler(key, Some(s.clone()), clock.now());
@@ -283,7 +283,7 @@ pub async fn start_on(
     let cluster = Cluster::new(
         Arc::clone(&config),
         Arc::clone(&registry),
-        clock,
+        clock.clone(),
         node.clone(),
     );
     let replicator: Arc<dyn Replicator> = cluster.clone();
@@ -292,7 +292,7 @@ pub async fn start_on(
         registry,
         Arc::clone(&config),
         node,
-        clock,
+        clock.clone(),
         shutdown_rx.clone(),
         Arc::clone(&replicator),
         members,

@@ -25,7 +25,10 @@
 //! ```
 
 mod peer;
+mod vet;
 mod wire;
+
+pub use vet::Vetted;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
@@ -39,7 +42,7 @@ use tokio::{sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn};
 
 use crate::{
-    api::{Clock, Members, NODE_ID_HEADER, NodeIdentity, NodeStatus},
+    api::{Clock, Members, NODE_ADDR_HEADER, NODE_ID_HEADER, NodeIdentity, NodeStatus},
     config::Config,
     registry::{AppKey, Registry},
     replication::{Op, Origin, Replicator},
@@ -73,10 +76,18 @@ pub struct PeerReport {
     pub failures: u64,
     /// Wall-clock ns of the last successful exchange (0 = never).
     pub last_success: i64,
+    /// Unreachable for `cluster.dead_after`: nothing queued, only probed.
+    pub dead: bool,
+    /// Catch-ups after being dead, and how long the last one took.
+    pub catch_ups: u64,
+    /// Duration of the last catch-up, in milliseconds.
+    pub last_catch_up_ms: u64,
 }
 
 /// Membership and replication of one node.
 pub struct Cluster {
+    /// Itself, for tasks started from `&self` methods.
+    me: std::sync::Weak<Cluster>,
     pub(crate) config: Arc<Config>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) clock: Clock,
@@ -88,6 +99,10 @@ pub struct Cluster {
     selves: Mutex<HashSet<String>>,
     /// Same-zone addresses currently backed by a live `infra.discovery` record.
     learned: Mutex<BTreeSet<String>>,
+    /// Addresses that passed a handshake (see [`vet`]).
+    verified: Mutex<HashSet<String>>,
+    /// Peer records waiting for their handshake.
+    candidates: Mutex<std::collections::HashMap<crate::registry::InstanceKey, vet::Candidate>>,
     membership: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -120,7 +135,8 @@ impl Cluster {
             .pool_idle_timeout(hc.keep_alive)
             .build()
             .expect("a plain HTTP client builds");
-        Arc::new(Cluster {
+        Arc::new_cyclic(|me| Cluster {
+            me: me.clone(),
             config,
             registry,
             clock,
@@ -130,6 +146,8 @@ impl Cluster {
             zones: Mutex::new(BTreeMap::new()),
             selves: Mutex::new(HashSet::new()),
             learned: Mutex::new(BTreeSet::new()),
+            verified: Mutex::new(HashSet::new()),
+            candidates: Mutex::new(std::collections::HashMap::new()),
             membership: Mutex::new(None),
         })
     }
@@ -170,9 +188,22 @@ impl Cluster {
 
     /// Adds the peer token, when one is configured.
     pub(crate) fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let req = req.header(NODE_ADDR_HEADER, &self.node.advertise);
         match &self.config.auth.peer_token {
             Some(t) => req.bearer_auth(t.expose()),
             None => req,
+        }
+    }
+
+    /// A sign of life from the node at `addr`: its queue is flushed now.
+    pub(crate) fn heard_from_addr(&self, addr: &str) {
+        if let Some(slot) = self.same.lock().get(addr) {
+            slot.peer.heard_from();
+        }
+        for slot in self.zones.lock().values() {
+            if slot.peer.has_node(addr) {
+                slot.peer.heard_from();
+            }
         }
     }
 
@@ -269,6 +300,9 @@ impl Cluster {
         for (addr, slot) in self.same.lock().iter() {
             slot.peer.set_batch(batching.contains(addr));
         }
+        self.verified.lock().retain(|a| {
+            learned_same.contains(a) || learned_zones.values().any(|z| z.contains(a))
+        });
         *self.learned.lock() = learned_same;
 
         let mut zones_wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -313,6 +347,10 @@ impl Cluster {
     /// Adopts a newer copy a peer returned (`-409`) and passes it on to the
     /// other same-zone peers.
     pub(crate) fn adopt(&self, theirs: Instance, from: &str) {
+        self.clock.observe(theirs.dirty_timestamp);
+        if !self.admit_merge(&theirs) {
+            return;
+        }
         let out = self.registry.merge(theirs, self.clock.now());
         debug!(peer = from, hostname = %out.instance.hostname, applied = out.applied, "adopted a newer copy");
         if !out.applied {
@@ -344,6 +382,12 @@ impl Cluster {
                 .failures_total
                 .load(std::sync::atomic::Ordering::Relaxed),
             last_success: s.peer.last_ok.load(std::sync::atomic::Ordering::Relaxed),
+            dead: s.peer.is_dead(),
+            catch_ups: s.peer.catch_ups.load(std::sync::atomic::Ordering::Relaxed),
+            last_catch_up_ms: s
+                .peer
+                .last_catch_up_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
         };
         let mut v: Vec<PeerReport> = self.same.lock().values().map(one).collect();
         v.extend(self.zones.lock().values().map(one));
@@ -371,10 +415,32 @@ impl Cluster {
         }
     }
 
-    /// The start-up sync (spec §7.5): `fetch/all` from every static
-    /// same-zone peer and one node per other zone, retried with backoff
-    /// until all answered or `cluster.sync_timeout` passed. Returns whether
-    /// any peer answered.
+    /// Vets a peer's copy of an `infra.discovery` record before a merge;
+    /// `true` when it may be stored now.
+    fn admit_merge(&self, ins: &Instance) -> bool {
+        if ins.appid != DISCOVERY_APPID {
+            return true;
+        }
+        let Some(me) = self.me.upgrade() else {
+            return false;
+        };
+        let opts = crate::registry::RegisterOptions {
+            dirty_timestamp: ins.dirty_timestamp,
+            reg_timestamp: ins.reg_timestamp,
+            peer: true,
+        };
+        me.vet(ins.clone(), opts, None) == Vetted::Admit
+    }
+
+    /// The start-up sync: `fetch/all` from every static same-zone peer and
+    /// one node per other zone, retried with backoff.
+    ///
+    /// Peers that refuse connections (or cannot be connected to at all) are
+    /// not running: a node whose remaining peers all refuse stops waiting
+    /// at once, so the first node of a cluster started one node at a time
+    /// serves immediately. Peers that accept connections but answer slowly
+    /// or with an error are waited for, up to `cluster.sync_timeout`.
+    /// Returns whether any peer answered.
     pub async fn sync(&self) -> bool {
         let cfg = &self.config.cluster;
         let mut pending: Vec<Vec<String>> =
@@ -387,42 +453,84 @@ impl Cluster {
         if pending.is_empty() {
             return false;
         }
-        let deadline = tokio::time::Instant::now() + cfg.sync_timeout;
-        let mut any = false;
+        let started = tokio::time::Instant::now();
+        let deadline = started + cfg.sync_timeout;
+        let mut synced = 0usize;
         let mut attempt = 0u32;
         loop {
             let mut left = Vec::new();
-            for mut candidates in pending {
-                let target = candidates[0].clone();
-                match self.fetch_all(&target).await {
-                    Ok(Some(n)) => {
-                        info!(peer = %target, instances = n, "synced from peer");
-                        any = true;
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        debug!(peer = %target, "sync attempt failed: {e}");
-                        candidates.rotate_left(1);
+            let mut absent = 0usize;
+            for candidates in pending {
+                match self.sync_one(&candidates).await {
+                    SyncOutcome::Done(true) => synced += 1,
+                    SyncOutcome::Done(false) => {}
+                    SyncOutcome::Absent => {
+                        absent += 1;
                         left.push(candidates);
                     }
+                    SyncOutcome::Slow => left.push(candidates),
                 }
             }
             pending = left;
+            let missing: Vec<&String> = pending.iter().map(|c| &c[0]).collect();
             if pending.is_empty() {
-                return any;
+                info!(synced, took = ?started.elapsed(), "start-up sync: every peer answered");
+                return synced > 0;
+            }
+            if absent == pending.len() {
+                if synced == 0 {
+                    info!(
+                        ?missing,
+                        "start-up sync: no peer is running (connections refused); \
+                         first node of the cluster, serving at once"
+                    );
+                } else {
+                    info!(
+                        synced, ?missing, took = ?started.elapsed(),
+                        "start-up sync: done; the other peers are not running (connections refused)"
+                    );
+                }
+                return synced > 0;
             }
             if tokio::time::Instant::now() >= deadline {
-                let missing: Vec<&String> = pending.iter().map(|c| &c[0]).collect();
-                warn!(?missing, "start-up sync timed out; serving what we have");
-                return any;
+                warn!(
+                    ?missing,
+                    "start-up sync: peers accept connections but did not answer within \
+                     cluster.sync_timeout; serving what we have"
+                );
+                return synced > 0;
             }
             tokio::time::sleep(backoff_delay(cfg.retry_initial, attempt, cfg.retry_max)).await;
             attempt += 1;
         }
     }
 
+    /// Syncs from the first of `candidates` (one node, or the nodes of
+    /// another zone) that answers.
+    async fn sync_one(&self, candidates: &[String]) -> SyncOutcome {
+        let mut all_absent = true;
+        for target in candidates {
+            match self.fetch_all(target).await {
+                Ok(Some(n)) => {
+                    info!(peer = %target, instances = n, "synced from peer");
+                    return SyncOutcome::Done(true);
+                }
+                Ok(None) => return SyncOutcome::Done(false),
+                Err(e) => {
+                    debug!(peer = %target, "sync attempt failed: {e}");
+                    all_absent &= e.absent;
+                }
+            }
+        }
+        if all_absent {
+            SyncOutcome::Absent
+        } else {
+            SyncOutcome::Slow
+        }
+    }
+
     /// One `fetch/all`; `Ok(None)` when the address is this node.
-    async fn fetch_all(&self, target: &str) -> Result<Option<usize>, String> {
+    async fn fetch_all(&self, target: &str) -> Result<Option<usize>, SyncError> {
         let res = self
             .authorized(
                 self.http
@@ -430,7 +538,11 @@ impl Cluster {
             )
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SyncError {
+                absent: e.is_connect(),
+                why: e.to_string(),
+            })?;
+        let present = |why: String| SyncError { absent: false, why };
         let id = res
             .headers()
             .get(NODE_ID_HEADER)
@@ -440,19 +552,45 @@ impl Cluster {
             return Ok(None);
         }
         if !res.status().is_success() {
-            return Err(format!("HTTP {}", res.status()));
+            return Err(present(format!("HTTP {}", res.status())));
         }
-        let all: wire::AllAnswer = res.json().await.map_err(|e| e.to_string())?;
+        let all: wire::AllAnswer = res.json().await.map_err(|e| present(e.to_string()))?;
         if all.code != 0 {
-            return Err(format!("code {}", all.code));
+            return Err(present(format!("code {}", all.code)));
         }
         let mut n = 0;
         let now = self.clock.now();
         for ins in all.data.unwrap_or_default().into_values().flatten() {
-            self.registry.merge(ins, now);
+            self.clock.observe(ins.dirty_timestamp);
+            if self.admit_merge(&ins) {
+                self.registry.merge(ins, now);
+            }
             n += 1;
         }
         Ok(Some(n))
+    }
+}
+
+/// What one start-up sync attempt with a peer (or a zone) gave.
+enum SyncOutcome {
+    /// Synced (`true`), or the address was this node (`false`).
+    Done(bool),
+    /// Every candidate refused the connection: not running.
+    Absent,
+    /// Some candidate is running but did not answer well.
+    Slow,
+}
+
+#[derive(Debug)]
+struct SyncError {
+    /// The connection itself failed (refused, unroutable, no such host).
+    absent: bool,
+    why: String,
+}
+
+impl std::fmt::Display for SyncError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.why)
     }
 }
 
@@ -518,5 +656,25 @@ impl Members for Cluster {
 
     fn peers(&self) -> Vec<PeerReport> {
         self.report()
+    }
+
+    fn heard_from(&self, addr: &str) {
+        self.heard_from_addr(addr);
+    }
+
+    fn candidates(&self) -> usize {
+        Cluster::candidates(self)
+    }
+
+    fn vet(
+        &self,
+        ins: Instance,
+        opts: crate::registry::RegisterOptions,
+        origin: Option<Origin>,
+    ) -> Vetted {
+        match self.me.upgrade() {
+            Some(me) => me.vet(ins, opts, origin),
+            None => Vetted::Refused("node is stopping".into()),
+        }
     }
 }

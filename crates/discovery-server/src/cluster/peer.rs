@@ -82,9 +82,26 @@ pub(crate) struct Peer {
     /// Whether the target takes batches (`/discovery/replicate`).
     batch: std::sync::atomic::AtomicBool,
     /// Last repair register per key, for "at most one repair per key, peer
-    /// and renew interval".
+    /// and renew interval"; pruned past [`MAX_REPAIRS`].
     repairs: Mutex<HashMap<InstanceKey, i64>>,
+    /// Signalled on any sign of life from the target (a request of its
+    /// reached us): cuts a backoff short and probes at once.
+    alive: Notify,
+    /// Since when every exchange failed; `None` while it answers.
+    down_since: Mutex<Option<tokio::time::Instant>>,
+    /// Unreachable for `dead_after`: nothing is queued, it is only probed.
+    dead: std::sync::atomic::AtomicBool,
+    /// Set when the queue was dropped: the target needs a catch-up (our
+    /// instances and cancels) when it answers again.
+    behind: std::sync::atomic::AtomicBool,
+    /// Catch-ups done, and how long the last one took (ms).
+    pub(crate) catch_ups: AtomicU64,
+    pub(crate) last_catch_up_ms: AtomicU64,
 }
+
+/// Most remembered repairs per peer; past it, repairs older than the renew
+/// interval are forgotten (a forgotten one only allows one more repair).
+const MAX_REPAIRS: usize = 4096;
 
 impl Peer {
     pub(crate) fn new(name: String, nodes: Vec<String>, same_zone: bool, capacity: usize) -> Self {
@@ -105,6 +122,12 @@ impl Peer {
             last_ok: std::sync::atomic::AtomicI64::new(0),
             repairs: Mutex::new(HashMap::new()),
             batch: std::sync::atomic::AtomicBool::new(false),
+            alive: Notify::new(),
+            down_since: Mutex::new(None),
+            dead: std::sync::atomic::AtomicBool::new(false),
+            behind: std::sync::atomic::AtomicBool::new(false),
+            catch_ups: AtomicU64::new(0),
+            last_catch_up_ms: AtomicU64::new(0),
         }
     }
 
@@ -121,8 +144,22 @@ impl Peer {
         self.status() == UP
     }
 
+    /// Whether the target is dead (see [`Peer::failed`]).
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Relaxed)
+    }
+
+    /// A request from the target reached us: it is back, or still there.
+    pub(crate) fn heard_from(&self) {
+        self.alive.notify_one();
+    }
+
     pub(crate) fn queued(&self) -> usize {
         self.queue.lock().items.len()
+    }
+
+    pub(crate) fn has_node(&self, addr: &str) -> bool {
+        self.nodes.lock().iter().any(|n| n == addr)
     }
 
     pub(crate) fn set_nodes(&self, nodes: Vec<String>) {
@@ -150,6 +187,11 @@ impl Peer {
     /// overflow renews are dropped first (renew repair and lease expiry
     /// converge them), then the oldest write (counted; marks the peer Lost).
     pub(crate) fn push(&self, op: Op, flags: Flags, ack: Option<Ack>) {
+        if self.is_dead() {
+            // Caught up as a whole when it answers again.
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let mut q = self.queue.lock();
         let renew_key = match &op {
             Op::Renew(i) => Some(InstanceKey::of(i)),
@@ -250,6 +292,10 @@ impl Peer {
 
     fn succeeded(&self) {
         self.failures.store(0, Ordering::Relaxed);
+        *self.down_since.lock() = None;
+        if self.dead.swap(false, Ordering::Relaxed) {
+            info!(peer = %self.name, "dead peer answers again");
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
@@ -259,8 +305,27 @@ impl Peer {
         }
     }
 
-    fn failed(&self, lost_after: u32, why: &str) {
+    /// Counts a failed exchange. After `dead_after` of nothing but
+    /// failures the target is dead: its queue is dropped (counted) and
+    /// nothing more is queued until it answers again.
+    fn failed(&self, lost_after: u32, dead_after: Duration, why: &str) {
         self.failures_total.fetch_add(1, Ordering::Relaxed);
+        let now = tokio::time::Instant::now();
+        let since = *self.down_since.lock().get_or_insert(now);
+        if now.duration_since(since) >= dead_after && !self.dead.swap(true, Ordering::Relaxed) {
+            self.behind.store(true, Ordering::Relaxed);
+            let dropped = {
+                let mut q = self.queue.lock();
+                q.renews.clear();
+                std::mem::take(&mut q.items).len()
+            };
+            self.dropped
+                .fetch_add(dropped as u64, Ordering::Relaxed);
+            warn!(
+                peer = %self.name, dropped, unreachable_for = ?now.duration_since(since),
+                "peer dead: queue dropped; probing it until it answers, then catching it up"
+            );
+        }
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= lost_after {
             self.mark_lost(why);
@@ -278,6 +343,12 @@ impl Peer {
     /// Whether a repair of `key` may be sent now.
     fn may_repair(&self, key: &InstanceKey, now: i64, every: i64) -> bool {
         let mut r = self.repairs.lock();
+        if r.len() >= MAX_REPAIRS && !r.contains_key(key) {
+            r.retain(|_, last| now - *last < every);
+            if r.len() >= MAX_REPAIRS {
+                r.clear();
+            }
+        }
         match r.get(key) {
             Some(last) if now - last < every => false,
             _ => {
@@ -382,8 +453,7 @@ fn check_self(cluster: &Cluster, res: &reqwest::Response) -> Result<(), Failure>
 /// A cheap request that tells whether a peer is alive.
 async fn probe(cluster: &Cluster, target: &str) -> Result<(), Failure> {
     let res = cluster
-        .http
-        .get(format!("http://{target}/discovery/nodes"))
+        .authorized(cluster.http.get(format!("http://{target}/discovery/nodes")))
         .send()
         .await
         .map_err(|e| Failure::Transport(e.to_string()))?;
@@ -413,28 +483,40 @@ pub(crate) async fn run(cluster: Arc<Cluster>, peer: Arc<Peer>) {
         let items = peer.head(if batching { MAX_BATCH } else { 1 });
         if items.is_empty() {
             // Idle: wait for work, probing now and then so that status
-            // stays true.
+            // stays true (a dead target: only probes, every `retry_max`).
             let wait = if std::mem::take(&mut probe_now) {
                 Duration::ZERO
+            } else if peer.is_dead() {
+                cfg.retry_max
             } else {
                 cfg.probe_interval
             };
-            let woke = tokio::time::timeout(wait, peer.notify.notified()).await;
-            if woke.is_err() {
-                if let Some(target) = peer.target() {
-                    match probe(&cluster, &target).await {
-                        Ok(()) => peer.succeeded(),
-                        Err(Failure::IsSelf) => {
-                            cluster.found_self(&target);
-                            return;
-                        }
-                        Err(Failure::Transport(e)) => {
-                            peer.failed(cfg.lost_after, &e);
-                            if !peer.same_zone {
-                                peer.rotate();
-                            }
+            let work = tokio::select! {
+                () = peer.notify.notified() => true,
+                () = peer.alive.notified() => false,
+                () = tokio::time::sleep(wait) => false,
+            };
+            if work {
+                continue;
+            }
+            if let Some(target) = peer.target() {
+                match probe(&cluster, &target).await {
+                    Ok(()) => peer.succeeded(),
+                    Err(Failure::IsSelf) => {
+                        cluster.found_self(&target);
+                        return;
+                    }
+                    Err(Failure::Transport(e)) => {
+                        peer.failed(cfg.lost_after, cfg.dead_after, &e);
+                        if !peer.same_zone {
+                            peer.rotate();
                         }
                     }
+                }
+            }
+            if peer.is_up() && peer.behind.load(Ordering::Relaxed) {
+                if let Some(target) = peer.target() {
+                    catch_up(&cluster, &peer, &target).await;
                 }
             }
             continue;
@@ -499,14 +581,92 @@ pub(crate) async fn run(cluster: Arc<Cluster>, peer: Arc<Peer>) {
 }
 
 /// Counts a failure and sleeps the jittered backoff, doubling it.
+/// Brings a target that was dead level: every instance of ours (peers keep
+/// the newer copy by the register rule) and every remembered cancel, sent
+/// before the writes queued since it answered. Another zone gets what
+/// belongs to our zone only.
+async fn catch_up(cluster: &Cluster, peer: &Peer, target: &str) {
+    let started = tokio::time::Instant::now();
+    let our_zone = &cluster.config.env.zone;
+    let flags = if peer.same_zone {
+        Flags {
+            replication: true,
+            from_zone: false,
+        }
+    } else {
+        Flags {
+            replication: false,
+            from_zone: true,
+        }
+    };
+    let mine = |zone: &str| peer.same_zone || zone == our_zone;
+    let mut ops: Vec<(u64, Op, Flags)> = cluster
+        .registry
+        .all()
+        .into_values()
+        .flatten()
+        .filter(|i| mine(&i.zone))
+        .map(|i| (0, Op::Register(i), flags))
+        .collect();
+    ops.extend(
+        cluster
+            .registry
+            .tombstone_list()
+            .into_iter()
+            .filter(|(k, _)| mine(&k.zone))
+            .map(|(k, at)| {
+                let gone = naming::Instance {
+                    env: k.env,
+                    appid: k.appid,
+                    zone: k.zone,
+                    hostname: k.hostname,
+                    ..Default::default()
+                };
+                (0, Op::Cancel(gone, at), flags)
+            }),
+    );
+    let batching = peer.batch.load(Ordering::Relaxed);
+    for chunk in ops.chunks(if batching { MAX_BATCH } else { 1 }) {
+        let sent = if batching {
+            post_batch(cluster, target, chunk).await.map(drop)
+        } else {
+            let (path, body) = wire::encode(&chunk[0].1, chunk[0].2);
+            post(cluster, target, path, body).await.map(drop)
+        };
+        match sent {
+            Ok(()) => {}
+            Err(Failure::Transport(e)) => {
+                debug!(peer = %peer.name, "catch-up interrupted: {e}");
+                return;
+            }
+            Err(Failure::IsSelf) => return,
+        }
+    }
+    peer.behind.store(false, Ordering::Relaxed);
+    let took = started.elapsed();
+    peer.catch_ups.fetch_add(1, Ordering::Relaxed);
+    peer.last_catch_up_ms
+        .store(u64::try_from(took.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    info!(peer = %peer.name, writes = ops.len(), ?took, "caught up a peer that was dead");
+}
+
+/// A sign of life from the target cuts the wait short and resets the
+/// backoff: a returning peer is caught up at once, not after `retry_max`.
 async fn retry_later(peer: &Peer, cfg: &crate::config::Cluster, backoff: &mut Duration, why: &str) {
-    peer.failed(cfg.lost_after, why);
+    peer.failed(cfg.lost_after, cfg.dead_after, why);
     if !peer.same_zone {
         peer.rotate();
     }
     let jitter = rand::rng().random_range(0.8..1.2);
-    tokio::time::sleep(backoff.mul_f64(jitter)).await;
-    *backoff = (*backoff * 2).min(cfg.retry_max);
+    tokio::select! {
+        () = tokio::time::sleep(backoff.mul_f64(jitter)) => {
+            *backoff = (*backoff * 2).min(cfg.retry_max);
+        }
+        () = peer.alive.notified() => {
+            debug!(peer = %peer.name, "sign of life: retrying now");
+            *backoff = cfg.retry_initial;
+        }
+    }
 }
 
 fn handle_answer(

@@ -23,6 +23,7 @@
 //! ```
 
 mod guard;
+mod tombstones;
 mod watch;
 
 use std::{
@@ -45,6 +46,7 @@ pub use guard::GuardState;
 pub(crate) use watch::{Subscription, Watchers};
 
 use guard::Guard;
+use tombstones::Tombstones;
 
 /// Identity of an app: its change counter and its pollers are per (env, appid).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -123,8 +125,12 @@ pub struct RegistryParams {
     pub expected_reset_interval: Duration,
     /// Whether the guard may suspend eviction.
     pub self_preservation: bool,
-    /// How long an app emptied of instances keeps its counter.
+    /// How long an app emptied of instances keeps its counter, and a
+    /// cancel is remembered.
     pub tombstone_retention: Duration,
+    /// Most remembered cancels, and most remembered emptied apps; the
+    /// oldest are forgotten first.
+    pub max_tombstones: usize,
 }
 
 impl Default for RegistryParams {
@@ -139,6 +145,7 @@ impl Default for RegistryParams {
             expected_reset_interval: Duration::from_secs(15 * 60),
             self_preservation: true,
             tombstone_retention: Duration::from_secs(5 * 60),
+            max_tombstones: 100_000,
         }
     }
 }
@@ -317,7 +324,10 @@ pub struct Registry {
     /// Recently cancelled keys and when, so that a stale copy still queued
     /// somewhere (a partitioned or paused node's renew repair, a peer's
     /// snapshot) cannot bring a cancelled instance back.
-    cancelled: DashMap<InstanceKey, i64>,
+    cancelled: Tombstones,
+    /// Apps emptied of instances, oldest first, so that their counters
+    /// (kept for pollers) can be forgotten past `max_tombstones`.
+    emptied: Mutex<std::collections::VecDeque<(AppKey, i64)>>,
     watchers: Arc<Watchers>,
     guard: Guard,
     size: AtomicI64,
@@ -327,6 +337,7 @@ pub struct Registry {
 impl Registry {
     /// An empty registry.
     pub fn new(params: RegistryParams) -> Self {
+        let cap = params.max_tombstones;
         let guard = Guard::new(
             params.renews_per_tick(),
             params.renew_threshold,
@@ -336,7 +347,8 @@ impl Registry {
             params,
             apps: DashMap::new(),
             schedulers: DashMap::new(),
-            cancelled: DashMap::new(),
+            cancelled: Tombstones::new(cap),
+            emptied: Mutex::new(std::collections::VecDeque::new()),
             watchers: Arc::new(Watchers::default()),
             guard,
             size: AtomicI64::new(0),
@@ -420,7 +432,7 @@ impl Registry {
 
     /// `Some` (not applied) when `ins` predates a cancel of its key.
     fn cancelled_since(&self, ins: &Instance) -> Option<Registered> {
-        let at = *self.cancelled.get(&InstanceKey::of(ins))?;
+        let at = self.cancelled.get(&InstanceKey::of(ins))?;
         (ins.dirty_timestamp <= at).then(|| Registered {
             instance: ins.clone(),
             is_new: false,
@@ -499,19 +511,29 @@ impl Registry {
 
     /// Removes an instance; `None` when it does not exist.
     pub fn cancel(&self, key: &InstanceKey, now: i64) -> Option<Instance> {
-        self.cancel_at(key, now, now)
+        self.cancel_at(key, now, now, false)
     }
 
     /// Removes an instance cancelled at `cancelled_at` (the originating
     /// node's time, for a replicated cancel) and remembers the cancel for
-    /// `tombstone_retention`, even when the instance is not here.
-    pub fn cancel_at(&self, key: &InstanceKey, now: i64, cancelled_at: i64) -> Option<Instance> {
-        self.cancelled
-            .entry(key.clone())
-            .and_modify(|t| *t = (*t).max(cancelled_at))
-            .or_insert(cancelled_at);
+    /// `tombstone_retention`: always for a peer's cancel (`from_peer`: the
+    /// instance may still be on its way here), otherwise only when the
+    /// instance existed, so that cancels of random keys cost nothing.
+    pub fn cancel_at(
+        &self,
+        key: &InstanceKey,
+        now: i64,
+        cancelled_at: i64,
+        from_peer: bool,
+    ) -> Option<Instance> {
+        // Remembered before the removal, so that no stale copy slips in
+        // between.
+        let remember = from_peer || self.get(key).is_some();
+        if remember {
+            self.cancelled.insert(key, cancelled_at);
+        }
         let app_key = key.app();
-        let removed = {
+        let (removed, emptied) = {
             let mut app = self.apps.get_mut(&app_key)?;
             let app = &mut *app;
             let zone = app.zones.get_mut(&key.zone)?;
@@ -519,16 +541,52 @@ impl Registry {
             if zone.is_empty() {
                 app.zones.remove(&key.zone);
             }
-            if app.zones.is_empty() {
+            let emptied = app.zones.is_empty();
+            if emptied {
                 app.emptied_at = Some(now);
             }
             app.bump(now);
-            removed
+            (removed, emptied)
         };
+        if emptied {
+            self.remember_emptied(app_key.clone(), now);
+        }
         self.size.fetch_sub(1, Ordering::Relaxed);
         self.guard.key_removed();
         self.changed(&app_key);
         Some(removed)
+    }
+
+    /// Keeps at most `max_tombstones` emptied apps, forgetting the oldest.
+    fn remember_emptied(&self, key: AppKey, at: i64) {
+        let mut q = self.emptied.lock();
+        q.push_back((key, at));
+        let cap = self.params.max_tombstones.max(1);
+        while q.len() > cap {
+            let Some((k, t)) = q.pop_front() else { break };
+            self.apps
+                .remove_if(&k, |_, app| app.zones.is_empty() && app.emptied_at == Some(t));
+        }
+    }
+
+    /// Remembered cancels.
+    pub fn tombstones(&self) -> usize {
+        self.cancelled.len()
+    }
+
+    /// Cancels forgotten because `max_tombstones` was reached.
+    pub fn tombstones_evicted(&self) -> u64 {
+        self.cancelled.evicted()
+    }
+
+    /// Every remembered cancel and its time.
+    pub fn tombstone_list(&self) -> Vec<(InstanceKey, i64)> {
+        self.cancelled.snapshot()
+    }
+
+    /// Apps without instances whose counter is still kept for pollers.
+    pub fn emptied_apps(&self) -> usize {
+        self.emptied.lock().len()
     }
 
     /// Changes status and metadata of existing instances, all or nothing
@@ -760,7 +818,12 @@ impl Registry {
         let retention = nanos(self.params.tombstone_retention);
         self.apps
             .retain(|_, app| !app.zones.is_empty() || app.is_live_tombstone(now, retention));
-        self.cancelled.retain(|_, at| now - *at < retention);
+        self.cancelled.expire(now, retention);
+        self.emptied.lock().retain(|(k, t)| {
+            self.apps
+                .get(k)
+                .is_some_and(|app| app.zones.is_empty() && app.emptied_at == Some(*t))
+        });
 
         let reset_every = nanos(self.params.expected_reset_interval);
         let last = self.last_reset.load(Ordering::Relaxed);

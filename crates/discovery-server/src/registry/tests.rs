@@ -415,7 +415,7 @@ fn a_peer_copy_older_than_a_cancel_is_refused() {
     reg.register(ins("sh001", "h1"), RegisterOptions::default(), T0);
     // Cancelled at T0 + 10 on another node.
     assert!(
-        reg.cancel_at(&key("sh001", "h1"), T0 + 20, T0 + 10)
+        reg.cancel_at(&key("sh001", "h1"), T0 + 20, T0 + 10, true)
             .is_some()
     );
     // A stale copy (a repair from a node that missed the cancel) is refused.
