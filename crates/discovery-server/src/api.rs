@@ -479,7 +479,9 @@ fn check_reserved(p: &Params, appid: &str) -> Result<(), Reply> {
     if appid == naming::DISCOVERY_APPID && !is_peer(p) {
         return Err(Reply::message(
             BAD_REQUEST,
-            format!("appid {appid} is reserved for discovery nodes (replication=true or from_zone=true)"),
+            format!(
+                "appid {appid} is reserved for discovery nodes (replication=true or from_zone=true)"
+            ),
         ));
     }
     Ok(())
@@ -494,7 +496,11 @@ fn observe_peer_clock(api: &Api, p: &Params) {
     for name in ["dirty_timestamp", "latest_timestamp", "set_timestamp"] {
         if let Ok(ts) = p.i64(name) {
             if !api.clock.observe(ts) {
-                tracing::debug!(param = name, ts, "peer timestamp too far ahead; not followed");
+                tracing::debug!(
+                    param = name,
+                    ts,
+                    "peer timestamp too far ahead; not followed"
+                );
             }
         }
     }
@@ -700,7 +706,11 @@ async fn renew_apply(api: &Api, p: &Params) -> Result<Reply, Reply> {
     if key.appid == naming::DISCOVERY_APPID && is_peer(p) {
         // A node renewing its record is alive: flush our queue to it.
         if let Some(record) = api.registry.get(&key) {
-            for a in record.addrs.iter().filter_map(|a| a.strip_prefix("http://")) {
+            for a in record
+                .addrs
+                .iter()
+                .filter_map(|a| a.strip_prefix("http://"))
+            {
                 api.members.heard_from(a);
             }
         }
@@ -1201,7 +1211,9 @@ async fn console() -> Response {
 
 /// `GET /metrics`: Prometheus / OpenMetrics text.
 async fn metrics(State(api): Shared) -> Response {
-    let text = api.metrics.render(&api.registry, api.members.as_ref(), &api.clock);
+    let text = api
+        .metrics
+        .render(&api.registry, api.members.as_ref(), &api.clock);
     (
         StatusCode::OK,
         [(

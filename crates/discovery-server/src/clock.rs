@@ -96,7 +96,8 @@ impl Clock {
     /// Nanoseconds since the Unix epoch, never earlier than a timestamp
     /// already observed from a peer.
     pub fn now(&self) -> i64 {
-        self.physical().max(self.inner.floor.load(Ordering::Relaxed))
+        self.physical()
+            .max(self.inner.floor.load(Ordering::Relaxed))
     }
 
     /// Takes note of a timestamp a peer stamped, so that our next writes

@@ -332,9 +332,10 @@ impl Metrics {
         self.expected.set(g.expected);
         self.threshold.set(g.threshold);
         self.tombstones.set(to_i64(registry.tombstones()));
-        self.tombstones_evicted
-            .inner()
-            .store(registry.tombstones_evicted(), std::sync::atomic::Ordering::Relaxed);
+        self.tombstones_evicted.inner().store(
+            registry.tombstones_evicted(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.emptied_apps.set(to_i64(registry.emptied_apps()));
         self.peer_candidates.set(to_i64(members.candidates()));
         self.clock_lead

@@ -62,6 +62,8 @@ drain_timeout = "2s"
 pub struct Layout {
     zones: Vec<(String, usize)>,
     toml: String,
+    /// Replaces `toml` for one node (a skewed clock, a different limit).
+    node_toml: std::collections::BTreeMap<usize, String>,
     env: String,
 }
 
@@ -71,8 +73,15 @@ impl Layout {
         Layout {
             zones: zones.iter().map(|(z, n)| (z.to_string(), *n)).collect(),
             toml: String::new(),
+            node_toml: std::collections::BTreeMap::new(),
             env: "dev".into(),
         }
+    }
+
+    /// Extra TOML for node `i` only, used instead of [`Layout::toml`]'s.
+    pub fn node_toml(mut self, i: usize, toml: &str) -> Self {
+        self.node_toml.insert(i, toml.to_string());
+        self
     }
 
     /// Extra TOML appended to every node's config (tables only).
@@ -117,7 +126,7 @@ impl Layout {
             "[env]\nregion = \"region01\"\nzone = \"{my_zone}\"\nhost = \"node-{i}\"\nDeployEnv = \"{}\"\n[httpServer]\naddr = \"{}\"\ntimeout = \"40s\"\n",
             self.env, addrs[i]
         ));
-        text.push_str(&self.toml);
+        text.push_str(self.node_toml.get(&i).unwrap_or(&self.toml));
         text
     }
 }
@@ -430,6 +439,56 @@ impl ProcessTopology {
             topo.nodes.push(Some(s.await.expect("task")?));
         }
         Ok(topo)
+    }
+
+    /// Reserves every node's address and starts none: start them with
+    /// [`ProcessTopology::start_node`], one after another, as an
+    /// orchestrator (a StatefulSet) would.
+    pub async fn prepare(layout: &Layout) -> Self {
+        let addrs = reserve(layout.count()).await;
+        let dir = std::env::temp_dir().join(format!(
+            "testkit-{}-{}",
+            std::process::id(),
+            addrs[0].port()
+        ));
+        ProcessTopology {
+            layout: layout.clone(),
+            nodes: addrs.iter().map(|_| None).collect(),
+            addrs,
+            dir,
+            bin: discovery_bin(),
+        }
+    }
+
+    /// Starts node `i` (not running).
+    pub async fn start_node(&mut self, i: usize) -> std::io::Result<()> {
+        assert!(self.nodes[i].is_none(), "node {i} is running");
+        self.restart(i).await
+    }
+
+    /// Whether node `i` answers `GET /discovery/nodes` with code 0, the
+    /// readiness check operators use.
+    pub async fn is_ready(&self, i: usize) -> bool {
+        let url = format!("{}/discovery/nodes", self.url(i));
+        let Ok(r) = reqwest::get(&url).await else {
+            return false;
+        };
+        r.json::<serde_json::Value>()
+            .await
+            .is_ok_and(|v| v["code"] == 0)
+    }
+
+    /// Waits until node `i` [is ready](ProcessTopology::is_ready), at most
+    /// `limit`; returns whether it became ready.
+    pub async fn wait_node_ready(&self, i: usize, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            if self.is_ready(i).await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
     }
 
     fn spawn_node(&self, i: usize) -> tokio::task::JoinHandle<std::io::Result<Process>> {

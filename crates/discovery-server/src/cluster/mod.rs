@@ -300,9 +300,9 @@ impl Cluster {
         for (addr, slot) in self.same.lock().iter() {
             slot.peer.set_batch(batching.contains(addr));
         }
-        self.verified.lock().retain(|a| {
-            learned_same.contains(a) || learned_zones.values().any(|z| z.contains(a))
-        });
+        self.verified
+            .lock()
+            .retain(|a| learned_same.contains(a) || learned_zones.values().any(|z| z.contains(a)));
         *self.learned.lock() = learned_same;
 
         let mut zones_wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();

@@ -319,8 +319,7 @@ impl Peer {
                 q.renews.clear();
                 std::mem::take(&mut q.items).len()
             };
-            self.dropped
-                .fetch_add(dropped as u64, Ordering::Relaxed);
+            self.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
             warn!(
                 peer = %self.name, dropped, unreachable_for = ?now.duration_since(since),
                 "peer dead: queue dropped; probing it until it answers, then catching it up"
@@ -645,8 +644,10 @@ async fn catch_up(cluster: &Cluster, peer: &Peer, target: &str) {
     peer.behind.store(false, Ordering::Relaxed);
     let took = started.elapsed();
     peer.catch_ups.fetch_add(1, Ordering::Relaxed);
-    peer.last_catch_up_ms
-        .store(u64::try_from(took.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    peer.last_catch_up_ms.store(
+        u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
     info!(peer = %peer.name, writes = ops.len(), ?took, "caught up a peer that was dead");
 }
 

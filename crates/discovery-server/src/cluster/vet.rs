@@ -69,7 +69,12 @@ impl Cluster {
 
     /// Decides about a peer-marked `infra.discovery` record (`origin`: whom
     /// to pass it on to once stored, as for any replicated write).
-    pub fn vet(self: &Arc<Self>, ins: Instance, opts: RegisterOptions, origin: Option<Origin>) -> Vetted {
+    pub fn vet(
+        self: &Arc<Self>,
+        ins: Instance,
+        opts: RegisterOptions,
+        origin: Option<Origin>,
+    ) -> Vetted {
         let addrs: Vec<&str> = ins.addrs.iter().filter_map(|a| strip_http(a)).collect();
         if addrs.is_empty() {
             return Vetted::Refused(format!(

@@ -564,8 +564,9 @@ impl Registry {
         let cap = self.params.max_tombstones.max(1);
         while q.len() > cap {
             let Some((k, t)) = q.pop_front() else { break };
-            self.apps
-                .remove_if(&k, |_, app| app.zones.is_empty() && app.emptied_at == Some(t));
+            self.apps.remove_if(&k, |_, app| {
+                app.zones.is_empty() && app.emptied_at == Some(t)
+            });
         }
     }
 
