@@ -7,6 +7,8 @@
 //!   servers as child processes, prints a table and writes
 //!   `target/bench/<time>.json`. The heavy code lives in `crates/loadgen`,
 //!   so xtask itself stays small for `cargo xtask test`.
+//! * `chaos [--seed S] [--duration SECS]`: the randomized fault schedule
+//!   of the chaos suite, long or with a given seed;
 //! * `up`, `e2e [--no-docker] [--dev]`, `docker`: the demo topology on loopback,
 //!   its end-to-end checks (loopback, then docker compose), and the offline
 //!   `FROM scratch` image of `docker-compose.yml`; see [`demo`].
@@ -176,6 +178,49 @@ fn fuzz(args: &[String]) -> anyhow::Result<()> {
     run(cmd)
 }
 
+/// `chaos [--seed S] [--duration SECS]`: the randomized fault schedule of
+/// the chaos suite (three nodes in network namespaces; needs root), with a
+/// chosen seed and length. A failing run prints the command that repeats it.
+fn chaos(args: &[String]) -> anyhow::Result<()> {
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "-p",
+        "discovery-server",
+        "--test",
+        "chaos",
+        "--",
+        "--exact",
+        "randomized_fault_schedule_converges_after_every_heal",
+        "--nocapture",
+    ]);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let value = || {
+            it.clone()
+                .next()
+                .cloned()
+                .with_context(|| format!("{a} needs a value"))
+        };
+        match a.as_str() {
+            "--seed" => {
+                cmd.env("CHAOS_SEED", value()?);
+                it.next();
+            }
+            "--duration" => {
+                let secs = value()?;
+                let secs = secs.trim_end_matches('s');
+                secs.parse::<u64>()
+                    .with_context(|| format!("--duration {secs}: seconds"))?;
+                cmd.env("CHAOS_DURATION", secs);
+                it.next();
+            }
+            other => bail!("chaos: unknown argument {other:?} (--seed S, --duration SECS)"),
+        }
+    }
+    run(cmd)
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -183,6 +228,7 @@ fn main() -> anyhow::Result<()> {
         Some("ci") => ci(),
         Some("bench") => bench(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
+        Some("chaos") => chaos(&args[1..]),
         Some("up") => demo::up(),
         Some("e2e") => demo::e2e(&args[1..]),
         Some("docker") => demo::docker(),
