@@ -64,15 +64,29 @@ fn runner(args: &[&str]) -> Command {
     cmd
 }
 
-/// `cargo xtask up`: the topology on loopback until Ctrl-C.
-pub(crate) fn up() -> anyhow::Result<()> {
+/// `cargo xtask up [--check] [--dev]`: the topology on loopback until Ctrl-C
+/// or SIGTERM; `--check` stops after one greeting through the client.
+pub(crate) fn up(args: &[String]) -> anyhow::Result<()> {
+    if args.iter().any(|a| a == "--dev") {
+        set_dev_profile();
+    }
     build(true)?;
     let mut cmd = runner(&["up"]);
-    // The nodes' info logs would drown the addresses; demo logs stay.
+    if args.iter().any(|a| a == "--check") {
+        cmd.arg("--check");
+    }
+    // The nodes' info logs would drown the addresses; demo logs stay. The
+    // children's readiness does not depend on their logs, so any level works.
     if std::env::var_os("TESTKIT_LOG").is_none() {
         cmd.env("TESTKIT_LOG", "warn,demo_client=info,demo_server=info");
     }
-    run(cmd)
+    eprintln!("xtask: running {cmd:?}");
+    // `cargo run` execs xtask, and xtask execs the runner: the process the
+    // user started is the runner itself, so that its SIGTERM reaches the
+    // code that stops the children.
+    use std::os::unix::process::CommandExt as _;
+    let err = cmd.exec();
+    Err(err).context("starting demo-topology")
 }
 
 /// `cargo xtask e2e [--no-docker]`: loopback checks, then the docker ones.

@@ -9,8 +9,9 @@
 //!   so xtask itself stays small for `cargo xtask test`.
 //! * `chaos [--seed S] [--duration SECS]`: the randomized fault schedule
 //!   of the chaos suite, long or with a given seed;
-//! * `up`, `e2e [--no-docker] [--dev]`, `docker`: the demo topology on loopback,
-//!   its end-to-end checks (loopback, then docker compose), and the offline
+//! * `up [--check] [--dev]`, `e2e [--no-docker] [--dev]`, `docker`: the demo
+//!   topology on loopback (`--check`: one greeting, then exit), its
+//!   end-to-end checks (loopback, then docker compose), and the offline
 //!   `FROM scratch` image of `docker-compose.yml`; see [`demo`].
 
 mod demo;
@@ -56,9 +57,10 @@ fn on_path(name: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
 }
 
-/// The suite drives a real headless Chromium (the web console) and cuts
-/// links between network namespaces (the chaos suite); on a fresh machine
-/// their Debian packages are installed first.
+/// The suite drives a real headless Chromium (the web console), cuts
+/// links between network namespaces (the chaos suite) and runs the README's
+/// curl commands; on a fresh machine their Debian packages are installed
+/// first.
 fn ensure_test_tools() -> anyhow::Result<()> {
     let mut missing = Vec::new();
     if !on_path("chromium") && std::env::var_os("CHROMIUM").is_none() {
@@ -70,10 +72,14 @@ fn ensure_test_tools() -> anyhow::Result<()> {
     if !on_path("iptables") {
         missing.push("iptables");
     }
+    // The README test runs the README's curl commands as written.
+    if !on_path("curl") {
+        missing.push("curl");
+    }
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing {missing:?} for the browser and chaos tests");
+    eprintln!("xtask: installing {missing:?} for the browser, chaos and README tests");
     let root = Command::new("id")
         .arg("-u")
         .output()
@@ -155,7 +161,7 @@ fn bench(extra: &[String]) -> anyhow::Result<()> {
     run(cmd)
 }
 
-const USAGE: &str = "usage: cargo xtask <test [nextest args…] | ci | bench [--quick] [--check] [--no-cluster] | fuzz [seconds] [seed] | up | e2e [--no-docker] [--dev] | docker>";
+const USAGE: &str = "usage: cargo xtask <test [nextest args…] | ci | bench [--quick] [--check] [--no-cluster] | fuzz [seconds] [seed] | chaos [--seed S] [--duration SECS] | up [--check] [--dev] | e2e [--no-docker] [--dev] | docker>";
 
 /// The HTTP fuzz test for longer than its CI budget (default 60 s).
 fn fuzz(args: &[String]) -> anyhow::Result<()> {
@@ -229,7 +235,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench") => bench(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         Some("chaos") => chaos(&args[1..]),
-        Some("up") => demo::up(),
+        Some("up") => demo::up(&args[1..]),
         Some("e2e") => demo::e2e(&args[1..]),
         Some("docker") => demo::docker(),
         _ => {

@@ -69,6 +69,11 @@ struct Cli {
     /// Picker: p2c or wrr (also round_robin, random).
     #[arg(long, default_value = "p2c")]
     balancer: BalancerKind,
+    /// Once serving, write the bound HTTP address to this file (replaced
+    /// atomically), so that a supervisor learns the port whatever the log
+    /// level.
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<std::path::PathBuf>,
     /// Only check that URL answers 200, then exit (0 when it does, else 1).
     #[arg(long, value_name = "URL", exclusive = true)]
     healthcheck: Option<String>,
@@ -256,6 +261,11 @@ async fn run(cli: Cli, target: Target, discovery: Option<Discovery>) -> anyhow::
         target = %cli.target,
         "demo-client listening on {bound}"
     );
+    if let Some(path) = &cli.ready_file {
+        // Connections made from now on wait in the listen backlog until
+        // `serve` accepts them.
+        write_ready_file(path, bound)?;
+    }
     axum::serve(listener, router(app))
         .with_graceful_shutdown(signal)
         .await
@@ -267,6 +277,16 @@ async fn run(cli: Cli, target: Target, discovery: Option<Discovery>) -> anyhow::
         let _ = d.close().await;
     }
     Ok(())
+}
+
+/// Writes `addr` to `path` through a temporary file and a rename, so that a
+/// reader never sees a partial address.
+fn write_ready_file(path: &std::path::Path, addr: SocketAddr) -> anyhow::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, format!("{addr}\n"))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("writing the ready file {}", path.display()))
 }
 
 /// `GET url` over plain HTTP/1.0; whether it answered 200 within 3 s.

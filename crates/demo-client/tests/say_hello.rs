@@ -113,7 +113,9 @@ async fn answers_503_without_providers_then_200_once_one_registers() {
 
     let mut cmd = demo_client("demo-client-t1");
     cmd.env("DISCOVERY_NODES", &node);
-    let client = Process::spawn(cmd, "demo-client-t1").await.expect("starts");
+    let client = Process::spawn_ready_file(cmd, "demo-client-t1")
+        .await
+        .expect("starts");
     let base = format!("http://{}", client.addr);
     let hello = format!("{base}/say_hello?name=x");
 
@@ -166,7 +168,9 @@ async fn direct_target_needs_no_registry_and_maps_deadlines_to_504() {
     let fast = greeter("direct-fast", Duration::ZERO).await;
     let mut cmd = demo_client("demo-client-t2");
     cmd.env("DEMO_TARGET", format!("direct://default/{fast}"));
-    let client = Process::spawn(cmd, "demo-client-t2").await.expect("starts");
+    let client = Process::spawn_ready_file(cmd, "demo-client-t2")
+        .await
+        .expect("starts");
     let body = until_status(
         &format!("http://{}/say_hello?name=y", client.addr),
         200,
@@ -180,7 +184,9 @@ async fn direct_target_needs_no_registry_and_maps_deadlines_to_504() {
     let slow = greeter("direct-slow", Duration::from_secs(3)).await;
     let mut cmd = demo_client("demo-client-t3");
     cmd.env("DEMO_TARGET", format!("direct://default/{slow}"));
-    let client = Process::spawn(cmd, "demo-client-t3").await.expect("starts");
+    let client = Process::spawn_ready_file(cmd, "demo-client-t3")
+        .await
+        .expect("starts");
     // (The first calls may find the connection still being made: 503.)
     let body = until_status(
         &format!("http://{}/say_hello?name=z", client.addr),

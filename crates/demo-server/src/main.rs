@@ -13,6 +13,9 @@
 //! DISCOVERY_NODES=127.0.0.1:7171 HOSTNAME=demo-server-1 demo-server --grpc-addr 127.0.0.1:9000
 //! ```
 //!
+//! `--ready-file PATH` writes the bound address to PATH once serving, for
+//! supervisors that must not depend on the log level.
+//!
 //! Without discovery nodes it prints the SDK's error and exits with status 2.
 
 use std::{
@@ -61,6 +64,11 @@ struct Cli {
     /// Cluster, registered as `cluster` metadata.
     #[arg(long, default_value = "")]
     cluster: String,
+    /// Once serving, write the bound gRPC address to this file (replaced
+    /// atomically), so that a supervisor learns the port whatever the log
+    /// level.
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<std::path::PathBuf>,
     /// The SDK settings (`--appid` defaults to demo.service here).
     #[command(flatten)]
     sdk: Flags,
@@ -141,6 +149,16 @@ fn first_non_loopback_ipv4() -> Option<Ipv4Addr> {
     None
 }
 
+/// Writes `addr` to `path` through a temporary file and a rename, so that a
+/// reader never sees a partial address.
+fn write_ready_file(path: &std::path::Path, addr: SocketAddr) -> anyhow::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, format!("{addr}\n"))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("writing the ready file {}", path.display()))
+}
+
 /// Installs the SIGTERM and SIGINT handlers now; the returned future
 /// resolves with the first signal's name.
 fn signals() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
@@ -211,6 +229,10 @@ async fn run(cli: Cli, discovery: Discovery) -> anyhow::Result<()> {
             )
             .await
     });
+
+    if let Some(path) = &cli.ready_file {
+        write_ready_file(path, bound)?;
+    }
 
     let addr = format!(
         "grpc://{}",

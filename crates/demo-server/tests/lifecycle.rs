@@ -73,7 +73,9 @@ async fn registers_serves_and_deregisters_on_sigterm() {
     cmd.env("DISCOVERY_NODES", topo.addr(0).to_string())
         .env("HOSTNAME", "demo-server-t1")
         .args(["--weight", "20", "--cluster", "c1"]);
-    let mut server = Process::spawn(cmd, "demo-server-t1").await.expect("starts");
+    let mut server = Process::spawn_ready_file(cmd, "demo-server-t1")
+        .await
+        .expect("starts");
     let expected_addr = format!("grpc://{}", server.addr);
 
     // Registered with its address and metadata.

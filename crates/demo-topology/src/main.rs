@@ -2,8 +2,10 @@
 //! `cargo xtask e2e`.
 //!
 //! * `up`: 3 discovery nodes, 2 demo servers and the demo client on
-//!   loopback (ports chosen by the OS); prints the addresses and a curl;
-//!   Ctrl-C stops everything.
+//!   loopback (ports chosen by the OS); prints the addresses, the web
+//!   console and a curl; Ctrl-C or SIGTERM stops everything, clients first.
+//!   `up --check` makes one greeting through the client, stops everything
+//!   and exits 0.
 //! * `e2e`: the same topology with assertions: a greeting through the
 //!   client; `kill -9` of a demo server fails no call; `kill -9` of a
 //!   discovery node leaves registration and resolution working; a new demo
@@ -34,8 +36,13 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Start 3 discovery nodes, 2 demo servers and the demo client; Ctrl-C
-    /// stops them.
-    Up,
+    /// or SIGTERM stops them.
+    Up {
+        /// Make one greeting through the client, then stop everything and
+        /// exit 0 (non-zero when the greeting fails).
+        #[arg(long)]
+        check: bool,
+    },
     /// The loopback end-to-end checks.
     E2e,
     /// The docker compose end-to-end checks (images must exist).
@@ -46,26 +53,82 @@ enum Cmd {
     },
 }
 
-async fn up() -> anyhow::Result<()> {
+/// Installs the SIGINT and SIGTERM handlers now; the returned future
+/// resolves with the first signal's name.
+fn signals() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    })
+}
+
+async fn up(check: bool) -> anyhow::Result<()> {
+    // Handlers first: a signal during start-up stops what has started.
+    let signal = signals()?;
+    // A terminal's Ctrl-C then reaches this process only, which stops the
+    // children in order.
+    testkit::own_process_groups();
     let topo = DemoTopology::start(DemoBins::sibling(), 3, 2).await?;
+    let result = serve(&topo, check, signal).await;
+    topo.shutdown().await;
+    println!("demo topology stopped");
+    result
+}
+
+/// Waits for a first greeting, prints what runs, then waits for a signal
+/// (or, with `check`, makes one more greeting and returns).
+async fn serve(
+    topo: &DemoTopology,
+    check: bool,
+    signal: impl std::future::Future<Output = &'static str>,
+) -> anyhow::Result<()> {
+    let mut signal = std::pin::pin!(signal);
     // The client serves at once; wait for a first greeting before telling
     // the user to try, so that the curl below works.
-    let first = e2e::until_ok(&topo, Duration::from_secs(15)).await?;
+    let first = tokio::select! {
+        r = e2e::until_ok(topo, Duration::from_secs(30)) => r?,
+        sig = &mut signal => {
+            println!("{sig} before the first greeting: stopping");
+            return Ok(());
+        }
+    };
     let nodes: Vec<String> = topo
         .cluster
         .addrs()
         .iter()
         .map(|a| format!("http://{a}"))
         .collect();
-    let servers: Vec<String> = (0..topo.servers.len())
-        .filter_map(|i| topo.server_addr(i))
-        .map(|a| format!("grpc://{a}"))
-        .collect();
     println!();
     println!("demo topology up (first greeting after {first:?}):");
-    println!("  discovery nodes: {}", nodes.join(" "));
-    println!("  demo servers:    {}", servers.join(" "));
-    println!("  demo client:     {}", topo.client_url());
+    for (i, node) in nodes.iter().enumerate() {
+        let pid = topo.cluster.nodes[i].as_ref().and_then(|p| p.id());
+        println!(
+            "  discovery node {}: {node}  (pid {})",
+            i + 1,
+            pid_text(pid)
+        );
+    }
+    for (i, server) in topo.servers.iter().enumerate() {
+        if let Some(p) = server {
+            println!(
+                "  demo-server-{}:    grpc://{}  (pid {})",
+                i + 1,
+                p.addr,
+                pid_text(p.id())
+            );
+        }
+    }
+    println!(
+        "  demo-client-1:    {}  (pid {})",
+        topo.client_url(),
+        pid_text(topo.client.id())
+    );
+    println!("  web console:      {}/", nodes[0]);
     println!();
     println!("try:");
     println!("  curl '{}/say_hello?name=kratos'", topo.client_url());
@@ -74,17 +137,29 @@ async fn up() -> anyhow::Result<()> {
         nodes[0]
     );
     println!();
-    println!("Ctrl-C stops everything.");
-    tokio::signal::ctrl_c().await?;
-    println!("stopping…");
-    topo.shutdown().await;
+    if check {
+        let (status, body) = topo.say_hello("kratos").await?;
+        anyhow::ensure!(
+            status == 200 && body["message"] == "Hello kratos",
+            "greeting through the client: {status} {body}"
+        );
+        println!("check: {status} {body}");
+        return Ok(());
+    }
+    println!("Ctrl-C (or SIGTERM) stops everything.");
+    let sig = signal.await;
+    println!("{sig}: stopping the client, the servers, then the nodes");
     Ok(())
+}
+
+fn pid_text(pid: Option<u32>) -> String {
+    pid.map_or_else(|| "-".into(), |p| p.to_string())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Up => up().await,
+        Cmd::Up { check } => up(check).await,
         Cmd::E2e => e2e::run().await,
         Cmd::DockerE2e { file } => docker::run(&file).await,
     }

@@ -165,7 +165,7 @@ impl Cluster {
             .arg("-conf")
             .arg(&conf)
             .env("RUST_LOG", "warn,discovery_server=info");
-        Process::spawn(cmd, &format!("node-{i}"))
+        Process::spawn_http(cmd, &format!("node-{i}"), self.addrs[i], "/healthz")
             .await
             .expect("node starts")
     }

@@ -111,7 +111,8 @@ impl DemoTopology {
             .env("DISCOVERY_NODES", self.discovery_nodes())
             .env("HOSTNAME", &name);
         demo_env(&mut cmd);
-        self.servers.push(Some(Process::spawn(cmd, &name).await?));
+        self.servers
+            .push(Some(Process::spawn_ready_file(cmd, &name).await?));
         Ok(i)
     }
 
@@ -169,11 +170,12 @@ async fn start_client(bins: &DemoBins, nodes: &str) -> std::io::Result<Process> 
         .env("DISCOVERY_NODES", nodes)
         .env("HOSTNAME", "demo-client-1");
     demo_env(&mut cmd);
-    Process::spawn(cmd, "demo-client-1").await
+    Process::spawn_ready_file(cmd, "demo-client-1").await
 }
 
 /// The environment of demo processes: no inherited identity, logs from
-/// `TESTKIT_LOG` (default `info`).
+/// `TESTKIT_LOG` (default `info`; readiness comes from ready files, not
+/// from logs).
 fn demo_env(cmd: &mut Command) {
     for var in [
         "ZONE",
@@ -188,10 +190,7 @@ fn demo_env(cmd: &mut Command) {
     ] {
         cmd.env_remove(var);
     }
-    cmd.env(
-        "RUST_LOG",
-        std::env::var("TESTKIT_LOG").unwrap_or_else(|_| "info".into()),
-    );
+    cmd.env("RUST_LOG", crate::child_log());
 }
 
 fn nodes_list(addrs: &[SocketAddr]) -> String {

@@ -28,6 +28,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::Stdio,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -302,7 +303,26 @@ pub fn sibling_bin(name: &str) -> PathBuf {
     bin
 }
 
-/// A `discovery` child process.
+/// Whether children get a process group of their own; see
+/// [`own_process_groups`].
+static OWN_GROUPS: AtomicBool = AtomicBool::new(false);
+
+/// From now on, children started by this process get a process group of
+/// their own. A terminal's Ctrl-C then reaches only the supervisor, which
+/// stops them in order (clients before servers before nodes) instead of
+/// every process stopping at once. Off by default: a test runner that
+/// signals a test's process group then reaches its children too.
+pub fn own_process_groups() {
+    OWN_GROUPS.store(true, Ordering::Relaxed);
+}
+
+/// Distinguishes the ready files of one process's children.
+static READY_FILES: AtomicU64 = AtomicU64::new(0);
+
+/// How long a child may take to become ready.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+/// A child process (`discovery`, `demo-server`, `demo-client`, …).
 #[derive(Debug)]
 pub struct Process {
     child: Child,
@@ -311,53 +331,101 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts the binary with `config` text; waits for its listening line.
-    pub async fn start(bin: &Path, config: &str, dir: &Path, name: &str) -> std::io::Result<Self> {
+    /// Starts the `discovery` binary with `config` text, which makes it
+    /// listen on `addr`; waits until its `/readyz` answers 200.
+    pub async fn start(
+        bin: &Path,
+        config: &str,
+        addr: SocketAddr,
+        dir: &Path,
+        name: &str,
+    ) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let conf = dir.join(format!("{name}.toml"));
         std::fs::write(&conf, config)?;
         let mut cmd = Command::new(bin);
-        cmd.arg("-conf").arg(&conf).env(
-            "RUST_LOG",
-            std::env::var("TESTKIT_LOG").unwrap_or_else(|_| "info".into()),
-        );
-        Process::spawn(cmd, name).await
+        cmd.arg("-conf").arg(&conf).env("RUST_LOG", child_log());
+        Process::spawn_http(cmd, name, addr, "/readyz").await
     }
 
-    /// Spawns `cmd` (stdout piped, stderr inherited, killed on drop) and
-    /// waits at most 20 s for a stdout line `… listening on <addr> …`, as
-    /// `discovery`, `demo-server` and `demo-client` print. Every stdout line
-    /// is echoed with a `[name]` prefix.
-    pub async fn spawn(mut cmd: Command, name: &str) -> std::io::Result<Self> {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()?;
-        let out = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(out).lines();
-        let tag = name.to_string();
-        let addr = tokio::time::timeout(Duration::from_secs(20), async {
-            while let Some(line) = lines.next_line().await? {
-                println!("[{tag}] {line}");
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let a = rest.split_whitespace().next().unwrap_or("");
-                    if let Ok(a) = a.parse::<SocketAddr>() {
-                        return Ok(a);
-                    }
+    /// Spawns `cmd`, a server that listens on `addr`, and waits until
+    /// `GET http://<addr><path>` answers 200 (`/healthz`: listening;
+    /// `/readyz`: serving reads).
+    pub async fn spawn_http(
+        cmd: Command,
+        name: &str,
+        addr: SocketAddr,
+        path: &str,
+    ) -> std::io::Result<Self> {
+        let mut child = spawn_echoing(cmd, name)?;
+        let url = format!("http://{addr}{path}");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .map_err(std::io::Error::other)?;
+        let deadline = tokio::time::Instant::now() + READY_WITHIN;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Err(std::io::Error::other(format!(
+                    "{name} exited with {status} before {url} answered 200"
+                )));
+            }
+            if http
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Ok(Process { child, addr });
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(std::io::Error::other(format!(
+                    "{url} did not answer 200 within {READY_WITHIN:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Spawns `cmd` with `--ready-file <path>` appended (as `demo-server`
+    /// and `demo-client` take it) and waits until the child has written its
+    /// bound address there.
+    pub async fn spawn_ready_file(mut cmd: Command, name: &str) -> std::io::Result<Self> {
+        let path = std::env::temp_dir().join(format!(
+            "testkit-{}-{}-{name}.addr",
+            std::process::id(),
+            READY_FILES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&path);
+        cmd.arg("--ready-file").arg(&path);
+        let mut child = spawn_echoing(cmd, name)?;
+        let deadline = tokio::time::Instant::now() + READY_WITHIN;
+        loop {
+            // The child writes a temporary file and renames it: a file
+            // that exists is complete.
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    let _ = std::fs::remove_file(&path);
+                    let addr = text.trim().parse().map_err(|e| {
+                        std::io::Error::other(format!("{name} ready file {text:?}: {e}"))
+                    })?;
+                    return Ok(Process { child, addr });
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
             }
-            Err(std::io::Error::other("exited before listening"))
-        })
-        .await
-        .map_err(|_| std::io::Error::other("no listening line within 20 s"))??;
-        // Keep echoing the log, so that test output shows what happened.
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                println!("[{tag}] {line}");
+            if let Some(status) = child.try_wait()? {
+                return Err(std::io::Error::other(format!(
+                    "{name} exited with {status} before writing its ready file"
+                )));
             }
-        });
-        Ok(Process { child, addr })
+            if tokio::time::Instant::now() > deadline {
+                return Err(std::io::Error::other(format!(
+                    "{name} wrote no ready file within {READY_WITHIN:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The OS process id, while it runs.
@@ -402,6 +470,34 @@ impl Process {
     }
 }
 
+/// The log filter of children: `$TESTKIT_LOG`, default `info`. Readiness
+/// never depends on it.
+pub(crate) fn child_log() -> String {
+    std::env::var("TESTKIT_LOG").unwrap_or_else(|_| "info".into())
+}
+
+/// Spawns `cmd` (stdout piped and echoed with a `[name]` prefix, so that
+/// test output shows what happened; stderr inherited; killed on drop).
+fn spawn_echoing(mut cmd: Command, name: &str) -> std::io::Result<Child> {
+    if OWN_GROUPS.load(Ordering::Relaxed) {
+        cmd.process_group(0);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()?;
+    let out = child.stdout.take().expect("piped stdout");
+    let tag = name.to_string();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(out).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            println!("[{tag}] {line}");
+        }
+    });
+    Ok(child)
+}
+
 /// A topology of `discovery` child processes.
 #[derive(Debug)]
 pub struct ProcessTopology {
@@ -414,7 +510,8 @@ pub struct ProcessTopology {
 }
 
 impl ProcessTopology {
-    /// Starts every node at once ([`discovery_bin`]).
+    /// Starts every node at once ([`discovery_bin`]); returns once each
+    /// answers `/readyz` with 200.
     pub async fn start(layout: &Layout) -> std::io::Result<Self> {
         Self::start_with(layout, discovery_bin()).await
     }
@@ -493,8 +590,10 @@ impl ProcessTopology {
 
     fn spawn_node(&self, i: usize) -> tokio::task::JoinHandle<std::io::Result<Process>> {
         let text = self.layout.config_text(i, &self.addrs);
-        let (bin, dir) = (self.bin.clone(), self.dir.clone());
-        tokio::spawn(async move { Process::start(&bin, &text, &dir, &format!("node-{i}")).await })
+        let (bin, dir, addr) = (self.bin.clone(), self.dir.clone(), self.addrs[i]);
+        tokio::spawn(
+            async move { Process::start(&bin, &text, addr, &dir, &format!("node-{i}")).await },
+        )
     }
 
     /// Node `i`'s address.
