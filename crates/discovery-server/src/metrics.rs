@@ -227,7 +227,7 @@ impl Metrics {
         let dropped = Family::<PeerLabels, Counter>::default();
         r.register(
             "replication_dropped",
-            "Writes dropped because a target's queue was full",
+            "Writes dropped because a target's queue was full or the target was dead",
             dropped.clone(),
         );
         let failures = Family::<PeerLabels, Counter>::default();
