@@ -60,7 +60,8 @@ const SAFE_FRAME_SIZE: usize = 16_384;
 const HEADER_TABLE_SIZE: usize = 4096;
 /// Bound on one header block as received (all its frames) and decoded.
 /// Far above hyper's 16 KiB header list limit, so h2 still answers lists
-/// between the two with its own 431; past it the connection is refused.
+/// between the two with its own 431; past it h2 is handed an undecodable
+/// block and refuses the connection (GOAWAY `PROTOCOL_ERROR`).
 pub const MAX_HEADER_BLOCK: usize = 256 * 1024;
 
 /// `value` as an authority h2 accepts: `None` when it already is one or
@@ -374,7 +375,7 @@ impl Rewriter {
 
     /// Hands h2 a frame sequence it must refuse as a connection error
     /// (an invalid HPACK index, or a header block cut short), then drops all
-    /// further input: h2 answers with GOAWAY and closes.
+    /// further input: h2 answers with GOAWAY `PROTOCOL_ERROR` and closes.
     fn fail(&mut self, out: &mut BytesMut, stream_id: [u8; 4], compression: bool) {
         let (flags, payload): (u8, &[u8]) = if compression {
             (END_HEADERS, &[0x80])
