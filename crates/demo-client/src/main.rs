@@ -2,7 +2,9 @@
 //!
 //! `GET /say_hello?name=x` calls `Greeter.SayHello` through
 //! `discovery://default/demo.service` (balanced by `discovery-tonic`) and
-//! answers `200 {"message":"Hello x","served_by":"<hostname>"}`. A missing
+//! answers `200 {"message":"Hello x","served_by":"<hostname>"}`, the hostname
+//! being the server's `x-served-by`, or the registered hostname of the
+//! instance the balancer picked when the server sends none. A missing
 //! `name` is a 400; `Unavailable` (no instance, or none reachable) a 503 with
 //! the balancer's message; `DeadlineExceeded` a 504. `Unavailable` is
 //! retried once: SayHello is idempotent, and the retry goes to another
@@ -136,12 +138,19 @@ async fn say_hello(State(app): State<App>, Query(q): Query<HelloQuery>) -> Respo
     }
     match result {
         Ok(resp) => {
+            // Our servers name themselves; Go servers do not, so fall back
+            // to the hostname of the instance the balancer picked.
             let served_by = resp
                 .metadata()
                 .get("x-served-by")
                 .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string();
+                .map(str::to_string)
+                .or_else(|| {
+                    resp.extensions()
+                        .get::<discovery_tonic::ServedBy>()
+                        .map(|s| s.hostname.clone())
+                })
+                .unwrap_or_default();
             let message = resp.into_inner().message;
             json(
                 StatusCode::OK,

@@ -30,8 +30,11 @@ impl Greeter for Hello {
         let mut resp = Response::new(HelloReply {
             message: format!("Hello {}", req.into_inner().name),
         });
-        resp.metadata_mut()
-            .insert("x-served-by", self.host.parse().expect("ascii"));
+        // An empty host answers as a Go Greeter does: no `x-served-by`.
+        if !self.host.is_empty() {
+            resp.metadata_mut()
+                .insert("x-served-by", self.host.parse().expect("ascii"));
+        }
         Ok(resp)
     }
 }
@@ -157,6 +160,41 @@ async fn answers_503_without_providers_then_200_once_one_registers() {
     // (An app's last instance leaving keeps the last set, spec §6.5: the
     // client answers 503 only once that instance is unreachable too.)
     registration.cancel().await.expect("cancel");
+
+    let _ = provider.close().await;
+    drop(client);
+    topo.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_by_is_the_picked_instance_when_the_server_does_not_say() {
+    let topo = Topology::start(&Layout::zones(&[("zone01", 1)])).await;
+    topo.wait_ready().await;
+    let node = topo.addr(0).to_string();
+    let addr = greeter("", Duration::ZERO).await;
+    let provider = Discovery::new(
+        Config::builder()
+            .nodes([&node])
+            .hostname("go-greeter-1")
+            .build_with(|_| None),
+    )
+    .expect("SDK");
+    let _registration = provider
+        .register(Instance {
+            appid: "demo.service".into(),
+            addrs: vec![format!("grpc://{addr}")],
+            ..Default::default()
+        })
+        .await
+        .expect("register");
+
+    let mut cmd = demo_client("demo-client-t4");
+    cmd.env("DISCOVERY_NODES", &node);
+    let client = Process::spawn(cmd, "demo-client-t4").await.expect("starts");
+    let hello = format!("http://{}/say_hello?name=go", client.addr);
+    let body = until_status(&hello, 200, Duration::from_secs(10)).await;
+    assert_eq!(body["message"], "Hello go");
+    assert_eq!(body["served_by"], "go-greeter-1");
 
     let _ = provider.close().await;
     drop(client);

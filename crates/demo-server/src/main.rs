@@ -5,7 +5,8 @@
 //! `grpc://<advertise-ip>:<port>` as `demo.service` (or `--appid`/`APP_ID`)
 //! with weight, colour and cluster in the metadata. Replies `Hello <name>`
 //! with the response metadata `x-served-by: <hostname>` and the `cpu_usage`
-//! trailer. On SIGINT/SIGTERM it cancels the registration (at most 5 s), then
+//! trailer. Requests whose `:authority` carries a query, as grpc-go sends
+//! for kratos `discovery://` targets, are served like any other. On SIGINT/SIGTERM it cancels the registration (at most 5 s), then
 //! stops gRPC gracefully, so that clients have moved away before the
 //! listener closes.
 //!
@@ -221,8 +222,10 @@ async fn run(cli: Cli, discovery: Discovery) -> anyhow::Result<()> {
         tonic::transport::Server::builder()
             .layer(discovery_tonic::CpuLayer::new())
             .add_service(service)
+            // Accepts grpc-go's `<appid>?subset=50` authorities, so kratos
+            // warden clients can call us (docs/grpc-interop.md).
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                discovery_tonic::interop::incoming(listener),
                 async move {
                     let _ = grpc_stop.wait_for(|s| *s).await;
                 },

@@ -80,6 +80,19 @@ const GRPC_STATUS: &str = "grpc-status";
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Which instance answered a call: set as a response extension on every
+/// response the balancer returns, so callers can report it even when the
+/// server sends nothing about itself (Go servers send no `x-served-by`).
+///
+/// `GreeterClient::new(balanced).say_hello(..).await?.extensions().get::<ServedBy>()`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedBy {
+    /// The endpoint's `host:port`.
+    pub addr: String,
+    /// The instance's registered hostname (empty for `direct://` targets).
+    pub hostname: String,
+}
+
 /// A load-balanced gRPC channel; clone it freely, every clone shares the
 /// endpoints. Use it wherever a tonic [`Channel`] goes:
 /// `GreeterClient::new(balanced)`.
@@ -118,6 +131,7 @@ enum Phase {
 
 struct Backend {
     endpoint: Arc<Endpoint>,
+    hostname: String,
     channel: Mutex<Option<Channel>>,
     ejected: AtomicBool,
     health: Mutex<Health>,
@@ -391,8 +405,12 @@ impl Shared {
                     error_chain(&e)
                 )))
             }
-            Ok(resp) => {
+            Ok(mut resp) => {
                 backend.call_succeeded();
+                resp.extensions_mut().insert(ServedBy {
+                    addr: backend.endpoint.addr().to_string(),
+                    hostname: backend.hostname.clone(),
+                });
                 let header_code = resp
                     .headers()
                     .get(GRPC_STATUS)
@@ -533,7 +551,13 @@ impl Shared {
 }
 
 impl Backend {
-    fn new(addr: &str, weight: u32, color: Option<String>, config: &ClientConfig) -> Option<Self> {
+    fn new(
+        addr: &str,
+        weight: u32,
+        color: Option<String>,
+        hostname: String,
+        config: &ClientConfig,
+    ) -> Option<Self> {
         let target = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| tracing::warn!(addr, error = %e, "unusable endpoint address"))
             .ok()?
@@ -544,6 +568,7 @@ impl Backend {
             .keep_alive_while_idle(config.keepalive_while_idle);
         Some(Backend {
             endpoint: Arc::new(Endpoint::new(addr, weight, color)),
+            hostname,
             channel: Mutex::new(None),
             ejected: AtomicBool::new(false),
             health: Mutex::new(Health::default()),
@@ -554,10 +579,11 @@ impl Backend {
     }
 
     /// The same connection and health under new metadata.
-    fn updated(&self, weight: u32, color: Option<String>) -> Self {
+    fn updated(&self, weight: u32, color: Option<String>, hostname: String) -> Self {
         let h = self.health.lock();
         Backend {
             endpoint: Arc::new(self.endpoint.updated(weight, color)),
+            hostname,
             channel: Mutex::new(self.channel.lock().clone()),
             ejected: AtomicBool::new(h.ejection.is_ejected()),
             health: Mutex::new(Health {
@@ -718,7 +744,7 @@ impl Pool {
             }
             None => &**info,
         };
-        let mut wanted: Vec<(String, u32, Option<String>)> = Vec::new();
+        let mut wanted: Vec<(String, u32, Option<String>, String)> = Vec::new();
         for ins in pipeline::select(info, stages.client_zone.as_deref()) {
             if ins.status != naming::Status::Up {
                 continue;
@@ -726,13 +752,14 @@ impl Pool {
             let Some(addr) = ins.grpc_addr() else {
                 continue;
             };
-            if wanted.iter().any(|(a, _, _)| a == addr) {
+            if wanted.iter().any(|(a, ..)| a == addr) {
                 continue; // duplicate addresses are merged
             }
             wanted.push((
                 addr.to_string(),
                 ins.weight(),
                 ins.color().map(str::to_string),
+                ins.hostname.clone(),
             ));
         }
         if wanted.is_empty() && !self.backends.is_empty() {
@@ -751,16 +778,17 @@ impl Pool {
             .drain(..)
             .map(|b| (b.endpoint.addr().to_string(), b))
             .collect();
-        for (addr, weight, color) in wanted {
+        for (addr, weight, color, hostname) in wanted {
             let backend = match old.remove(&addr) {
                 Some(b)
                     if b.endpoint.weight() == weight.max(1)
-                        && b.endpoint.color() == color.as_deref() =>
+                        && b.endpoint.color() == color.as_deref()
+                        && b.hostname == hostname =>
                 {
                     b
                 }
                 Some(b) => {
-                    let next = Arc::new(b.updated(weight, color));
+                    let next = Arc::new(b.updated(weight, color, hostname));
                     if next.channel.lock().is_none() {
                         tokio::spawn(connect_loop(Arc::downgrade(&next), Arc::downgrade(shared)));
                     }
@@ -771,7 +799,8 @@ impl Pool {
                     next
                 }
                 None => {
-                    let Some(b) = Backend::new(&addr, weight, color, &shared.config) else {
+                    let Some(b) = Backend::new(&addr, weight, color, hostname, &shared.config)
+                    else {
                         continue;
                     };
                     let b = Arc::new(b);

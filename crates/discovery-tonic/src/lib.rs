@@ -11,6 +11,8 @@
 //!   ([`health`]), colour routing, fail-fast on empty sets and per-RPC
 //!   deadlines. `GreeterClient::new(balanced)` just works.
 //! * [`CpuLayer`], the server-side `cpu_usage` trailer p2c balances on.
+//! * [`interop`], serving gRPC-Go and kratos callers whose `:authority`
+//!   carries a query (`<appid>?subset=50`).
 //! * [`ClientConfig`], the kratos client settings with their defaults.
 //!
 //! ```
@@ -30,12 +32,13 @@ pub mod balance;
 pub mod config;
 pub mod cpu;
 pub mod health;
+pub mod interop;
 pub mod picker;
 pub mod pipeline;
 pub mod resolvers;
 pub mod target;
 
-pub use balance::{Balanced, ResponseBody};
+pub use balance::{Balanced, ResponseBody, ServedBy};
 pub use config::{BalancerKind, ClientConfig};
 pub use cpu::CpuLayer;
 pub use resolvers::{DirectBuilder, DirectResolver, Resolvers};
