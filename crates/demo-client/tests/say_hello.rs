@@ -190,7 +190,9 @@ async fn served_by_is_the_picked_instance_when_the_server_does_not_say() {
 
     let mut cmd = demo_client("demo-client-t4");
     cmd.env("DISCOVERY_NODES", &node);
-    let client = Process::spawn(cmd, "demo-client-t4").await.expect("starts");
+    let client = Process::spawn_ready_file(cmd, "demo-client-t4")
+        .await
+        .expect("starts");
     let hello = format!("http://{}/say_hello?name=go", client.addr);
     let body = until_status(&hello, 200, Duration::from_secs(10)).await;
     assert_eq!(body["message"], "Hello go");

@@ -48,7 +48,9 @@ async fn demo_server(name: &str) -> (Topology, Process) {
     cmd.args(["--grpc-addr", "127.0.0.1:0"])
         .env("DISCOVERY_NODES", topo.addr(0).to_string())
         .env("HOSTNAME", name);
-    let server = Process::spawn(cmd, name).await.expect("demo-server starts");
+    let server = Process::spawn_ready_file(cmd, name)
+        .await
+        .expect("demo-server starts");
     (topo, server)
 }
 
