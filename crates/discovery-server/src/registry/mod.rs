@@ -532,6 +532,17 @@ impl Registry {
         if remember {
             self.cancelled.insert(key, cancelled_at);
         }
+        self.remove(key, now)
+    }
+
+    /// Removes an instance whose lease expired here. Not remembered as a
+    /// cancel: a peer that still renews it holds proof that it lives, and
+    /// its repair register must be taken.
+    fn evict(&self, key: &InstanceKey, now: i64) -> Option<Instance> {
+        self.remove(key, now)
+    }
+
+    fn remove(&self, key: &InstanceKey, now: i64) -> Option<Instance> {
         let app_key = key.app();
         let (removed, emptied) = {
             let mut app = self.apps.get_mut(&app_key)?;
@@ -812,7 +823,7 @@ impl Registry {
                 // A renew may have landed since the scan; re-check under the lock.
                 let ins = self.get(k)?;
                 let age = now - ins.renew_timestamp;
-                (age > ceiling || (!guard.protected && age > lease)).then(|| self.cancel(k, now))?
+                (age > ceiling || (!guard.protected && age > lease)).then(|| self.evict(k, now))?
             })
             .collect();
 

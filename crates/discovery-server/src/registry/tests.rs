@@ -443,3 +443,26 @@ fn a_peer_copy_older_than_a_cancel_is_refused() {
             .applied
     );
 }
+
+#[test]
+fn a_peer_copy_of_an_instance_evicted_here_is_taken_back() {
+    // The lease expired here (renews went to another node), but the peer
+    // that still renews it sends its copy: that is proof of life, not a
+    // stale copy of a cancelled instance.
+    let reg = Registry::new(RegistryParams {
+        self_preservation: false,
+        ..short()
+    });
+    let out = reg.register(ins("sh001", "h1"), RegisterOptions::default(), T0);
+    let dirty = out.instance.dirty_timestamp;
+    let r = reg.tick(T0 + 3 * SEC, &mut rng());
+    assert_eq!(r.evicted.len(), 1);
+    let repair = RegisterOptions {
+        dirty_timestamp: dirty,
+        peer: true,
+        ..Default::default()
+    };
+    assert!(reg.register(ins("sh001", "h1"), repair, T0 + 3 * SEC).applied);
+    assert!(reg.get(&key("sh001", "h1")).is_some());
+    assert_eq!(reg.tombstones(), 0);
+}
