@@ -76,6 +76,9 @@ pub(crate) struct Core {
     pub(crate) registrations: Mutex<HashMap<String, RegEntry>>,
     /// Watched apps and the poll set.
     pub(crate) apps: Apps,
+    /// Background cancels of registrations dropped without `cancel`;
+    /// [`Discovery::close`] waits for them.
+    pub(crate) abandoned: Mutex<JoinSet<()>>,
 }
 
 impl Core {
@@ -156,6 +159,7 @@ impl Discovery {
             config,
             closed: AtomicBool::new(false),
             registrations: Mutex::new(HashMap::new()),
+            abandoned: Mutex::new(JoinSet::new()),
         });
         let poll_loop = runtime.spawn(consumer::poll_loop(Arc::clone(&core)));
         Ok(Discovery {
@@ -201,7 +205,8 @@ impl Discovery {
     }
 
     /// Cancels every registration (each bounded by `cancel_timeout`, all at
-    /// once), stops the poll loop and drops the connection pool. Later calls
+    /// once), waits for the background cancels of dropped registrations,
+    /// stops the poll loop and drops the connection pool. Later calls
     /// fail with [`Error::Closed`]; cancelling a registration afterwards is a
     /// no-op. Returns the first cancel error, if any.
     pub async fn close(&self) -> Result<(), Error> {
@@ -217,6 +222,8 @@ impl Discovery {
         let mut fetches = std::mem::take(&mut *self.inner.fetches.lock());
         fetches.shutdown().await;
         let result = provider::cancel_all(&core).await;
+        let mut dropped = std::mem::take(&mut *core.abandoned.lock());
+        while dropped.join_next().await.is_some() {}
         core.apps.close();
         core.transport.close();
         result
