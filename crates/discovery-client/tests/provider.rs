@@ -251,3 +251,20 @@ async fn close_cancels_everything() {
     drop(b);
     s.shutdown().await;
 }
+
+/// A process that drops its guard and closes the client at once (the usual
+/// way out of `main`) still leaves nothing registered: close waits for the
+/// background cancel.
+#[tokio::test]
+async fn close_waits_for_the_cancel_of_a_dropped_registration() {
+    let s = server("").await;
+    let d = client(&[addr_of(&s)]);
+    let reg = d.register(instance("drop.svc", 9000)).await.unwrap();
+    drop(reg);
+    d.close().await.unwrap();
+    assert!(
+        stored(&s, "drop.svc").is_empty(),
+        "close returned with the dropped registration still registered"
+    );
+    s.shutdown().await;
+}
