@@ -320,7 +320,7 @@ pub(crate) async fn poll_loop(core: Arc<Core>) {
             },
         )
         .param("env", &cfg.env)
-        .param("hostname", &cfg.hostname);
+        .param("hostname", &core.poll_identity);
         if fresh {
             call.header_ms = Some(FIRST_POLL_HEADER_MS);
         }
