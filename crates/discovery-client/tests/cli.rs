@@ -228,7 +228,7 @@ async fn watch_prints_changes_only() {
 
     // Providers renewing every 100 ms.
     let provider = |host: &str| {
-        let mut c = common::config(&[node.clone()]);
+        let mut c = common::config(std::slice::from_ref(&node));
         c.hostname = host.into();
         c.renew_interval = Duration::from_millis(100);
         discovery_client::Discovery::new(c).unwrap()
