@@ -1,5 +1,6 @@
-//! Registers an instance and keeps it registered until Ctrl-C, then cancels
-//! it within the SDK's 5 s bound.
+//! Registers an instance and keeps it registered until SIGINT (Ctrl-C) or
+//! SIGTERM (what `timeout`, systemd, Docker and Kubernetes send), then
+//! cancels it within the SDK's 5 s bound.
 //!
 //! ```sh
 //! DISCOVERY_NODES=127.0.0.1:7171 HOSTNAME=demo-1 \
@@ -42,10 +43,25 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    println!("registered {}; Ctrl-C to cancel", registration.appid());
-    let _ = tokio::signal::ctrl_c().await;
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("cannot install signal handlers");
+        let _ = registration.cancel().await;
+        std::process::exit(1);
+    };
+    println!(
+        "registered {}; Ctrl-C or SIGTERM cancels",
+        registration.appid()
+    );
+    let sig = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
     match registration.cancel().await {
-        Ok(()) => println!("cancelled"),
+        Ok(()) => println!("{sig}: cancelled"),
         Err(e) => eprintln!("cancel failed (the lease will expire): {e}"),
     }
 }

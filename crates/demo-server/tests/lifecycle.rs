@@ -151,3 +151,40 @@ async fn registers_serves_and_deregisters_on_sigterm() {
     let _ = discovery.close().await;
     topo.shutdown().await;
 }
+
+/// SIGINT (Ctrl-C) cancels as SIGTERM does, before the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deregisters_on_sigint() {
+    let topo = Topology::start(&Layout::zones(&[("zone01", 1)])).await;
+    topo.wait_ready().await;
+    let node = topo.url(0);
+    let mut cmd = demo_server();
+    cmd.env("DISCOVERY_NODES", topo.addr(0).to_string())
+        .env("HOSTNAME", "demo-server-int");
+    let mut server = Process::spawn_ready_file(cmd, "demo-server-int")
+        .await
+        .expect("starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !instances(&node)
+        .await
+        .iter()
+        .any(|i| i["hostname"] == "demo-server-int")
+    {
+        assert!(Instant::now() < deadline, "never registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sent = Instant::now();
+    server.signal("INT").await.expect("kill");
+    let status = tokio::time::timeout(Duration::from_secs(15), server.wait())
+        .await
+        .expect("exits after SIGINT")
+        .expect("wait");
+    println!("SIGINT to exit: {:?}", sent.elapsed());
+    assert!(status.success(), "{status:?}");
+    let left = instances(&node).await;
+    assert!(
+        left.iter().all(|i| i["hostname"] != "demo-server-int"),
+        "still registered after exit: {left:?}"
+    );
+    topo.shutdown().await;
+}

@@ -34,7 +34,8 @@ pub const ENV_REGION: &str = "REGION";
 pub const ENV_ZONE: &str = "ZONE";
 /// Environment variable of the deploy env.
 pub const ENV_DEPLOY_ENV: &str = "DEPLOY_ENV";
-/// Environment variable of the hostname (instance and poller identity).
+/// Environment variable of the hostname (instance identity; polls add a
+/// per-client suffix).
 pub const ENV_HOSTNAME: &str = "HOSTNAME";
 /// Environment variable of the traffic colour.
 pub const ENV_COLOR: &str = "DEPLOY_COLOR";
@@ -60,7 +61,8 @@ pub struct Config {
     pub zone: String,
     /// Deploy env of this process.
     pub env: String,
-    /// Hostname: identity of our instances and of our long polls.
+    /// Hostname: identity of our instances. Long polls send it with a
+    /// per-client suffix ([`crate::Discovery::poll_identity`]).
     pub hostname: String,
     /// Traffic colour; empty when uncoloured.
     pub color: String,

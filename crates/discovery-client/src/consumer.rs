@@ -15,6 +15,9 @@
 //! * The registry's own `infra.discovery` app is always polled: the
 //!   `http://` addresses of its own-zone instances become the node list.
 //! * Dropping the last [`Watch`] of an appid removes it from the next poll.
+//! * Polls carry [`Discovery::poll_identity`] as their `hostname`: the
+//!   configured hostname plus a per-client suffix, so that clients sharing a
+//!   hostname never share a Go server's long-poll waiter.
 //!
 //! A registry that is down never blocks a caller: [`Watch::resolved`] returns
 //! [`Resolution::Pending`] after its bound while the loop keeps retrying.
@@ -320,7 +323,7 @@ pub(crate) async fn poll_loop(core: Arc<Core>) {
             },
         )
         .param("env", &cfg.env)
-        .param("hostname", &cfg.hostname);
+        .param("hostname", &core.poll_identity);
         if fresh {
             call.header_ms = Some(FIRST_POLL_HEADER_MS);
         }

@@ -76,6 +76,12 @@ pub(crate) struct Core {
     pub(crate) registrations: Mutex<HashMap<String, RegEntry>>,
     /// Watched apps and the poll set.
     pub(crate) apps: Apps,
+    /// The `hostname` of this client's polls: the configured hostname plus
+    /// a per-client suffix (see [`Discovery::poll_identity`]).
+    pub(crate) poll_identity: String,
+    /// Background cancels of registrations dropped without `cancel`;
+    /// [`Discovery::close`] waits for them.
+    pub(crate) abandoned: Mutex<JoinSet<()>>,
 }
 
 impl Core {
@@ -150,12 +156,15 @@ impl Discovery {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::InvalidConfig("Discovery::new must be called within a tokio runtime".into())
         })?;
+        let poll_identity = format!("{}#{:08x}", config.hostname, rand::random::<u32>());
         let core = Arc::new(Core {
             transport: Transport::new(&config)?,
             apps: Apps::new(&config),
             config,
             closed: AtomicBool::new(false),
             registrations: Mutex::new(HashMap::new()),
+            abandoned: Mutex::new(JoinSet::new()),
+            poll_identity,
         });
         let poll_loop = runtime.spawn(consumer::poll_loop(Arc::clone(&core)));
         Ok(Discovery {
@@ -170,6 +179,20 @@ impl Discovery {
     /// The resolved settings.
     pub fn config(&self) -> &Config {
         &self.core().config
+    }
+
+    /// The `hostname` this client's long polls carry: the configured
+    /// hostname with a suffix unique to this client, e.g. `web-1#9f3a0c21`.
+    /// Registrations, renews and cancels carry the configured hostname.
+    ///
+    /// A Go discovery server keeps one waiter per (appid, poll hostname),
+    /// shared by every poll with that hostname: a change wakes as many polls
+    /// as share it, whichever they are, so a client watching other apps can
+    /// take the wake-up of one that watches this app, which then waits for
+    /// the 30 s hold to end. Several clients in one process share the
+    /// process's hostname; the suffix gives each its own waiters.
+    pub fn poll_identity(&self) -> &str {
+        &self.core().poll_identity
     }
 
     /// The node list in use (seeds, or what self-discovery found).
@@ -201,7 +224,8 @@ impl Discovery {
     }
 
     /// Cancels every registration (each bounded by `cancel_timeout`, all at
-    /// once), stops the poll loop and drops the connection pool. Later calls
+    /// once), waits for the background cancels of dropped registrations,
+    /// stops the poll loop and drops the connection pool. Later calls
     /// fail with [`Error::Closed`]; cancelling a registration afterwards is a
     /// no-op. Returns the first cancel error, if any.
     pub async fn close(&self) -> Result<(), Error> {
@@ -217,6 +241,8 @@ impl Discovery {
         let mut fetches = std::mem::take(&mut *self.inner.fetches.lock());
         fetches.shutdown().await;
         let result = provider::cancel_all(&core).await;
+        let mut dropped = std::mem::take(&mut *core.abandoned.lock());
+        while dropped.join_next().await.is_some() {}
         core.apps.close();
         core.transport.close();
         result

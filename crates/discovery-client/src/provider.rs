@@ -11,9 +11,13 @@
 //!   first (so a late renew cannot re-register), then cancels, retrying over
 //!   the nodes for at most `cancel_timeout` (5 s); `-404` counts as success;
 //! * dropping the guard without `cancel` stops the task and spawns the same
-//!   bounded cancel in the background (a warning is logged); if no tokio
-//!   runtime is left to run it, the server's lease removes the instance
-//!   90–150 s later;
+//!   bounded cancel in the background; [`Discovery::close`] waits for such
+//!   cancels, so a process that drops its guards and then closes the client
+//!   leaves nothing registered. If no tokio runtime is left to run it, the
+//!   server's lease removes the instance 90–150 s later;
+//! * a registration ended by drop or [`Discovery::close`] logs one line
+//!   saying whether the cancel was answered and how long it took (an
+//!   explicit `cancel` returns that to its caller, and logs only failures);
 //! * one registration per appid per client: a second one fails with
 //!   [`Error::Duplicate`] until the first is cancelled or dropped.
 //!
@@ -291,9 +295,43 @@ fn remove_entry(core: &Core, appid: &str, id: u64) -> Option<RegEntry> {
     }
 }
 
+/// Why a registration ends; named in its one log line.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    Cancel,
+    Dropped,
+    Closed,
+}
+
+/// [`cancel_bounded`], then the one log line of the registration's end.
+async fn cancel_logged(core: &Core, ins: &Instance, ending: Ending) -> Result<(), Error> {
+    let started = tokio::time::Instant::now();
+    let result = cancel_bounded(core, ins).await;
+    let ms = started.elapsed().as_millis();
+    let (appid, hostname) = (&ins.appid, &ins.hostname);
+    let how = match ending {
+        Ending::Cancel => "cancel()",
+        Ending::Dropped => "registration dropped without cancel()",
+        Ending::Closed => "client closed",
+    };
+    match &result {
+        // The caller of `cancel()` has the result to report; the other
+        // endings have nobody else to say so.
+        Ok(node) if matches!(ending, Ending::Cancel) => {
+            debug!(%appid, %hostname, node, ms, "{how}: cancelled");
+        }
+        Ok(node) => info!(%appid, %hostname, node, ms, "{how}: cancelled"),
+        Err(e) => warn!(
+            %appid, %hostname, ms, error = %e,
+            "{how}: cancel failed; the registry evicts the instance when its lease expires"
+        ),
+    }
+    result.map(drop)
+}
+
 /// Sends cancel, retrying over the nodes for at most `cancel_timeout`.
-/// `-404` (already gone) is success.
-async fn cancel_bounded(core: &Core, ins: &Instance) -> Result<(), Error> {
+/// `-404` (already gone) is success. Returns the node that answered.
+async fn cancel_bounded(core: &Core, ins: &Instance) -> Result<String, Error> {
     let bound = core.config.cancel_timeout;
     let deadline = tokio::time::Instant::now() + bound;
     let attempt = async {
@@ -305,8 +343,7 @@ async fn cancel_bounded(core: &Core, ins: &Instance) -> Result<(), Error> {
             );
             match core.transport.call_current(&call).await {
                 Ok((env, node)) if env.code == code::OK || env.code == code::NOT_FOUND => {
-                    info!(appid = %ins.appid, hostname = %ins.hostname, node, "cancelled");
-                    return Ok(());
+                    return Ok(node);
                 }
                 Ok((env, _)) => return Err(env.server_error()),
                 Err(CallError::Closed) => return Err(Error::Closed),
@@ -338,7 +375,7 @@ pub(crate) async fn cancel_all(core: &Arc<Core>) -> Result<(), Error> {
         let core = Arc::clone(core);
         set.spawn(async move {
             stop_renew(&mut e).await;
-            cancel_bounded(&core, &e.instance).await
+            cancel_logged(&core, &e.instance, Ending::Closed).await
         });
     }
     let mut first = Ok(());
@@ -378,7 +415,7 @@ impl Deregister for Handle {
                 task.abort();
                 let _ = task.await;
             }
-            let result = cancel_bounded(&self.core, &ins).await;
+            let result = cancel_logged(&self.core, &ins, Ending::Cancel).await;
             remove_entry(&self.core, &self.appid, self.id);
             result
         })
@@ -393,16 +430,14 @@ impl Deregister for Handle {
         }
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                warn!(
-                    appid = %self.appid,
-                    "registration dropped without cancel(); cancelling in the background"
-                );
-                let core = self.core;
-                rt.spawn(async move {
-                    if let Err(e) = cancel_bounded(&core, &entry.instance).await {
-                        warn!(appid = %entry.instance.appid, error = %e, "background cancel failed");
-                    }
-                });
+                let core = Arc::clone(&self.core);
+                let cancel = async move {
+                    let _ = cancel_logged(&core, &entry.instance, Ending::Dropped).await;
+                };
+                let mut pending = self.core.abandoned.lock();
+                // Reap finished cancels so the set does not grow.
+                while pending.try_join_next().is_some() {}
+                pending.spawn_on(cancel, &rt);
             }
             Err(_) => warn!(
                 appid = %self.appid,

@@ -83,3 +83,228 @@ async fn fetch_table_and_json_then_set() {
     assert_eq!(out.status.code(), Some(1));
     s.shutdown().await;
 }
+
+/// A running `discoveryctl` whose stdout and stderr lines are collected.
+struct Running {
+    child: tokio::process::Child,
+    stdout: Lines,
+    stderr: Lines,
+}
+
+type Lines = std::sync::Arc<parking_lot::Mutex<Vec<String>>>;
+
+fn collect(r: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Lines {
+    use tokio::io::AsyncBufReadExt;
+    let lines = Lines::default();
+    let out = std::sync::Arc::clone(&lines);
+    tokio::spawn(async move {
+        let mut r = tokio::io::BufReader::new(r).lines();
+        while let Ok(Some(l)) = r.next_line().await {
+            println!("[discoveryctl] {l}");
+            out.lock().push(l);
+        }
+    });
+    lines
+}
+
+fn spawn_ctl(args: &[&str]) -> Running {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_discoveryctl"))
+        .args(args)
+        .env_remove("DISCOVERY_NODES")
+        .env("ZONE", "zone01")
+        .env("DEPLOY_ENV", "dev")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = collect(child.stdout.take().unwrap());
+    let stderr = collect(child.stderr.take().unwrap());
+    Running {
+        child,
+        stdout,
+        stderr,
+    }
+}
+
+impl Running {
+    async fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let st = tokio::process::Command::new("kill")
+            .args(["-s", sig, &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// Waits for the exit (at most 10 s) and for the pipes to drain.
+    async fn exit(&mut self) -> std::process::ExitStatus {
+        let st = tokio::time::timeout(std::time::Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("exits within 10 s")
+            .unwrap();
+        // The readers end at EOF right after the exit.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        st
+    }
+}
+
+/// `discoveryctl register` ended by a signal leaves nothing registered, and
+/// says so in one line.
+async fn register_then_signal(sig: &str) {
+    use std::time::{Duration, Instant};
+    let s = server("").await;
+    let node = addr_of(&s);
+    let host = format!("ctl-{sig}");
+    let mut ctl = spawn_ctl(&[
+        "--discovery-nodes",
+        &node,
+        "--hostname",
+        &host,
+        "register",
+        "ctl.svc",
+        "grpc://127.0.0.1:9000",
+    ]);
+    common::eventually(Duration::from_secs(10), "registered", || {
+        stored(&s, "ctl.svc").iter().any(|i| i.hostname == host)
+    })
+    .await;
+    let sent = Instant::now();
+    ctl.signal(sig).await;
+    let status = ctl.exit().await;
+    let took = sent.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        stored(&s, "ctl.svc").is_empty(),
+        "still registered after {sig}"
+    );
+    let said: Vec<String> = ctl
+        .stderr
+        .lock()
+        .iter()
+        .filter(|l| l.contains("cancelled"))
+        .cloned()
+        .collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].starts_with(&format!("SIG{sig}: cancelled ctl.svc ({host})")));
+    println!("SIG{sig} to exit with the instance cancelled: {took:?}");
+    // The bound is the SDK's 5 s cancel_timeout; loopback takes milliseconds.
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn register_cancels_on_sigterm() {
+    register_then_signal("TERM").await;
+}
+
+#[tokio::test]
+async fn register_cancels_on_sigint() {
+    register_then_signal("INT").await;
+}
+
+/// `discoveryctl watch` prints one table per change of the instance set:
+/// renews and re-sent snapshots print nothing, "not found" comes once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_changes_only() {
+    use std::time::Duration;
+
+    use naming::Registry;
+    let s = server("").await;
+    let node = addr_of(&s);
+    let mut ctl = spawn_ctl(&["--discovery-nodes", &node, "watch", "w.svc"]);
+    let tables = |r: &Running| {
+        r.stdout
+            .lock()
+            .iter()
+            .filter(|l| l.starts_with("APPID"))
+            .count()
+    };
+    common::eventually(Duration::from_secs(10), "not found", || {
+        ctl.stderr.lock().iter().any(|l| l.contains("not found"))
+    })
+    .await;
+
+    // Providers renewing every 100 ms.
+    let provider = |host: &str| {
+        let mut c = common::config(std::slice::from_ref(&node));
+        c.hostname = host.into();
+        c.renew_interval = Duration::from_millis(100);
+        discovery_client::Discovery::new(c).unwrap()
+    };
+    let (d1, d2) = (provider("p1"), provider("p2"));
+    let r1 = d1.register(common::instance("w.svc", 9001)).await.unwrap();
+    common::eventually(Duration::from_secs(5), "table with p1", || {
+        tables(&ctl) == 1
+    })
+    .await;
+    let not_found = |r: &Running| {
+        r.stderr
+            .lock()
+            .iter()
+            .filter(|l| l.contains("not found"))
+            .count()
+    };
+    assert_eq!(not_found(&ctl), 1, "one not-found line before the provider");
+    let r2 = d2.register(common::instance("w.svc", 9002)).await.unwrap();
+    common::eventually(Duration::from_secs(5), "table with p1, p2", || {
+        tables(&ctl) == 2
+    })
+    .await;
+    // Let both renew several times: renews are no change.
+    let renewed = |host: &str| {
+        stored(&s, "w.svc")
+            .iter()
+            .find(|i| i.hostname == host)
+            .map_or(0, |i| i.renew_timestamp)
+    };
+    let (t1, t2) = (renewed("p1"), renewed("p2"));
+    common::eventually(Duration::from_secs(5), "three renews each", || {
+        renewed("p1") >= t1 + 250_000_000 && renewed("p2") >= t2 + 250_000_000
+    })
+    .await;
+    assert_eq!(tables(&ctl), 2, "renews printed something");
+    // Taking p1 out of traffic is a change: watches see UP instances only.
+    d1.set(
+        "w.svc",
+        discovery_client::SetRequest {
+            status: Some(naming::Status::Waiting),
+            metadata: None,
+        },
+    )
+    .await
+    .unwrap();
+    common::eventually(Duration::from_secs(5), "table after the set", || {
+        tables(&ctl) == 3
+    })
+    .await;
+    r2.cancel().await.unwrap();
+    common::eventually(Duration::from_secs(5), "table after the cancel", || {
+        tables(&ctl) == 4
+    })
+    .await;
+    r1.cancel().await.unwrap();
+    let _ = tokio::join!(d1.close(), d2.close());
+    ctl.signal("TERM").await;
+    assert!(ctl.exit().await.success());
+    let out = ctl.stdout.lock().clone();
+    // p1; p1+p2; p2 (p1 waiting); no UP instance left. Cancelling the
+    // waiting p1 changes no UP set, so it prints nothing.
+    let tables: Vec<&[String]> = out.split(|l| l.starts_with("APPID")).skip(1).collect();
+    let hosts: Vec<Vec<&str>> = tables
+        .iter()
+        .map(|t| {
+            t.iter()
+                .map(|row| row.split_whitespace().nth(2).unwrap_or(""))
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        hosts,
+        [vec!["p1"], vec!["p1", "p2"], vec!["p2"], vec!["(no"]],
+        "{out:#?}"
+    );
+    assert_eq!(not_found(&ctl), 1);
+    s.shutdown().await;
+}

@@ -154,9 +154,15 @@ async fn one_poll_for_all_apps_with_steady_headers() {
             ["a.svc", "b.svc", "c.svc", "infra.discovery"]
         );
         assert_eq!(p.all("latest_timestamp"), ["100", "100", "100", "100"]);
+        // Polls carry the per-client identity, the configured hostname
+        // plus a suffix.
         assert_eq!(
             (p.one("env"), p.one("hostname")),
-            ("dev".into(), d.config().hostname.clone())
+            ("dev".into(), d.poll_identity().to_string())
+        );
+        assert!(
+            d.poll_identity()
+                .starts_with(&format!("{}#", d.config().hostname))
         );
         assert!(p.one("zone").is_empty());
     }

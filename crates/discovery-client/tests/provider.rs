@@ -251,3 +251,59 @@ async fn close_cancels_everything() {
     drop(b);
     s.shutdown().await;
 }
+
+/// A process that drops its guard and closes the client at once (the usual
+/// way out of `main`) still leaves nothing registered: close waits for the
+/// background cancel.
+#[tokio::test]
+async fn close_waits_for_the_cancel_of_a_dropped_registration() {
+    let s = server("").await;
+    let d = client(&[addr_of(&s)]);
+    let reg = d.register(instance("drop.svc", 9000)).await.unwrap();
+    drop(reg);
+    d.close().await.unwrap();
+    assert!(
+        stored(&s, "drop.svc").is_empty(),
+        "close returned with the dropped registration still registered"
+    );
+    s.shutdown().await;
+}
+
+/// A dropped registration says in one log line that it was cancelled.
+#[tokio::test]
+async fn a_dropped_registration_logs_one_line() {
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    // A current-thread test runtime: every task logs through this thread.
+    let _logs = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
+    let s = server("").await;
+    let d = client(&[addr_of(&s)]);
+    drop(d.register(instance("drop.svc", 9000)).await.unwrap());
+    d.close().await.unwrap();
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("drop.svc") && l.contains("registration dropped"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(lines[0].contains("cancelled"), "{}", lines[0]);
+    s.shutdown().await;
+}

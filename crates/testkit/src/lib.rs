@@ -8,7 +8,8 @@
 //!   only a real process shows (`kill -9`, signals).
 //!
 //! [`demo::DemoTopology`] adds demo servers and the demo client to a
-//! process topology.
+//! process topology. [`go_double::GoDouble`] stands in for a node of the Go
+//! original where its long-poll rules matter to an SDK.
 //!
 //! ```no_run
 //! # async fn run() {
@@ -23,6 +24,7 @@
 //! ```
 
 pub mod demo;
+pub mod go_double;
 
 use std::{
     net::SocketAddr,

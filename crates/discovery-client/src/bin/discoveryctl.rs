@@ -11,7 +11,11 @@
 //! discoveryctl nodes
 //! ```
 
-use std::{collections::BTreeMap, process::ExitCode, time::Duration};
+use std::{
+    collections::BTreeMap,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use clap::{Parser, Subcommand};
 use discovery_client::{Discovery, SetRequest, config::Flags};
@@ -35,7 +39,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Register an instance and keep it until Ctrl-C, then cancel it
+    /// Register an instance and keep it until SIGINT (Ctrl-C) or SIGTERM,
+    /// then cancel it
     Register {
         /// The appid
         appid: String,
@@ -58,7 +63,8 @@ enum Cmd {
         #[arg(required = true)]
         appids: Vec<String>,
     },
-    /// Watch apps and print every change until Ctrl-C
+    /// Watch apps and print each change of their instance sets until SIGINT
+    /// or SIGTERM
     Watch {
         /// Appids
         #[arg(required = true)]
@@ -115,6 +121,9 @@ async fn run(d: &Discovery, cmd: Cmd, json: bool) -> Result<(), Error> {
             metadata,
             status,
         } => {
+            // Installed before registering: a signal that lands during the
+            // register then cancels it instead of killing the process.
+            let stop = signals()?;
             let reg = d
                 .register(Instance {
                     appid,
@@ -125,13 +134,25 @@ async fn run(d: &Discovery, cmd: Cmd, json: bool) -> Result<(), Error> {
                     ..Default::default()
                 })
                 .await?;
-            eprintln!(
-                "registered {} as {}; Ctrl-C to cancel",
-                reg.appid(),
-                d.config().hostname
-            );
-            let _ = tokio::signal::ctrl_c().await;
-            reg.cancel().await
+            let (appid, hostname) = (reg.appid().to_string(), d.config().hostname.clone());
+            eprintln!("registered {appid} as {hostname}; SIGINT (Ctrl-C) or SIGTERM cancels");
+            let sig = stop.await;
+            let started = Instant::now();
+            // The SDK bounds the cancel by `cancel_timeout`; this outer bound
+            // only guards against a stuck runtime.
+            let bound = d.config().cancel_timeout + Duration::from_secs(1);
+            let result = tokio::time::timeout(bound, reg.cancel())
+                .await
+                .unwrap_or(Err(Error::Timeout(naming::Elapsed(bound))));
+            let took = started.elapsed().as_millis();
+            match &result {
+                Ok(()) => eprintln!("{sig}: cancelled {appid} ({hostname}) in {took} ms"),
+                Err(e) => eprintln!(
+                    "{sig}: cancel of {appid} ({hostname}) failed after {took} ms: {e}; \
+                     the registry evicts it when its lease expires"
+                ),
+            }
+            result
         }
         Cmd::Fetch { appids } => {
             let mut found = BTreeMap::new();
@@ -187,7 +208,68 @@ async fn run(d: &Discovery, cmd: Cmd, json: bool) -> Result<(), Error> {
     }
 }
 
+/// Installs the SIGINT and SIGTERM handlers now; the future resolves with
+/// the first signal's name. SIGTERM matters as much as Ctrl-C: it is what
+/// `timeout`, systemd, Docker and Kubernetes send.
+fn signals() -> Result<impl std::future::Future<Output = &'static str>, Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let install = |kind| {
+        signal(kind).map_err(|e| Error::InvalidConfig(format!("installing signal handlers: {e}")))
+    };
+    let (mut term, mut int) = (
+        install(SignalKind::terminate())?,
+        install(SignalKind::interrupt())?,
+    );
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    })
+}
+
+/// What a watch last printed for an app: a table is printed only when the
+/// instance set differs from the previous one. Timestamps are left out:
+/// a renew, or a re-sent snapshot, changes them without changing the set.
+#[derive(Debug, PartialEq, Eq)]
+enum Shown {
+    NotFound,
+    Set(Vec<InstanceKey>),
+}
+
+/// The fields of an instance a change is made of.
+type InstanceKey = (
+    String,
+    String,
+    u32,
+    String,
+    Vec<String>,
+    BTreeMap<String, String>,
+);
+
+fn instance_set(info: &InstancesInfo) -> Vec<InstanceKey> {
+    let mut set: Vec<InstanceKey> = info
+        .instances
+        .iter()
+        .flat_map(|(zone, list)| {
+            list.iter().map(move |i| {
+                (
+                    zone.clone(),
+                    i.hostname.clone(),
+                    i.status.as_u32(),
+                    i.version.clone(),
+                    i.addrs.clone(),
+                    i.metadata.clone(),
+                )
+            })
+        })
+        .collect();
+    set.sort();
+    set
+}
+
 async fn watch(d: &Discovery, appids: Vec<String>, json: bool) -> Result<(), Error> {
+    let stop = signals()?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut watches = Vec::new();
     for appid in appids {
@@ -205,12 +287,25 @@ async fn watch(d: &Discovery, appids: Vec<String>, json: bool) -> Result<(), Err
         watches.push(w);
     }
     drop(tx);
+    let mut shown: BTreeMap<String, Shown> = BTreeMap::new();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             got = rx.recv() => {
                 let Some((appid, state)) = got else { return Ok(()) };
+                let now = match &state {
+                    // Every watch starts pending; the registry's first answer
+                    // follows within a round trip, so there is nothing to say.
+                    Resolution::Pending => continue,
+                    Resolution::NotFound { .. } => Shown::NotFound,
+                    Resolution::Found(info) => Shown::Set(instance_set(info)),
+                };
+                if shown.get(&appid) == Some(&now) {
+                    continue;
+                }
+                shown.insert(appid.clone(), now);
                 match state {
-                    Resolution::Pending => eprintln!("{appid}: waiting for the registry"),
+                    Resolution::Pending => {}
                     Resolution::NotFound { appid, env } => eprintln!("{appid}: not found in env {env}"),
                     Resolution::Found(info) if json => println!(
                         "{}",
@@ -219,7 +314,7 @@ async fn watch(d: &Discovery, appids: Vec<String>, json: bool) -> Result<(), Err
                     Resolution::Found(info) => print_table([(appid.as_str(), &*info)]),
                 }
             }
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = &mut stop => return Ok(()),
         }
     }
 }

@@ -462,7 +462,10 @@ fn a_peer_copy_of_an_instance_evicted_here_is_taken_back() {
         peer: true,
         ..Default::default()
     };
-    assert!(reg.register(ins("sh001", "h1"), repair, T0 + 3 * SEC).applied);
+    assert!(
+        reg.register(ins("sh001", "h1"), repair, T0 + 3 * SEC)
+            .applied
+    );
     assert!(reg.get(&key("sh001", "h1")).is_some());
     assert_eq!(reg.tombstones(), 0);
 }
