@@ -232,6 +232,7 @@ impl ConfigBuilder {
 /// assert_eq!(config.nodes, ["a:7171", "b:7171"]);
 /// assert_eq!(config.zone, "sh001");
 /// ```
+#[cfg(feature = "cli")]
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct Flags {
     /// Discovery nodes, comma-separated `host:port` [env: DISCOVERY_NODES]
@@ -257,6 +258,7 @@ pub struct Flags {
     pub appid: Option<String>,
 }
 
+#[cfg(feature = "cli")]
 impl Flags {
     /// A builder holding the given flags; unset values still fall back to
     /// the environment and defaults.
