@@ -809,9 +809,7 @@ async fn replicate(State(api): Shared, req: Request<Body>) -> Response {
 
 async fn replicate_inner(api: &Api, req: Request<Body>) -> Result<Response, Reply> {
     let caller = Caller::of(&req);
-    let body = axum::body::to_bytes(req.into_body(), api.config.limits.max_body_bytes)
-        .await
-        .map_err(|_| Reply::message(BAD_REQUEST, "batch exceeds limits.max_body_bytes"))?;
+    let body = crate::params::read_body(req.into_body(), api.config.limits.max_body_bytes).await?;
     api.authorize(crate::auth::Need::PeerWrite, &caller, &Params::default())?;
     let batch: Batch = serde_json::from_slice(&body)
         .map_err(|e| Reply::bad_param("ops", format!("not a batch: {e}")))?;

@@ -107,6 +107,16 @@ pub struct HttpServer {
     pub write_timeout: Option<Duration>,
 }
 
+impl HttpServer {
+    /// How long a client may take to send a request's head, and then its
+    /// body: `readTimeout`, or the request deadline `timeout` when
+    /// `readTimeout` is unset, so that no connection is ever unbounded.
+    /// Idle keep-alive connections are closed after it too.
+    pub fn read_deadline(&self) -> Duration {
+        self.read_timeout.unwrap_or(self.timeout)
+    }
+}
+
 /// `[httpClient]`: how this node talks to its peers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpClient {
@@ -184,6 +194,9 @@ pub struct Limits {
     pub max_pollers: usize,
     /// Instances per node.
     pub max_instances: usize,
+    /// Open client connections; more are answered 503 and closed at once
+    /// (also kept below the process's open-file limit).
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -197,6 +210,7 @@ impl Default for Limits {
             max_appids_per_poll: 512,
             max_pollers: 50_000,
             max_instances: 1_000_000,
+            max_connections: 50_000,
         }
     }
 }
@@ -379,6 +393,7 @@ struct RawLimits {
     max_appids_per_poll: Option<usize>,
     max_pollers: Option<usize>,
     max_instances: Option<usize>,
+    max_connections: Option<usize>,
 }
 
 /// Keys the Go original's files carry that we accept without using.
@@ -564,6 +579,11 @@ impl Config {
             )?,
             max_pollers: nonzero("limits.max_pollers", l.max_pollers, d.max_pollers)?,
             max_instances: nonzero("limits.max_instances", l.max_instances, d.max_instances)?,
+            max_connections: nonzero(
+                "limits.max_connections",
+                l.max_connections,
+                d.max_connections,
+            )?,
         };
 
         let hs = raw.httpserver;

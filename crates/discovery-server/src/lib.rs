@@ -20,5 +20,6 @@ pub mod snapshot;
 
 pub mod replication;
 
+mod conn;
 mod params;
 mod reply;
