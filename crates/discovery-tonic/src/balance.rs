@@ -756,6 +756,13 @@ impl Pool {
             }
             Resolution::Found(info) => info,
         };
+        // Before the pipeline, whose scheme filter drops instances without
+        // a `grpc://` address silently.
+        for ins in info.iter() {
+            if dialable(ins).is_none() {
+                self.undialable.report(shared, ins);
+            }
+        }
         let processed;
         let info = match &stages.options {
             Some(options) => {
@@ -771,7 +778,6 @@ impl Pool {
                 continue;
             }
             let Some(addr) = dialable(ins) else {
-                self.undialable.report(shared, ins);
                 continue;
             };
             if wanted.iter().any(|(a, _, _)| a == addr) {

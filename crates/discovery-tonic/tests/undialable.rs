@@ -95,7 +95,9 @@ async fn undialable_addresses_are_skipped_and_logged_once() {
     }
     let good = server.addr.to_string();
     assert!(
-        !text.lines().any(|l| l.contains("cannot dial") && l.contains(&good)),
+        !text
+            .lines()
+            .any(|l| l.contains("cannot dial") && l.contains(&good)),
         "{text}"
     );
     assert!(text.contains(APPID), "{text}");
