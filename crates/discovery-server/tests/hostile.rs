@@ -752,6 +752,47 @@ async fn oversized_bodies_are_answered_not_reset() {
     node.finish("oversized_bodies").await;
 }
 
+/// Request bodies sent too slowly: each is answered `-400` at the read
+/// deadline (3 s after its head), and its connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies() {
+    let node = Hostile::start("").await;
+    let mut set = JoinSet::new();
+    for _ in 0..50 {
+        let addr = node.addr;
+        set.spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let t = Instant::now();
+            s.write_all(
+                b"POST /discovery/register HTTP/1.1\r\nhost: x\r\n\
+                  content-type: application/x-www-form-urlencoded\r\n\
+                  content-length: 1000\r\n\r\nzone=sh001",
+            )
+            .await
+            .unwrap();
+            let answer = read_answer(&mut s).await;
+            (t.elapsed(), answer)
+        });
+    }
+    let mut after = Vec::new();
+    while let Some(r) = set.join_next().await {
+        let (took, answer) = r.unwrap();
+        assert!(
+            answer.contains(r#""code":-400"#) && answer.contains("not received within"),
+            "{answer}"
+        );
+        assert!(took >= Duration::from_millis(2900), "{took:?}");
+        after.push(took);
+    }
+    let slowest = after.iter().max().unwrap();
+    println!(
+        "slow bodies answered after {:?}..{slowest:?}",
+        after.iter().min().unwrap()
+    );
+    assert!(*slowest < Duration::from_secs(10), "{slowest:?}");
+    node.finish("slow_bodies").await;
+}
+
 /// Malformed writes of every kind: each is refused with `-400` and a
 /// message, and none disturbs the witness.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -373,7 +373,7 @@ impl Bench {
         self.rows.push(
             Row::new(&name, "ops/s", slowed.ops_per_s, "/s")
                 .ratio("unloaded fetch", fetch.ops_per_s)
-                .note(&format!(
+                .note(format!(
                     "{still_open} of {SLOW_CONNS} still open at the end (closed at the read deadline)"
                 )),
         );
