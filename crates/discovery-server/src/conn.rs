@@ -37,7 +37,7 @@ use tokio::{
     task::JoinSet,
     time::{Instant, Sleep},
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::metrics::ConnMetrics;
 
@@ -77,12 +77,18 @@ impl ConnLimits {
         if let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
             let room = usize::try_from(soft.saturating_sub(FD_RESERVE).max(1)).unwrap_or(max);
             if room < max {
-                warn!(
-                    configured = max,
-                    open_file_limit = soft,
-                    effective = room,
-                    "limits.max_connections exceeds the open-file limit; capping it"
-                );
+                // Only a configured value deserves a warning; the default is
+                // meant to be capped on hosts with a low limit.
+                if max == crate::config::Limits::default().max_connections {
+                    info!(open_file_limit = soft, effective = room, "connection cap");
+                } else {
+                    warn!(
+                        configured = max,
+                        open_file_limit = soft,
+                        effective = room,
+                        "limits.max_connections exceeds the open-file limit; capping it"
+                    );
+                }
                 max = room;
             }
         }
