@@ -510,7 +510,7 @@ fn random_word(rng: &mut StdRng) -> String {
         .collect()
 }
 
-/// Register, renew, cancel and set of random keys, and polls of random
+/// Register, renew, cancel, set and peer batches of random keys, and polls of random
 /// appids and hostnames: every write route's map fills up to its limit and
 /// no further, and the witness is not disturbed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -527,16 +527,34 @@ async fn random_key_floods() {
             ("hostname", host.as_str()),
         ];
         let mut pairs = key.to_vec();
-        let path = match rng.random_range(0..4) {
+        let path = match rng.random_range(0..5) {
             0 => {
                 pairs.extend([("status", "1"), ("addrs", "grpc://10.9.9.9:1")]);
                 "register"
             }
             1 => "renew",
             2 => "cancel",
-            _ => {
+            3 => {
                 pairs.push(("status", "2"));
                 "set"
+            }
+            _ => {
+                // A batch of peer-marked writes of the same random key.
+                pairs.extend([
+                    ("replication", "true"),
+                    ("status", "1"),
+                    ("addrs", "grpc://10.9.9.9:1"),
+                ]);
+                let f = form(&pairs);
+                let ops: Vec<Value> = ["register", "renew", "cancel"]
+                    .iter()
+                    .take(rng.random_range(1..=3))
+                    .map(|op| serde_json::json!({"path": format!("/discovery/{op}"), "form": f}))
+                    .collect();
+                return http
+                    .post(format!("{base}/discovery/replicate"))
+                    .header("content-type", "application/json")
+                    .body(serde_json::json!({ "ops": ops }).to_string());
             }
         };
         http.post(format!("{base}/discovery/{path}"))
@@ -882,6 +900,8 @@ async fn malformed_bodies() {
             "register",
             br#"{"zone":"sh001"}"#.to_vec(),
         ),
+        ("application/json", "replicate", b"not a batch".to_vec()),
+        ("application/json", "replicate", br#"{"ops":"x"}"#.to_vec()),
     ];
     let http = reqwest::Client::new();
     let mut codes = BTreeMap::<i64, usize>::new();
