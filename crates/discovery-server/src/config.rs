@@ -101,7 +101,8 @@ pub struct HttpServer {
     pub addr: String,
     /// Request deadline.
     pub timeout: Duration,
-    /// Read timeout; `None` = none.
+    /// Read timeout; `None` (unset or 0) = `timeout`, see
+    /// [`HttpServer::read_deadline`].
     pub read_timeout: Option<Duration>,
     /// Write timeout; caps the poll hold at `write_timeout − 1 s`.
     pub write_timeout: Option<Duration>,
@@ -852,6 +853,23 @@ mod tests {
         assert_eq!(cfg.nodes, ["a:1"]);
         assert_eq!(cfg.zones["SH002"], ["b:2"]);
         assert_eq!(warnings, ["unknown config key `bogus` ignored"]);
+    }
+
+    #[test]
+    fn read_deadline_is_read_timeout_or_else_timeout() {
+        let (c, _) =
+            Config::parse("[httpServer]\ntimeout = \"40s\"\nreadTimeout = \"2s\"\n").unwrap();
+        assert_eq!(c.http_server.read_deadline(), Duration::from_secs(2));
+        for text in [
+            "timeout = \"7s\"\n",
+            "timeout = \"7s\"\nreadTimeout = \"0s\"\n",
+        ] {
+            let (c, _) = Config::parse(&format!("[httpServer]\n{text}")).unwrap();
+            assert_eq!(c.http_server.read_deadline(), Duration::from_secs(7));
+        }
+        assert_eq!(Config::default().limits.max_connections, 50_000);
+        let err = Config::parse("[limits]\nmax_connections = 0\n").unwrap_err();
+        assert!(err.to_string().contains("limits.max_connections"), "{err}");
     }
 
     #[test]
