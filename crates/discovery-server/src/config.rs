@@ -101,10 +101,21 @@ pub struct HttpServer {
     pub addr: String,
     /// Request deadline.
     pub timeout: Duration,
-    /// Read timeout; `None` = none.
+    /// Read timeout; `None` (unset or 0) = `timeout`, see
+    /// [`HttpServer::read_deadline`].
     pub read_timeout: Option<Duration>,
     /// Write timeout; caps the poll hold at `write_timeout − 1 s`.
     pub write_timeout: Option<Duration>,
+}
+
+impl HttpServer {
+    /// How long a client may take to send a request's head, and then its
+    /// body: `readTimeout`, or the request deadline `timeout` when
+    /// `readTimeout` is unset, so that no connection is ever unbounded.
+    /// Idle keep-alive connections are closed after it too.
+    pub fn read_deadline(&self) -> Duration {
+        self.read_timeout.unwrap_or(self.timeout)
+    }
 }
 
 /// `[httpClient]`: how this node talks to its peers.
@@ -197,6 +208,9 @@ pub struct Limits {
     pub max_tombstones: usize,
     /// Peers learned from `infra.discovery` records, verified or not.
     pub max_peers: usize,
+    /// Open client connections; more are answered 503 and closed at once
+    /// (also kept below the process's open-file limit).
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -212,6 +226,7 @@ impl Default for Limits {
             max_instances: 1_000_000,
             max_tombstones: 100_000,
             max_peers: 64,
+            max_connections: 50_000,
         }
     }
 }
@@ -399,6 +414,7 @@ struct RawLimits {
     max_instances: Option<usize>,
     max_tombstones: Option<usize>,
     max_peers: Option<usize>,
+    max_connections: Option<usize>,
 }
 
 /// Keys the Go original's files carry that we accept without using.
@@ -610,6 +626,11 @@ impl Config {
             max_instances: nonzero("limits.max_instances", l.max_instances, d.max_instances)?,
             max_tombstones: nonzero("limits.max_tombstones", l.max_tombstones, d.max_tombstones)?,
             max_peers: nonzero("limits.max_peers", l.max_peers, d.max_peers)?,
+            max_connections: nonzero(
+                "limits.max_connections",
+                l.max_connections,
+                d.max_connections,
+            )?,
         };
 
         let hs = raw.httpserver;
@@ -880,6 +901,23 @@ mod tests {
         assert_eq!(cfg.nodes, ["a:1"]);
         assert_eq!(cfg.zones["SH002"], ["b:2"]);
         assert_eq!(warnings, ["unknown config key `bogus` ignored"]);
+    }
+
+    #[test]
+    fn read_deadline_is_read_timeout_or_else_timeout() {
+        let (c, _) =
+            Config::parse("[httpServer]\ntimeout = \"40s\"\nreadTimeout = \"2s\"\n").unwrap();
+        assert_eq!(c.http_server.read_deadline(), Duration::from_secs(2));
+        for text in [
+            "timeout = \"7s\"\n",
+            "timeout = \"7s\"\nreadTimeout = \"0s\"\n",
+        ] {
+            let (c, _) = Config::parse(&format!("[httpServer]\n{text}")).unwrap();
+            assert_eq!(c.http_server.read_deadline(), Duration::from_secs(7));
+        }
+        assert_eq!(Config::default().limits.max_connections, 50_000);
+        let err = Config::parse("[limits]\nmax_connections = 0\n").unwrap_err();
+        assert!(err.to_string().contains("limits.max_connections"), "{err}");
     }
 
     #[test]

@@ -21,5 +21,6 @@ pub mod snapshot;
 
 pub mod replication;
 
+mod conn;
 mod params;
 mod reply;

@@ -110,6 +110,33 @@ pub struct Metrics {
     emptied_apps: Gauge,
     peer_candidates: Gauge,
     clock_lead: Gauge,
+    pub(crate) conns: ConnMetrics,
+}
+
+/// Client connections: how many are open, and why some were cut.
+#[derive(Debug, Default)]
+pub(crate) struct ConnMetrics {
+    pub(crate) open: Gauge,
+    pub(crate) refused: Counter,
+    pub(crate) timed_out: Counter,
+}
+
+impl ConnMetrics {
+    fn register(r: &mut PromRegistry) -> Self {
+        let m = ConnMetrics::default();
+        r.register("connections", "Open client connections", m.open.clone());
+        r.register(
+            "connections_refused",
+            "Connections closed at once because limits.max_connections were open",
+            m.refused.clone(),
+        );
+        r.register(
+            "connections_timed_out",
+            "Connections closed because a request head was not received within the read deadline",
+            m.timed_out.clone(),
+        );
+        m
+    }
 }
 
 impl Default for Metrics {
@@ -242,6 +269,7 @@ impl Metrics {
             "Unix time of the last successful exchange with a target",
             last_success.clone(),
         );
+        let conns = ConnMetrics::register(&mut r);
         Metrics {
             registry: r,
             handles: Handles {
@@ -275,6 +303,7 @@ impl Metrics {
             emptied_apps,
             peer_candidates,
             clock_lead,
+            conns,
         }
     }
 

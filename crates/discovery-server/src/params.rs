@@ -201,12 +201,18 @@ fn parse_i64(v: &str) -> Result<i64, String> {
     v.parse::<i64>().map_err(|_| format!("{v} is out of range"))
 }
 
-async fn read_body(body: Body, max: usize) -> Result<Bytes, Reply> {
-    axum::body::to_bytes(body, max).await.map_err(|_| {
-        Reply::message(
-            BAD_REQUEST,
-            format!("request body exceeds limits.max_body_bytes ({max})"),
-        )
+/// Reads a whole body of at most `max` bytes; a late body (see
+/// `conn::TimedBody`) and an oversized one are told apart.
+pub(crate) async fn read_body(body: Body, max: usize) -> Result<Bytes, Reply> {
+    axum::body::to_bytes(body, max).await.map_err(|e| {
+        if let Some(late) = crate::conn::body_timeout(&e) {
+            Reply::message(BAD_REQUEST, late)
+        } else {
+            Reply::message(
+                BAD_REQUEST,
+                format!("request body exceeds limits.max_body_bytes ({max})"),
+            )
+        }
     })
 }
 

@@ -309,19 +309,13 @@ pub async fn start_on(
     // The listener serves before the sync, so that nodes started together
     // can sync from each other.
     let app = api::router(Arc::clone(&api));
-    let mut down = shutdown_rx.clone();
-    let serve = tokio::spawn(async move {
-        let graceful = async move {
-            let _ = down.wait_for(|d| *d).await;
-        };
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(graceful)
-            .await
-        {
-            warn!("server error: {e}");
-        }
-    });
+    let serve = tokio::spawn(crate::conn::serve(
+        listener,
+        app,
+        crate::conn::ConnLimits::of(&config),
+        Arc::clone(&api),
+        shutdown_rx.clone(),
+    ));
     if !has_peers {
         if let Some(path) = &config.snapshot.path {
             match crate::snapshot::restore(&api.registry, path, clock.now()) {

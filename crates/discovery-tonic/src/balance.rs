@@ -715,6 +715,53 @@ async fn connect_loop(backend: Weak<Backend>, shared: Weak<Shared>) {
 struct Pool {
     backends: Vec<Arc<Backend>>,
     phase: Phase,
+    undialable: Undialable,
+}
+
+/// The `host:port` of an instance's last `grpc://` address that a channel
+/// can dial. Registries keep addresses opaque (`unix://`, no port, a
+/// comma-joined list), so anything else is skipped.
+fn dialable(ins: &naming::Instance) -> Option<&str> {
+    ins.addrs.iter().rev().find_map(|a| {
+        let rest = a.strip_prefix("grpc://")?;
+        // kratos v2 endpoints carry `?isSecure=false`.
+        let authority = rest.split(['?', '/']).next().unwrap_or(rest);
+        let (host, port) = authority.rsplit_once(':')?;
+        let host_ok = !host.is_empty() && !host.contains([',', ' ', '@']);
+        (host_ok && port.parse::<u16>().is_ok_and(|p| p != 0)).then_some(authority)
+    })
+}
+
+/// Addresses already reported as undialable, so that each is logged once
+/// and not on every resolve.
+#[derive(Default)]
+struct Undialable {
+    seen: std::collections::HashSet<String>,
+}
+
+/// Distinct addresses remembered; past it the memory starts over (and an
+/// address may be reported again) rather than growing with a hostile
+/// registry's contents.
+const UNDIALABLE_REMEMBERED: usize = 1024;
+
+impl Undialable {
+    fn report(&mut self, shared: &Shared, ins: &naming::Instance) {
+        for a in &ins.addrs {
+            if self.seen.contains(a) {
+                continue;
+            }
+            if self.seen.len() >= UNDIALABLE_REMEMBERED {
+                self.seen.clear();
+            }
+            self.seen.insert(a.clone());
+            tracing::warn!(
+                appid = shared.appid,
+                hostname = ins.hostname,
+                addr = a,
+                "skipping an instance address the gRPC client cannot dial (needs grpc://host:port)"
+            );
+        }
+    }
 }
 
 impl Pool {
@@ -735,6 +782,13 @@ impl Pool {
             }
             Resolution::Found(info) => info,
         };
+        // Before the pipeline, whose scheme filter drops instances without
+        // a `grpc://` address silently.
+        for ins in info.iter() {
+            if dialable(ins).is_none() {
+                self.undialable.report(shared, ins);
+            }
+        }
         let processed;
         let info = match &stages.options {
             Some(options) => {
@@ -749,7 +803,7 @@ impl Pool {
             if ins.status != naming::Status::Up {
                 continue;
             }
-            let Some(addr) = ins.grpc_addr() else {
+            let Some(addr) = dialable(ins) else {
                 continue;
             };
             if wanted.iter().any(|(a, ..)| a == addr) {
@@ -850,6 +904,7 @@ async fn run_updater(
     let mut pool = Pool {
         backends: Vec::new(),
         phase: Phase::Pending,
+        undialable: Undialable::default(),
     };
     let mut watching = true;
     let mut changed = true;

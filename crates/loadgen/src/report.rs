@@ -25,6 +25,8 @@ pub enum Target {
     AtLeast(f64),
     /// The value is at most this.
     AtMost(f64),
+    /// The ratio to the row's reference is at most this (latencies).
+    RatioAtMost(f64),
 }
 
 impl Target {
@@ -35,6 +37,9 @@ impl Target {
             }
             Target::AtLeast(v) => format!("≥ {} {unit}", human(v)),
             Target::AtMost(v) => format!("≤ {} {unit}", human(v)),
+            Target::RatioAtMost(r) => {
+                format!("≤ {r:.1}× {}", reference.unwrap_or("ceiling"))
+            }
         }
     }
 }
@@ -105,6 +110,7 @@ impl Row {
             Some(Target::RatioAtLeast(r)) => self.ratio.map(|x| x >= r),
             Some(Target::AtLeast(v)) => Some(self.value >= v),
             Some(Target::AtMost(v)) => Some(self.value <= v),
+            Some(Target::RatioAtMost(r)) => self.ratio.map(|x| x <= r),
         };
     }
 }
@@ -225,6 +231,10 @@ mod tests {
         let r = Row::new("renew", "ops/s", 1.0, "/s").target(Target::AtLeast(33_000.0));
         assert_eq!(r.met, Some(false));
         assert_eq!(Row::new("x", "y", 1.0, "").met, None);
+        let r = Row::new("fetch, slow", "p99", 3.0, "ms")
+            .ratio("unloaded", 1.0)
+            .target(Target::RatioAtMost(2.0));
+        assert_eq!(r.met, Some(false));
     }
 
     #[test]

@@ -358,6 +358,31 @@ impl Bench {
             &format!("2 random apps, {} B answer", fetchs.mean_body_bytes),
         );
 
+        // Fetch again with connections that trickle a request head one
+        // byte per second (slow-loris); the p99 against the unloaded one.
+        self.say(&format!("fetch with {SLOW_CONNS} slow connections"));
+        let trickle = SlowLoris::open(addr, SLOW_CONNS).await?;
+        let slowed = drive(addr, conns, Plan::timed(scale.measure), move |_| {
+            let app = rand::random_range(0..apps);
+            fetch_req(&instance("app", apps, app).0)
+        })
+        .await?;
+        let still_open = trickle.close();
+        check(&slowed, "fetch (slow-loris)")?;
+        let name = format!("fetch, {SLOW_CONNS} slow conns");
+        self.rows.push(
+            Row::new(&name, "ops/s", slowed.ops_per_s, "/s")
+                .ratio("unloaded fetch", fetch.ops_per_s)
+                .note(format!(
+                    "{still_open} of {SLOW_CONNS} still open at the end (closed at the read deadline)"
+                )),
+        );
+        self.rows.push(
+            Row::new(&name, "p99", slowed.p99_ms, "ms")
+                .ratio("unloaded fetch", fetch.p99_ms)
+                .target(Target::RatioAtMost(2.0)),
+        );
+
         // 2. Steady renew of every instance, in order.
         self.say("renew of every instance");
         let n = scale.instances;
@@ -750,6 +775,52 @@ fn poll_req(app: &str, hostname: &str, latest: i64) -> Req {
         "/discovery/poll?env={ENV}&hostname={hostname}&appid={app}&latest_timestamp={latest}"
     ))
     .header("x1-bmspy-timeout", "40000")
+}
+
+/// Connections held open by the slow-loris scenario.
+const SLOW_CONNS: usize = 2_000;
+
+/// Connections that send a request head one byte per second, from one
+/// task, until closed.
+struct SlowLoris {
+    task: tokio::task::JoinHandle<()>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SlowLoris {
+    async fn open(addr: SocketAddr, n: usize) -> anyhow::Result<SlowLoris> {
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            conns.push(Some(tokio::net::TcpStream::connect(addr).await?));
+        }
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(n));
+        let count = Arc::clone(&open);
+        let task = tokio::spawn(async move {
+            let head = b"GET /discovery/fetch?env=dev&appid=x&status=1 HTTP/1.1\r\nhost: x\r\n\r\n";
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            for at in 0.. {
+                tick.tick().await;
+                let byte = &head[at % head.len()..=at % head.len()];
+                for slot in &mut conns {
+                    // A failed write means the node closed it.
+                    if slot.as_ref().is_some_and(|c| c.try_write(byte).is_err()) {
+                        *slot = None;
+                    }
+                }
+                count.store(
+                    conns.iter().filter(|c| c.is_some()).count(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+        });
+        Ok(SlowLoris { task, open })
+    }
+
+    /// Closes them all; how many the node had not closed yet.
+    fn close(self) -> usize {
+        self.task.abort();
+        self.open.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 async fn status(c: &mut Conn) -> anyhow::Result<serde_json::Value> {
