@@ -14,9 +14,10 @@
 //! `polls`: each change must reach its watch before the next is made, so
 //! a change the node drops or a poll it never answers fails the test.
 //!
-//! Attacks on cluster membership (forged peers) and on bounded state (e.g.
-//! tombstone floods) are added the same way, as further test functions
-//! beside `random_key_floods` below.
+//! Attacks: random-key floods of every write route and of polls, forged
+//! peer records, cancel floods against the remembered-cancel cap, slow
+//! connections and bodies, oversized and malformed bodies, the connection
+//! cap.
 
 use std::{
     collections::BTreeMap,
@@ -599,6 +600,165 @@ async fn random_key_floods() {
         .unwrap();
     assert_eq!(instances["code"], 0);
     node.finish("random_key_floods").await;
+}
+
+/// Forged `infra.discovery` records, plain and peer-marked, with random
+/// addresses: none is served, none becomes a replication target, the held
+/// ones stay within `max_peers`, and the witness is not disturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_peers() {
+    let node = Hostile::start("max_peers = 16\n").await;
+    let codes = flood(&node.base, 8, 200, 3, |rng, http, base| {
+        let host = random_word(rng);
+        let port = rng.random_range(1..65535u32).to_string();
+        let addr = format!("http://127.0.0.{}:{port}", rng.random_range(2..250u32));
+        let mut pairs = vec![
+            ("zone", "sh001"),
+            ("env", "dev"),
+            ("appid", "infra.discovery"),
+            ("hostname", host.as_str()),
+            ("status", "1"),
+            ("addrs", addr.as_str()),
+        ];
+        let path = match rng.random_range(0..4) {
+            0 => "register",
+            1 => {
+                pairs.push(("replication", "true"));
+                "register"
+            }
+            2 => {
+                pairs.push(("from_zone", "true"));
+                "register"
+            }
+            _ => "cancel",
+        };
+        http.post(format!("{base}/discovery/{path}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&pairs))
+    })
+    .await;
+    println!("forged records answered: {codes:?}");
+    assert!(
+        codes.contains_key(&-400),
+        "plain writes of infra.discovery are refused"
+    );
+    let own = format!("http://{}", node.addr);
+    let served: Value = reqwest::get(format!(
+        "{}/discovery/fetch?env=dev&appid=infra.discovery&status=3",
+        node.base
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let addrs: Vec<&Value> = served["data"]["instances"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|z| z.as_array().unwrap())
+        .flat_map(|i| i["addrs"].as_array().unwrap())
+        .collect();
+    assert_eq!(
+        addrs,
+        [&Value::from(own.clone())],
+        "only the node itself is served"
+    );
+    let status: Value = reqwest::get(format!("{}/status", node.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        status["peers"],
+        serde_json::json!([]),
+        "no forged replication target"
+    );
+    let text = reqwest::get(format!("{}/metrics", node.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metric(&text, "discovery_peer_candidates") <= 16.0);
+    node.finish("forged_peers").await;
+}
+
+/// Cancels of random keys (nothing to remember), then register+cancel
+/// pairs and peer cancels past `max_tombstones`: the remembered cancels and
+/// the emptied apps stop at the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_floods() {
+    let node = Hostile::start("max_tombstones = 1000\n").await;
+    let random = flood(&node.base, 8, 1_000, 4, |rng, http, base| {
+        let pairs = [
+            ("zone", random_word(rng)),
+            ("env", "dev".to_string()),
+            ("appid", format!("c.{}", random_word(rng))),
+            ("hostname", random_word(rng)),
+        ];
+        http.post(format!("{base}/discovery/cancel"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(
+                &pairs
+                    .iter()
+                    .map(|(k, v)| (*k, v.as_str()))
+                    .collect::<Vec<_>>(),
+            ))
+    })
+    .await;
+    println!("random cancels answered: {random:?}");
+    let metrics = async || {
+        reqwest::get(format!("{}/metrics", node.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    assert_eq!(metric(&metrics().await, "discovery_tombstones"), 0.0);
+    let peer = flood(&node.base, 8, 250, 5, |rng, http, base| {
+        let appid = format!("p.{}", random_word(rng));
+        let mut pairs = vec![
+            ("zone", "z"),
+            ("env", "dev"),
+            ("appid", appid.as_str()),
+            ("hostname", "h"),
+        ];
+        if rng.random_bool(0.5) {
+            pairs.push(("replication", "true"));
+        }
+        http.post(format!("{base}/discovery/cancel"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&pairs))
+    })
+    .await;
+    println!("peer and client cancels answered: {peer:?}");
+    let http = reqwest::Client::new();
+    for i in 0..1_500 {
+        let key = form(&[
+            ("zone", "z"),
+            ("env", "dev"),
+            ("appid", &format!("gone.{i}")),
+            ("hostname", "h"),
+        ]);
+        post(
+            &http,
+            &node.base,
+            "/discovery/register",
+            &format!("{key}&status=1&addrs=grpc://h:1"),
+        )
+        .await;
+        post(&http, &node.base, "/discovery/cancel", &key).await;
+    }
+    let text = metrics().await;
+    assert_eq!(metric(&text, "discovery_tombstones"), 1000.0);
+    // 1,500 cancels of existing instances, plus about 1,000 peer cancels,
+    // into a set of 1,000.
+    assert!(metric(&text, "discovery_tombstones_evicted_total") >= 1400.0);
+    assert!(metric(&text, "discovery_emptied_apps") <= 1000.0);
+    node.finish("cancel_floods").await;
 }
 
 /// Latencies of `n` sequential fetches of the witness app, in ms.
