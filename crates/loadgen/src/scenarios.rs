@@ -525,6 +525,33 @@ impl Bench {
             )
             .note("stable = about 0"),
         );
+
+        // Cancels of random keys that never existed: a registry that
+        // remembered each of them grew by tens of MB per 100k.
+        let cancels = big;
+        self.say(&format!("cancel flood: {cancels} cancels of random keys"));
+        let rss_pre = node.rss()?;
+        let _ = drive(addr, conns, Plan::count(cancels), move |i| {
+            Req::post_form(
+                "/discovery/cancel",
+                format!("zone=z&env=dev&appid=flood.{i}&hostname=h{i}"),
+            )
+        })
+        .await?;
+        sleep(Duration::from_millis(500)).await;
+        let rss_post = node.rss()?;
+        self.rows.push(
+            Row::new(
+                "cancel flood",
+                &format!(
+                    "RSS growth over {} random cancels",
+                    crate::report::human(cancels as f64)
+                ),
+                mib(rss_post.saturating_sub(rss_pre)),
+                "MiB",
+            )
+            .target(Target::AtMost(16.0)),
+        );
         self.throughput_rows(
             &format!("renew at {}", crate::report::human(big as f64)),
             &renew_big,
