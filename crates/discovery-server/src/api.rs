@@ -13,10 +13,7 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    sync::{
-        Arc,
-        atomic::{AtomicU8, Ordering},
-    },
+    sync::Arc,
     time::Duration,
 };
 
@@ -33,7 +30,10 @@ use naming::{Instance, Status};
 use tokio::sync::watch;
 
 use crate::{
+    clock::Clock,
     config::Config,
+    membership::{Members, StaticMembers, Vetted},
+    node::{NODE_ADDR_HEADER, NODE_ID_HEADER, NodeIdentity, Phase, PhaseCell},
     params::Params,
     registry::{
         AppKey, Fetched, InstanceKey, MetadataPatch, PollState, RegisterOptions, Registry, Renewed,
@@ -43,88 +43,13 @@ use crate::{
     reply::{self, BAD_REQUEST, CONFLICT, NOT_FOUND, NOT_MODIFIED, Reply, SERVER_ERROR},
 };
 
-/// Header carrying the answering node's id, so that a node recognises
-/// itself behind any address.
-pub const NODE_ID_HEADER: &str = "x-discovery-node-id";
-
-/// Header a node of ours puts on every request to a peer: its advertised
-/// `host:port`. The peer takes it as a sign of life (a returning node is
-/// caught up at once); an unknown or forged value only wakes nothing.
-pub const NODE_ADDR_HEADER: &str = "x-discovery-node";
-
-pub use crate::clock::Clock;
-
-/// The node's lifecycle (spec §7.5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Phase {
-    /// Pulling peers' registries; reads other than `fetch/all` answer `-500`.
-    Syncing = 0,
-    /// Init-protect: every read answers `-500`.
-    Protected = 1,
-    /// Normal operation.
-    Serving = 2,
-    /// Shutting down.
-    Draining = 3,
-}
-
-/// Who this node is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeIdentity {
-    /// Random id sent in [`NODE_ID_HEADER`].
-    pub id: String,
-    /// `host:port` peers and clients use.
-    pub advertise: String,
-}
-
-/// One entry of `/discovery/nodes`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct NodeStatus {
-    /// `host:port`.
-    pub addr: String,
-    /// 0 = UP, 1 = Lost.
-    pub status: u8,
-    /// The node's zone.
-    pub zone: String,
-}
-
-/// Source of `/discovery/nodes`.
-pub trait Members: Send + Sync + 'static {
-    /// Local-zone nodes and self, sorted by address.
-    fn nodes(&self) -> Vec<NodeStatus>;
-
-    /// Replication targets and their queues.
-    fn peers(&self) -> Vec<crate::cluster::PeerReport> {
-        Vec::new()
-    }
-
-    /// A request from the node at `addr` reached us.
-    fn heard_from(&self, _addr: &str) {}
-
-    /// Peer records waiting for their handshake.
-    fn candidates(&self) -> usize {
-        0
-    }
-
-    /// Decides about a peer-marked `infra.discovery` record before it is
-    /// stored (see [`crate::cluster::Vetted`]); without a cluster, stores it.
-    fn vet(
-        &self,
-        _ins: Instance,
-        _opts: RegisterOptions,
-        _origin: Option<Origin>,
-    ) -> crate::cluster::Vetted {
-        crate::cluster::Vetted::Admit
-    }
-}
-
 /// Shared state of the handlers.
 pub struct Api {
     pub(crate) registry: Arc<Registry>,
     pub(crate) config: Arc<Config>,
     pub(crate) node: NodeIdentity,
     pub(crate) clock: Clock,
-    phase: AtomicU8,
+    phase: PhaseCell,
     shutdown: watch::Receiver<bool>,
     replicator: Arc<dyn Replicator>,
     members: Arc<dyn Members>,
@@ -159,7 +84,7 @@ impl Api {
             config,
             node,
             clock,
-            phase: AtomicU8::new(Phase::Serving as u8),
+            phase: PhaseCell::new(Phase::Serving),
             shutdown,
             replicator,
             members,
@@ -185,7 +110,7 @@ impl Api {
     /// [`server::start`]: crate::server::start
     pub fn detached(config: Config) -> Arc<Api> {
         let advertise = config.http_server.addr.clone();
-        let members = Arc::new(crate::server::StaticMembers {
+        let members = Arc::new(StaticMembers {
             own: advertise.clone(),
             zone: config.env.zone.clone(),
             nodes: config.nodes.clone(),
@@ -208,17 +133,12 @@ impl Api {
 
     /// The current phase.
     pub fn phase(&self) -> Phase {
-        match self.phase.load(Ordering::Acquire) {
-            0 => Phase::Syncing,
-            1 => Phase::Protected,
-            2 => Phase::Serving,
-            _ => Phase::Draining,
-        }
+        self.phase.get()
     }
 
     /// Moves to another phase.
     pub fn set_phase(&self, phase: Phase) {
-        self.phase.store(phase as u8, Ordering::Release);
+        self.phase.set(phase);
     }
 
     /// The registry core.
@@ -613,9 +533,9 @@ async fn register_apply(api: &Api, p: &Params) -> Result<Reply, Reply> {
     };
     if ins.appid == naming::DISCOVERY_APPID {
         match api.members.vet(ins.clone(), opts, origin(p)) {
-            crate::cluster::Vetted::Admit => {}
-            crate::cluster::Vetted::Held => return Ok(Reply::ok()),
-            crate::cluster::Vetted::Refused(why) => return Err(Reply::message(BAD_REQUEST, why)),
+            Vetted::Admit => {}
+            Vetted::Held => return Ok(Reply::ok()),
+            Vetted::Refused(why) => return Err(Reply::message(BAD_REQUEST, why)),
         }
     }
     let out = api.registry.register(ins, opts, api.clock.now());

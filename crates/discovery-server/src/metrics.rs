@@ -13,7 +13,7 @@ use prometheus_client::{
     registry::Registry as PromRegistry,
 };
 
-use crate::{api::Members, registry::Registry};
+use crate::{membership::Members, registry::Registry};
 
 /// Labels of a served request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

@@ -23,9 +23,12 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tracing::{info, warn};
 
 use crate::{
-    api::{self, Api, Clock, Members, NodeIdentity, NodeStatus, Phase},
+    api::{self, Api},
+    clock::Clock,
     cluster::Cluster,
     config::{Config, load_schedulers},
+    membership::Members,
+    node::{NodeIdentity, Phase},
     registry::{InstanceKey, RegisterOptions, Registry, Renewed},
     replication::{Op, Origin, Replicator},
 };
@@ -49,31 +52,6 @@ pub enum StartError {
         /// The error.
         source: std::io::Error,
     },
-}
-
-/// `/discovery/nodes` of a node without cluster membership: itself and the
-/// static same-zone nodes of its config.
-#[derive(Debug)]
-pub(crate) struct StaticMembers {
-    pub(crate) own: String,
-    pub(crate) zone: String,
-    pub(crate) nodes: Vec<String>,
-}
-
-impl Members for StaticMembers {
-    fn nodes(&self) -> Vec<NodeStatus> {
-        let mut addrs: Vec<&String> = self.nodes.iter().chain([&self.own]).collect();
-        addrs.sort();
-        addrs.dedup();
-        addrs
-            .into_iter()
-            .map(|addr| NodeStatus {
-                addr: addr.clone(),
-                status: 0,
-                zone: self.zone.clone(),
-            })
-            .collect()
-    }
 }
 
 /// A running node.

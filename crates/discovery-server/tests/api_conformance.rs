@@ -901,7 +901,7 @@ async fn c45_nodes_lists_self_and_local_zone() {
 #[tokio::test]
 async fn c49_init_protect_gates_reads_but_not_writes() {
     let h = Harness::from_toml("enableprotect = true\n");
-    h.api.set_phase(discovery_server::api::Phase::Protected);
+    h.api.set_phase(discovery_server::node::Phase::Protected);
     h.register("sh001", "h1", "").await;
     for uri in [
         "/discovery/fetch?env=dev&appid=demo.svc&status=1",
@@ -920,7 +920,7 @@ async fn c49_init_protect_gates_reads_but_not_writes() {
     }
     assert_eq!(h.get("/readyz").await.status, 503);
     assert_eq!(h.get("/healthz").await.status, 200);
-    h.api.set_phase(discovery_server::api::Phase::Syncing);
+    h.api.set_phase(discovery_server::node::Phase::Syncing);
     assert_eq!(
         h.get("/discovery/fetch/all").await.code(),
         0,

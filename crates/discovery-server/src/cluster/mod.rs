@@ -28,8 +28,6 @@ mod peer;
 mod vet;
 mod wire;
 
-pub use vet::Vetted;
-
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     sync::Arc,
@@ -42,8 +40,10 @@ use tokio::{sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn};
 
 use crate::{
-    api::{Clock, Members, NODE_ADDR_HEADER, NODE_ID_HEADER, NodeIdentity, NodeStatus},
+    clock::Clock,
     config::Config,
+    membership::{Members, NodeStatus, PeerReport, Vetted},
+    node::{NODE_ADDR_HEADER, NODE_ID_HEADER, NodeIdentity},
     registry::{AppKey, Registry},
     replication::{Op, Origin, Replicator},
 };
@@ -55,33 +55,6 @@ pub(crate) use peer::backoff_delay;
 struct Slot {
     peer: Arc<Peer>,
     task: JoinHandle<()>,
-}
-
-/// Replication state of one target, for status pages and metrics.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct PeerReport {
-    /// Address, or `zone:<name>` for another zone.
-    pub name: String,
-    /// Whether acks from this target count (same zone).
-    pub same_zone: bool,
-    /// 0 = UP, 1 = Lost.
-    pub status: u8,
-    /// Writes waiting.
-    pub queued: usize,
-    /// Writes delivered.
-    pub sent: u64,
-    /// Writes dropped on overflow.
-    pub dropped: u64,
-    /// Failed attempts, retries included.
-    pub failures: u64,
-    /// Wall-clock ns of the last successful exchange (0 = never).
-    pub last_success: i64,
-    /// Unreachable for `cluster.dead_after`: nothing queued, only probed.
-    pub dead: bool,
-    /// Catch-ups after being dead, and how long the last one took.
-    pub catch_ups: u64,
-    /// Duration of the last catch-up, in milliseconds.
-    pub last_catch_up_ms: u64,
 }
 
 /// Membership and replication of one node.

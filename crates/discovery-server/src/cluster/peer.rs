@@ -24,7 +24,7 @@ use super::{
     Cluster,
     wire::{self, Answer, Flags},
 };
-use crate::{api::NODE_ID_HEADER, registry::InstanceKey, replication::Op};
+use crate::{node::NODE_ID_HEADER, registry::InstanceKey, replication::Op};
 
 /// Signalled by the first same-zone peer that acknowledges a write.
 pub(crate) type Ack = Arc<watch::Sender<bool>>;

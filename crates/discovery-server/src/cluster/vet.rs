@@ -26,21 +26,11 @@ use tracing::{debug, info, warn};
 
 use super::{Cluster, peer::backoff_delay, strip_http};
 use crate::{
-    api::NODE_ID_HEADER,
+    membership::Vetted,
+    node::NODE_ID_HEADER,
     registry::{InstanceKey, RegisterOptions},
     replication::{Op, Origin, Replicator},
 };
-
-/// What to do with a peer-marked `infra.discovery` record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Vetted {
-    /// Store it as usual.
-    Admit,
-    /// Held until its handshake passes; answer the sender as if stored.
-    Held,
-    /// Refused, with the reason for the `-400`.
-    Refused(String),
-}
 
 /// A record waiting for its handshake.
 #[derive(Debug)]
