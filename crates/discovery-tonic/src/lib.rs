@@ -35,7 +35,7 @@ pub mod pipeline;
 pub mod resolvers;
 pub mod target;
 
-pub use balance::{Balanced, ResponseBody};
+pub use balance::{BackendState, Balanced, PoolState, ResponseBody};
 pub use config::{BalancerKind, ClientConfig};
 pub use cpu::CpuLayer;
 pub use resolvers::{DirectBuilder, DirectResolver, Resolvers};
