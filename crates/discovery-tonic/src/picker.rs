@@ -736,6 +736,68 @@ mod tests {
         assert_eq!(next, ["e0", "e2", "e0", "e1", "e0", "e0"]);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn dynamic_wrr_rescales_once_per_second() {
+        let e = eps(&[10, 10]);
+        let wrr = SmoothWrr::dynamic();
+        let feed = |i: usize, n: usize, lat: Duration, code: Code| {
+            for _ in 0..n {
+                let end = Instant::now();
+                done(&wrr, &e[i], end - lat, end, code, None);
+            }
+        };
+        // No samples yet: the first update leaves the weights alone.
+        wrr.pick(&PickContext::now("/m"), &e).unwrap();
+        assert_eq!([e[0].effective_weight(), e[1].effective_weight()], [10, 10]);
+        // e0 answers in 1 ms, e1 in 25 ms.
+        tokio::time::advance(Duration::from_millis(500)).await;
+        feed(0, 10, Duration::from_millis(1), Code::Ok);
+        feed(1, 10, Duration::from_millis(25), Code::Ok);
+        tokio::time::advance(Duration::from_millis(499)).await;
+        wrr.pick(&PickContext::now("/m"), &e).unwrap();
+        assert_eq!(e[0].effective_weight(), 10, "not before a second passed");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        wrr.pick(&PickContext::now("/m"), &e).unwrap();
+        // score = sqrt(1e9 / (latency in 0.1 ms × cpu 500)).
+        let s0 = (1e9f64 / (10.0 * 500.0)).sqrt();
+        let s1 = (1e9f64 / (250.0 * 500.0)).sqrt();
+        assert_eq!(e[0].effective_weight(), (s0 * 10.0).floor() as i64);
+        assert_eq!(e[1].effective_weight(), (s1 * 10.0).floor() as i64);
+        assert_eq!(e[0].wrr_score(), s0);
+        // Samples older than a second are forgotten; e1 now fails every
+        // call (cs 0 → 0.1) and reports cpu 1000.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        feed(0, 10, Duration::from_millis(1), Code::Ok);
+        for _ in 0..10 {
+            let end = Instant::now();
+            done(
+                &wrr,
+                &e[1],
+                end - Duration::from_millis(1),
+                end,
+                Code::Internal,
+                Some(1000),
+            );
+        }
+        wrr.pick(&PickContext::now("/m"), &e).unwrap();
+        let s1 = (0.1 * 1e9f64 / (10.0 * 1000.0)).sqrt();
+        assert_eq!(e[1].effective_weight(), (s1 * 10.0).floor() as i64);
+        assert!(e[0].effective_weight() > 3 * e[1].effective_weight());
+        // Even a terrible score keeps an effective weight of at least 1.
+        assert_eq!(effective(1e-9, 10), 1);
+        // Static wrr ignores all of it.
+        let st = SmoothWrr::new();
+        let fresh = eps(&[10, 10]);
+        for (f, x) in fresh.iter().zip(&e) {
+            f.wrr_effective
+                .store(x.effective_weight(), Ordering::Relaxed);
+        }
+        let order: Vec<usize> = (0..4)
+            .map(|_| st.pick(&PickContext::now("/m"), &fresh).unwrap())
+            .collect();
+        assert_eq!(order.iter().filter(|&&i| i == 0).count(), 2);
+    }
+
     #[test]
     fn p2c_single_and_empty() {
         let p = P2c::with_seed(1);
