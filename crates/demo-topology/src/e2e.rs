@@ -1,10 +1,17 @@
 //! The loopback end-to-end checks of the demo topology.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
-use anyhow::{bail, ensure};
+use anyhow::{Context as _, bail, ensure};
 use testkit::demo::{DemoBins, DemoTopology};
-use tokio::time::Instant;
+use tokio::{task::JoinHandle, time::Instant};
 
 /// The outcome of a run of sequential calls.
 #[derive(Debug, Default)]
@@ -28,6 +35,97 @@ impl Tally {
             Err(e) => self.failed.push((i, 0, e.to_string())),
         }
     }
+}
+
+/// Sequential greetings through one client's `/say_hello` until stopped,
+/// about 100 a second.
+pub(crate) struct Load {
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<Tally>,
+}
+
+impl Load {
+    pub(crate) fn start(base: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let url = format!("{base}/say_hello");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("HTTP client");
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut t = Tally::default();
+            let mut i = 0;
+            while !flag.load(Ordering::Relaxed) {
+                t.add(i, greet(&http, &url).await);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            t
+        });
+        Load { stop, task }
+    }
+
+    pub(crate) async fn finish(self) -> Tally {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap_or_default()
+    }
+}
+
+pub(crate) async fn greet(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<(u16, serde_json::Value), reqwest::Error> {
+    let resp = http.get(url).query(&[("name", "e2e")]).send().await?;
+    let status = resp.status().as_u16();
+    let text = resp.text().await?;
+    Ok((
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+/// A client's `/debug/balancer` state of the backend at `addr`.
+pub(crate) async fn backend_state(
+    http: &reqwest::Client,
+    base: &str,
+    addr: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let pool: serde_json::Value = http
+        .get(format!("{base}/debug/balancer"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    pool["backends"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["addr"] == addr).cloned())
+        .with_context(|| format!("{addr} not in the pool of {base}: {pool}"))
+}
+
+/// Polls each client's `/debug/balancer` until `addr` is ejected (the
+/// balancer stopped picking it), at most `within`; the time each took.
+pub(crate) async fn until_ejected(
+    bases: &[String],
+    addr: &str,
+    within: Duration,
+) -> Vec<Option<Duration>> {
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    let mut took = vec![None; bases.len()];
+    while start.elapsed() < within && took.iter().any(Option::is_none) {
+        for (i, base) in bases.iter().enumerate() {
+            if took[i].is_none()
+                && backend_state(&http, base, addr)
+                    .await
+                    .is_ok_and(|b| b["ejected"] == true)
+            {
+                took[i] = Some(start.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    took
 }
 
 /// `n` sequential greetings.
@@ -127,19 +225,113 @@ async fn checks(topo: &mut DemoTopology, figures: &mut Vec<String>) -> anyhow::R
         t.served
     );
 
+    let wrr = topo
+        .add_client("demo-client-wrr", &["--balancer", "wrr"], None)
+        .await?;
+    let clients = [("p2c", topo.client_url()), ("wrr", wrr.clone())];
+    let bases: Vec<String> = clients.iter().map(|(_, b)| b.clone()).collect();
+    for (_, base) in &clients {
+        let http = reqwest::Client::new();
+        for i in 0..2 {
+            let addr = topo.server_addr(i).context("server runs")?.to_string();
+            let start = Instant::now();
+            while backend_state(&http, base, &addr)
+                .await
+                .map_or(true, |b| b["connected"] != true)
+            {
+                ensure!(
+                    start.elapsed() < Duration::from_secs(15),
+                    "{base} never connected to {addr}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    step("SIGSTOP demo-server-2: its sockets accept but nothing answers (a blackhole)");
+    let victim = topo.server_addr(1).context("server runs")?.to_string();
+    let loads: Vec<Load> = bases.iter().map(|b| Load::start(b)).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    topo.signal_server(1, "STOP").await?;
+    let ejected = until_ejected(&bases, &victim, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut tallies = Vec::new();
+    for l in loads {
+        tallies.push(l.finish().await);
+    }
+    topo.signal_server(1, "CONT").await?;
+    for (((kind, _), t), took) in clients.iter().zip(&tallies).zip(&ejected) {
+        figures.push(format!(
+            "SIGSTOP of 1 of 2 demo servers, {kind}: {} of {} calls failed; ejected {took:?} \
+             after the stop",
+            t.failed.len(),
+            t.ok + t.failed.len()
+        ));
+    }
+    for (((kind, _), t), took) in clients.iter().zip(&tallies).zip(&ejected) {
+        ensure!(
+            t.failed.is_empty(),
+            "{kind}: calls failed with a silent demo server: {:?}",
+            t.failed
+        );
+        ensure!(
+            took.is_some(),
+            "{kind}: the silent demo server was never ejected"
+        );
+    }
+
+    step("SIGCONT demo-server-2: both clients take it back");
+    for (kind, base) in &clients {
+        let http = reqwest::Client::new();
+        let start = Instant::now();
+        while backend_state(&http, base, &victim)
+            .await
+            .map_or(true, |b| b["ejected"] == true)
+        {
+            ensure!(
+                start.elapsed() < Duration::from_secs(30),
+                "{kind}: demo-server-2 not re-admitted after SIGCONT"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        figures.push(format!(
+            "{kind}: demo-server-2 re-admitted {:?} after SIGCONT was seen",
+            start.elapsed()
+        ));
+    }
+
     step("kill -9 demo-server-1 (the registry is not told)");
+    let victim = topo.server_addr(0).context("server runs")?.to_string();
+    let loads: Vec<Load> = bases.iter().map(|b| Load::start(b)).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     topo.kill_server(0).await;
-    let t = calls(topo, 300).await;
-    figures.push(format!(
-        "kill -9 of 1 of 2 demo servers: {} of 300 calls failed {:?}",
-        t.failed.len(),
-        t.failed
-    ));
-    ensure!(
-        t.failed.is_empty(),
-        "calls failed after kill -9 of a demo server: {:?}",
-        t.failed
-    );
+    let ejected = until_ejected(&bases, &victim, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut tallies = Vec::new();
+    for l in loads {
+        tallies.push(l.finish().await);
+    }
+    for (((kind, _), t), took) in clients.iter().zip(&tallies).zip(&ejected) {
+        figures.push(format!(
+            "kill -9 of 1 of 2 demo servers, {kind}: {} of {} calls failed; ejected {took:?} \
+             after the kill",
+            t.failed.len(),
+            t.ok + t.failed.len()
+        ));
+    }
+    for (((kind, _), t), took) in clients.iter().zip(&tallies).zip(&ejected) {
+        ensure!(
+            t.failed.is_empty(),
+            "{kind}: calls failed after kill -9 of a demo server: {:?}",
+            t.failed
+        );
+        ensure!(
+            took.is_some(),
+            "{kind}: the killed demo server was never ejected"
+        );
+    }
+    let t = calls(topo, 100).await;
+    ensure!(t.failed.is_empty(), "failed calls: {:?}", t.failed);
     ensure!(
         t.served.keys().all(|k| k == "demo-server-2"),
         "{:?}",

@@ -54,6 +54,10 @@ pub struct DemoTopology {
     pub servers: Vec<Option<Process>>,
     /// The demo client.
     pub client: Process,
+    /// More demo clients (see [`DemoTopology::add_client`]).
+    pub clients: Vec<Process>,
+    /// The zone of each server, when they were started in one.
+    pub server_zones: Vec<Option<String>>,
     http: reqwest::Client,
 }
 
@@ -75,6 +79,8 @@ impl DemoTopology {
             cluster,
             servers: Vec::new(),
             client,
+            clients: Vec::new(),
+            server_zones: Vec::new(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()
@@ -104,6 +110,12 @@ impl DemoTopology {
     /// Starts one more demo server (hostname `demo-server-<n>`); returns its
     /// index.
     pub async fn add_server(&mut self) -> std::io::Result<usize> {
+        self.add_server_in(None).await
+    }
+
+    /// Starts one more demo server registering in `zone` (the SDK's `ZONE`;
+    /// the SDK default when `None`); returns its index.
+    pub async fn add_server_in(&mut self, zone: Option<&str>) -> std::io::Result<usize> {
         let i = self.servers.len();
         let name = format!("demo-server-{}", i + 1);
         let mut cmd = Command::new(&self.bins.demo_server);
@@ -111,9 +123,45 @@ impl DemoTopology {
             .env("DISCOVERY_NODES", self.discovery_nodes())
             .env("HOSTNAME", &name);
         demo_env(&mut cmd);
+        if let Some(zone) = zone {
+            cmd.env("ZONE", zone);
+        }
         self.servers
             .push(Some(Process::spawn_ready_file(cmd, &name).await?));
+        self.server_zones.push(zone.map(str::to_string));
         Ok(i)
+    }
+
+    /// Starts another demo client (hostname `name`) with extra arguments,
+    /// e.g. `["--balancer", "wrr"]`, in `zone` when given; returns its base
+    /// URL.
+    pub async fn add_client(
+        &mut self,
+        name: &str,
+        args: &[&str],
+        zone: Option<&str>,
+    ) -> std::io::Result<String> {
+        let mut cmd = Command::new(&self.bins.demo_client);
+        cmd.args(["--http-addr", "127.0.0.1:0"])
+            .args(args)
+            .env("DISCOVERY_NODES", self.discovery_nodes())
+            .env("HOSTNAME", name);
+        demo_env(&mut cmd);
+        if let Some(zone) = zone {
+            cmd.env("ZONE", zone);
+        }
+        let p = Process::spawn_ready_file(cmd, name).await?;
+        let url = format!("http://{}", p.addr);
+        self.clients.push(p);
+        Ok(url)
+    }
+
+    /// Sends a `kill -s` signal (`STOP`, `CONT`, …) to demo server `i`.
+    pub async fn signal_server(&self, i: usize, signal: &str) -> std::io::Result<()> {
+        match self.servers.get(i).and_then(Option::as_ref) {
+            Some(p) => p.signal(signal).await,
+            None => Ok(()),
+        }
     }
 
     /// `kill -9` demo server `i`: the registry is not told.
@@ -150,7 +198,12 @@ impl DemoTopology {
     /// deregister), then kills the nodes.
     pub async fn shutdown(mut self) {
         let _ = self.client.terminate().await;
+        for c in &mut self.clients {
+            let _ = c.terminate().await;
+        }
         for i in 0..self.servers.len() {
+            // A stopped server could not act on SIGTERM.
+            let _ = self.signal_server(i, "CONT").await;
             self.stop_server(i).await;
         }
         for i in 0..self.cluster.nodes.len() {
