@@ -264,10 +264,18 @@ async fn fault(
 ) -> anyhow::Result<()> {
     let loads: Vec<crate::e2e::Load> = bases.iter().map(|b| crate::e2e::Load::start(b)).collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // Polled from the moment the command starts: compose may take seconds
+    // to return after the container is gone.
     let start = Instant::now();
-    act.await?;
-    let acted = start.elapsed();
-    let ejected = crate::e2e::until_ejected(bases, victim, Duration::from_secs(20)).await;
+    let act = async {
+        let r = act.await;
+        (r, start.elapsed())
+    };
+    let ((acted_result, acted), ejected) = tokio::join!(
+        act,
+        crate::e2e::until_ejected(bases, victim, Duration::from_secs(20))
+    );
+    acted_result?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut tallies = Vec::new();
     for l in loads {

@@ -183,8 +183,13 @@ fn step(text: &str) {
 pub(crate) async fn run() -> anyhow::Result<()> {
     let mut figures: Vec<String> = Vec::new();
     let mut topo = DemoTopology::start(DemoBins::sibling(), 3, 2).await?;
-    let result = checks(&mut topo, &mut figures).await;
+    let mut result = checks(&mut topo, &mut figures).await;
     topo.shutdown().await;
+    if result.is_ok() {
+        let mut topo = start_zones().await?;
+        result = zones(&mut topo, &mut figures).await;
+        topo.shutdown().await;
+    }
     println!();
     println!("e2e figures:");
     for f in &figures {
@@ -390,6 +395,142 @@ async fn checks(topo: &mut DemoTopology, figures: &mut Vec<String>) -> anyhow::R
         ensure!(
             hosts.contains(&host.as_str()) && !hosts.contains(&"demo-server-2"),
             "node {node} lists {hosts:?}"
+        );
+    }
+    Ok(())
+}
+
+/// The local zone.
+pub(crate) const LOCAL_ZONE: &str = "zone01";
+/// The other zone.
+pub(crate) const OTHER_ZONE: &str = "zone02";
+
+/// Two zones: the client (p2c), a wrr client and demo-server-1 and -2 in
+/// [`LOCAL_ZONE`], demo-server-3 and -4 in [`OTHER_ZONE`].
+pub(crate) async fn start_zones() -> anyhow::Result<DemoTopology> {
+    let mut topo = DemoTopology::start_in(DemoBins::sibling(), 3, 2, Some(LOCAL_ZONE)).await?;
+    for _ in 0..2 {
+        topo.add_server_in(Some(OTHER_ZONE)).await?;
+    }
+    topo.add_client("demo-client-wrr", &["--balancer", "wrr"], Some(LOCAL_ZONE))
+        .await?;
+    Ok(topo)
+}
+
+/// Runs `load` on every client until each has served a call from one of
+/// `hosts` and nothing else for 20 calls in a row; how long that took.
+async fn until_only(
+    bases: &[String],
+    hosts: &[&str],
+    within: Duration,
+) -> anyhow::Result<Duration> {
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    for base in bases {
+        let url = format!("{base}/say_hello");
+        let mut run = 0;
+        while run < 20 {
+            ensure!(
+                start.elapsed() < within,
+                "{base} not served only by {hosts:?} within {within:?}"
+            );
+            match greet(&http, &url).await {
+                Ok((200, body)) if hosts.contains(&body["served_by"].as_str().unwrap_or("")) => {
+                    run += 1
+                }
+                _ => run = 0,
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    Ok(start.elapsed())
+}
+
+/// Stopping every server of the local zone moves traffic to the other zone
+/// without a failed call; one local server back takes it home again.
+async fn zones(topo: &mut DemoTopology, figures: &mut Vec<String>) -> anyhow::Result<()> {
+    step("zones: the clients in zone01 call zone01 only");
+    let bases = vec![topo.client_url(), topo.clients[0].addr.to_string()];
+    let bases: Vec<String> = bases
+        .into_iter()
+        .map(|b| {
+            if b.starts_with("http") {
+                b
+            } else {
+                format!("http://{b}")
+            }
+        })
+        .collect();
+    until_only(
+        &bases,
+        &["demo-server-1", "demo-server-2"],
+        Duration::from_secs(20),
+    )
+    .await?;
+
+    step("zones: SIGTERM both zone01 servers under load");
+    let loads: Vec<Load> = bases.iter().map(|b| Load::start(b)).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let start = Instant::now();
+    topo.stop_server(0).await;
+    topo.stop_server(1).await;
+    let stopped = start.elapsed();
+    let moved = until_only(
+        &bases,
+        &["demo-server-3", "demo-server-4"],
+        Duration::from_secs(10),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut tallies = Vec::new();
+    for l in loads {
+        tallies.push(l.finish().await);
+    }
+    for (kind, t) in ["p2c", "wrr"].iter().zip(&tallies) {
+        figures.push(format!(
+            "zones, every zone01 server stopped ({stopped:?}), {kind}: {} of {} calls failed; \
+             served by {:?}",
+            t.failed.len(),
+            t.ok + t.failed.len(),
+            t.served
+        ));
+    }
+    figures.push(format!(
+        "zones: both clients served only by zone02 {moved:?} after the stops began"
+    ));
+    for (kind, t) in ["p2c", "wrr"].iter().zip(&tallies) {
+        ensure!(
+            t.failed.is_empty(),
+            "zones, {kind}: calls failed when zone01 emptied: {:?}",
+            t.failed
+        );
+    }
+
+    step("zones: one zone01 server back takes the traffic home");
+    let loads: Vec<Load> = bases.iter().map(|b| Load::start(b)).collect();
+    let i = topo.add_server_in(Some(LOCAL_ZONE)).await?;
+    let start = Instant::now();
+    let host = format!("demo-server-{}", i + 1);
+    let back = until_only(&bases, &[host.as_str()], Duration::from_secs(20)).await?;
+    let mut tallies = Vec::new();
+    for l in loads {
+        tallies.push(l.finish().await);
+    }
+    figures.push(format!(
+        "zones: {host} (zone01) listening; both clients served only by it {back:?} later \
+         (started {:?} ago)",
+        start.elapsed()
+    ));
+    for (kind, t) in ["p2c", "wrr"].iter().zip(&tallies) {
+        figures.push(format!(
+            "zones, a zone01 server back, {kind}: {} of {} calls failed",
+            t.failed.len(),
+            t.ok + t.failed.len()
+        ));
+        ensure!(
+            t.failed.is_empty(),
+            "zones, {kind}: calls failed when zone01 came back: {:?}",
+            t.failed
         );
     }
     Ok(())

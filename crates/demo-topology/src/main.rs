@@ -5,7 +5,8 @@
 //!   loopback (ports chosen by the OS); prints the addresses, the web
 //!   console and a curl; Ctrl-C or SIGTERM stops everything, clients first.
 //!   `up --check` makes one greeting through the client, stops everything
-//!   and exits 0.
+//!   and exits 0. `up --zones` runs two zones instead: the client, a wrr
+//!   client and two servers in zone01, two servers in zone02.
 //! * `e2e`: the same topology with assertions: a greeting through the
 //!   client; `kill -9` of a demo server fails no call; `kill -9` of a
 //!   discovery node leaves registration and resolution working; a new demo
@@ -42,6 +43,10 @@ enum Cmd {
         /// exit 0 (non-zero when the greeting fails).
         #[arg(long)]
         check: bool,
+        /// Two zones: the clients and demo-server-1, -2 in zone01,
+        /// demo-server-3, -4 in zone02.
+        #[arg(long)]
+        zones: bool,
     },
     /// The loopback end-to-end checks.
     E2e,
@@ -67,13 +72,17 @@ fn signals() -> anyhow::Result<impl std::future::Future<Output = &'static str>> 
     })
 }
 
-async fn up(check: bool) -> anyhow::Result<()> {
+async fn up(check: bool, zones: bool) -> anyhow::Result<()> {
     // Handlers first: a signal during start-up stops what has started.
     let signal = signals()?;
     // A terminal's Ctrl-C then reaches this process only, which stops the
     // children in order.
     testkit::own_process_groups();
-    let topo = DemoTopology::start(DemoBins::sibling(), 3, 2).await?;
+    let topo = if zones {
+        e2e::start_zones().await?
+    } else {
+        DemoTopology::start(DemoBins::sibling(), 3, 2).await?
+    };
     let result = serve(&topo, check, signal).await;
     topo.shutdown().await;
     println!("demo topology stopped");
@@ -128,7 +137,37 @@ async fn serve(
         topo.client_url(),
         pid_text(topo.client.id())
     );
+    // `up --zones` adds the wrr client (`start_zones`).
+    for c in &topo.clients {
+        println!(
+            "  demo-client-wrr:  http://{}  (pid {})",
+            c.addr,
+            pid_text(c.id())
+        );
+    }
+    println!(
+        "  balancer:         {0}/debug/balancer (JSON), {0}/metrics (Prometheus)",
+        topo.client_url()
+    );
     println!("  web console:      {}/", nodes[0]);
+    if topo.server_zones.iter().any(Option::is_some) {
+        let zone_of = |z: &str| {
+            topo.server_zones
+                .iter()
+                .enumerate()
+                .filter(|(_, sz)| sz.as_deref() == Some(z))
+                .map(|(i, _)| format!("demo-server-{}", i + 1))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "  zones:            {} (the clients'): {}; {}: {}",
+            e2e::LOCAL_ZONE,
+            zone_of(e2e::LOCAL_ZONE),
+            e2e::OTHER_ZONE,
+            zone_of(e2e::OTHER_ZONE)
+        );
+    }
     println!();
     println!("try:");
     println!("  curl '{}/say_hello?name=kratos'", topo.client_url());
@@ -159,7 +198,7 @@ fn pid_text(pid: Option<u32>) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Up { check } => up(check).await,
+        Cmd::Up { check, zones } => up(check, zones).await,
         Cmd::E2e => e2e::run().await,
         Cmd::DockerE2e { file } => docker::run(&file).await,
     }

@@ -66,6 +66,18 @@ impl DemoTopology {
     /// registry timings), waits until they serve reads, then `servers`
     /// demo servers and the demo client.
     pub async fn start(bins: DemoBins, nodes: usize, servers: usize) -> std::io::Result<Self> {
+        Self::start_in(bins, nodes, servers, None).await
+    }
+
+    /// Like [`DemoTopology::start`], with the client (and the servers
+    /// started here) in `zone` (the SDK's `ZONE`) when given; more servers,
+    /// in any zone, come from [`DemoTopology::add_server_in`].
+    pub async fn start_in(
+        bins: DemoBins,
+        nodes: usize,
+        servers: usize,
+        zone: Option<&str>,
+    ) -> std::io::Result<Self> {
         let cluster = ProcessTopology::start_with(
             &Layout::zones(&[("zone01", nodes)]),
             bins.discovery.clone(),
@@ -73,7 +85,7 @@ impl DemoTopology {
         .await?;
         cluster.wait_ready().await;
         let nodes_env = nodes_list(cluster.addrs());
-        let client = start_client(&bins, &nodes_env).await?;
+        let client = start_client(&bins, &nodes_env, zone).await?;
         let mut topo = DemoTopology {
             bins,
             cluster,
@@ -87,7 +99,7 @@ impl DemoTopology {
                 .expect("HTTP client"),
         };
         for _ in 0..servers {
-            topo.add_server().await?;
+            topo.add_server_in(zone).await?;
         }
         Ok(topo)
     }
@@ -217,12 +229,19 @@ impl DemoTopology {
     }
 }
 
-async fn start_client(bins: &DemoBins, nodes: &str) -> std::io::Result<Process> {
+async fn start_client(
+    bins: &DemoBins,
+    nodes: &str,
+    zone: Option<&str>,
+) -> std::io::Result<Process> {
     let mut cmd = Command::new(&bins.demo_client);
     cmd.args(["--http-addr", "127.0.0.1:0"])
         .env("DISCOVERY_NODES", nodes)
         .env("HOSTNAME", "demo-client-1");
     demo_env(&mut cmd);
+    if let Some(zone) = zone {
+        cmd.env("ZONE", zone);
+    }
     Process::spawn_ready_file(cmd, "demo-client-1").await
 }
 
