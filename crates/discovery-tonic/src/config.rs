@@ -137,12 +137,10 @@ pub struct ClientConfig {
     /// each endpoint's success rate, latency and `cpu_usage`.
     pub static_weights: bool,
     /// Full methods (`/pkg.Service/Method`, or `*` for all) that are safe to
-    /// send twice: their calls are hedged after [`hedge_percent`] of the
+    /// send twice: their calls are hedged after `hedge_percent` of the
     /// deadline without a response, and retried on another endpoint after a
     /// transport failure. Their request bodies are buffered, so list unary
     /// methods only.
-    ///
-    /// [`hedge_percent`]: ClientConfig::hedge_percent
     pub idempotent_methods: BTreeSet<String>,
     /// Percent of an idempotent call's deadline after which, with no
     /// response yet, a second endpoint is asked too; the first answer wins.
