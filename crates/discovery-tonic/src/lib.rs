@@ -8,8 +8,11 @@
 //!   in, `discovery` comes from the SDK crate.
 //! * [`Balanced`], a cloneable tower service over one tonic channel per
 //!   endpoint, with [`picker`]s (p2c, smooth WRR), ejection with backoff
-//!   ([`health`]), colour routing, fail-fast on empty sets and per-RPC
-//!   deadlines. `GreeterClient::new(balanced)` just works.
+//!   ([`health`]) on failed calls and on lost connections (HTTP/2 keepalive
+//!   notices silent peers), hedging and retries of idempotent methods,
+//!   colour routing, fail-fast on empty sets and per-RPC deadlines.
+//!   [`Balanced::pool`] shows every endpoint's state.
+//!   `GreeterClient::new(balanced)` just works.
 //! * [`CpuLayer`], the server-side `cpu_usage` trailer p2c balances on.
 //! * [`ClientConfig`], the kratos client settings with their defaults.
 //!
