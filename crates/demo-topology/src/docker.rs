@@ -283,10 +283,11 @@ async fn fault(
     }
     for (((kind, _), t), took) in clients.iter().zip(&tallies).zip(&ejected) {
         let line = format!(
-            "{what}, {kind}: {} of {} calls failed; {victim} ejected {took:?} after the command \
-             started (the command took {acted:?}); served by {:?}",
+            "{what}, {kind}: {} of {} calls failed ({} hedged or retried); {victim} ejected \
+             {took:?} after the command started (the command took {acted:?}); served by {:?}",
             t.failed.len(),
             t.ok + t.failed.len(),
+            t.hedged,
             t.served
         );
         println!("docker-e2e: {line}");

@@ -21,6 +21,9 @@ pub(crate) struct Tally {
     pub(crate) failed: Vec<(usize, u16, String)>,
     /// Successful calls per `served_by`.
     pub(crate) served: BTreeMap<String, usize>,
+    /// Calls the client's balancer hedged or retried on another backend
+    /// meanwhile (through [`Load`] only).
+    pub(crate) hedged: u64,
 }
 
 impl Tally {
@@ -53,14 +56,17 @@ impl Load {
             .build()
             .expect("HTTP client");
         let flag = stop.clone();
+        let base = base.to_string();
         let task = tokio::spawn(async move {
             let mut t = Tally::default();
+            let before = hedged(&http, &base).await;
             let mut i = 0;
             while !flag.load(Ordering::Relaxed) {
                 t.add(i, greet(&http, &url).await);
                 i += 1;
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            t.hedged = hedged(&http, &base).await.saturating_sub(before);
             t
         });
         Load { stop, task }
@@ -83,6 +89,15 @@ pub(crate) async fn greet(
         status,
         serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
     ))
+}
+
+/// Calls a client's balancer hedged or retried so far.
+async fn hedged(http: &reqwest::Client, base: &str) -> u64 {
+    let Ok(resp) = http.get(format!("{base}/debug/balancer")).send().await else {
+        return 0;
+    };
+    let pool: serde_json::Value = resp.json().await.unwrap_or_default();
+    pool["hedged_calls"].as_u64().unwrap_or(0) + pool["retried_calls"].as_u64().unwrap_or(0)
 }
 
 /// A client's `/debug/balancer` state of the backend at `addr`.
@@ -267,10 +282,11 @@ async fn checks(topo: &mut DemoTopology, figures: &mut Vec<String>) -> anyhow::R
     topo.signal_server(1, "CONT").await?;
     for (((kind, _), t), took) in clients.iter().zip(&tallies).zip(&ejected) {
         figures.push(format!(
-            "SIGSTOP of 1 of 2 demo servers, {kind}: {} of {} calls failed; ejected {took:?} \
-             after the stop",
+            "SIGSTOP of 1 of 2 demo servers, {kind}: {} of {} calls failed ({} hedged or \
+             retried); ejected {took:?} after the stop",
             t.failed.len(),
-            t.ok + t.failed.len()
+            t.ok + t.failed.len(),
+            t.hedged
         ));
     }
     for (((kind, _), t), took) in clients.iter().zip(&tallies).zip(&ejected) {
@@ -318,10 +334,11 @@ async fn checks(topo: &mut DemoTopology, figures: &mut Vec<String>) -> anyhow::R
     }
     for (((kind, _), t), took) in clients.iter().zip(&tallies).zip(&ejected) {
         figures.push(format!(
-            "kill -9 of 1 of 2 demo servers, {kind}: {} of {} calls failed; ejected {took:?} \
-             after the kill",
+            "kill -9 of 1 of 2 demo servers, {kind}: {} of {} calls failed ({} hedged or \
+             retried); ejected {took:?} after the kill",
             t.failed.len(),
-            t.ok + t.failed.len()
+            t.ok + t.failed.len(),
+            t.hedged
         ));
     }
     for (((kind, _), t), took) in clients.iter().zip(&tallies).zip(&ejected) {
@@ -488,10 +505,11 @@ async fn zones(topo: &mut DemoTopology, figures: &mut Vec<String>) -> anyhow::Re
     }
     for (kind, t) in ["p2c", "wrr"].iter().zip(&tallies) {
         figures.push(format!(
-            "zones, every zone01 server stopped ({stopped:?}), {kind}: {} of {} calls failed; \
-             served by {:?}",
+            "zones, every zone01 server stopped ({stopped:?}), {kind}: {} of {} calls failed \
+             ({} hedged or retried); served by {:?}",
             t.failed.len(),
             t.ok + t.failed.len(),
+            t.hedged,
             t.served
         ));
     }
