@@ -179,24 +179,28 @@ async fn checks(compose: &Compose) -> anyhow::Result<()> {
 
     let (first, _) = until_ok(&http, &base, Duration::from_secs(90)).await?;
     println!("docker-e2e: first greeting {first:?} after `up -d` returned");
-    // p2c may favour one backend for a while (a starved one gets a call at
-    // least every 3 s), so both are given 10 s to show up.
-    let start = Instant::now();
-    let mut served = BTreeSet::new();
-    while served.len() < 2 && start.elapsed() < Duration::from_secs(10) {
-        let (failed, seen) = calls(&http, &base, 10).await;
-        ensure!(failed.is_empty(), "failed calls: {failed:?}");
-        served.extend(seen);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    ensure!(
-        served.contains("demo-server-1") && served.contains("demo-server-2"),
-        "not both demo servers answered within 10 s: {served:?}"
-    );
-
-    compose.run(&["stop", "discovery-1"]).await?;
     let wrr = format!("http://127.0.0.1:{}", compose.wrr_port);
     until_ok(&http, &wrr, Duration::from_secs(60)).await?;
+    // p2c may favour one backend for a while (a starved one gets a call at
+    // least every 3 s), so each client gives all three 10 s to show up.
+    let all = ["demo-server-1", "demo-server-2", "demo-server-3"];
+    for b in [&base, &wrr] {
+        let start = Instant::now();
+        let mut served = BTreeSet::new();
+        while !all.iter().all(|s| served.contains(*s)) && start.elapsed() < Duration::from_secs(10)
+        {
+            let (failed, seen) = calls(&http, b, 10).await;
+            ensure!(failed.is_empty(), "failed calls: {failed:?}");
+            served.extend(seen);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ensure!(
+            all.iter().all(|s| served.contains(*s)),
+            "not every demo server answered {b} within 10 s: {served:?}"
+        );
+    }
+
+    compose.run(&["stop", "discovery-1"]).await?;
     let clients = [("p2c", base.clone()), ("wrr", wrr.clone())];
     let bases: Vec<String> = clients.iter().map(|(_, b)| b.clone()).collect();
     let mut figures = Vec::new();
