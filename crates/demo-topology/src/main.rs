@@ -7,13 +7,17 @@
 //!   `up --check` makes one greeting through the client, stops everything
 //!   and exits 0. `up --zones` runs two zones instead: the client, a wrr
 //!   client and two servers in zone01, two servers in zone02.
-//! * `e2e`: the same topology with assertions: a greeting through the
-//!   client; `kill -9` of a demo server fails no call; `kill -9` of a
-//!   discovery node leaves registration and resolution working; a new demo
-//!   server receives calls; a SIGTERMed one leaves without failed calls.
+//! * `e2e`: the same topology with assertions, under load through a p2c
+//!   and a wrr client: SIGSTOP (a blackhole) and `kill -9` of a demo server
+//!   fail no call; `kill -9` of a discovery node leaves registration and
+//!   resolution working; a new demo server receives calls; a SIGTERMed one
+//!   leaves without failed calls. Then two zones: emptying the local zone
+//!   moves traffic to the other without a failed call, and a local server
+//!   back takes it home.
 //! * `docker-e2e`: `docker compose up` of `docker-compose.yml` (images from
-//!   `cargo xtask docker`), a greeting, one discovery container and one demo
-//!   server container stopped, greetings again, `down`.
+//!   `cargo xtask docker`), greetings, one discovery container stopped, one
+//!   demo server container killed and another disconnected from the network
+//!   under load, no failed call, `down`.
 //!
 //! The binaries are taken from this executable's directory (build them
 //! with the same profile); `cargo xtask` does that.
