@@ -25,6 +25,7 @@
 //!     zone = "sh001"
 //!     clusters = ["c1"]
 //!     balancer = "wrr"
+//!     idempotent_methods = ["/helloworld.Greeter/SayHello"]
 //!     [method_timeouts]
 //!     "/helloworld.Greeter/SayHello" = "1s"
 //! "#).unwrap();
