@@ -64,8 +64,9 @@ fn runner(args: &[&str]) -> Command {
     cmd
 }
 
-/// `cargo xtask up [--check] [--dev]`: the topology on loopback until Ctrl-C
-/// or SIGTERM; `--check` stops after one greeting through the client.
+/// `cargo xtask up [--check] [--zones] [--dev]`: the topology on loopback until
+/// Ctrl-C or SIGTERM; `--check` stops after one greeting through the client;
+/// `--zones` starts two zones.
 pub(crate) fn up(args: &[String]) -> anyhow::Result<()> {
     if args.iter().any(|a| a == "--dev") {
         set_dev_profile();
@@ -74,6 +75,9 @@ pub(crate) fn up(args: &[String]) -> anyhow::Result<()> {
     let mut cmd = runner(&["up"]);
     if args.iter().any(|a| a == "--check") {
         cmd.arg("--check");
+    }
+    if args.iter().any(|a| a == "--zones") {
+        cmd.arg("--zones");
     }
     // The nodes' info logs would drown the addresses; demo logs stay. The
     // children's readiness does not depend on their logs, so any level works.

@@ -10,6 +10,16 @@
 //! retried once: SayHello is idempotent, and the retry goes to another
 //! instance once the failed one is ejected.
 //!
+//! SayHello is marked idempotent for the balancer: a call that has no
+//! answer after 30 % of its deadline is also sent to a second instance, and
+//! one that hits a broken connection is sent to another at once, so a
+//! server that dies or falls silent costs latency, not errors.
+//!
+//! `GET /metrics` shows the balancer in the Prometheus text format (picks,
+//! ejections, hedges, in-flight calls, EWMA latency, score and weight per
+//! backend); `GET /debug/balancer` shows the current pool with each
+//! backend's state as JSON.
+//!
 //! HTTP is served at once; providers may appear later. The client logs the
 //! watched app's instance count whenever it changes.
 //!
@@ -46,8 +56,12 @@ use naming::Resolution;
 use tonic::Code;
 use tracing::{debug, info, warn};
 
+mod metrics;
+
 /// Own appid when neither `--appid` nor `APP_ID` is set.
 const DEFAULT_APPID: &str = "demo.client";
+/// The one method called; it has no side effect, so it may be sent twice.
+const SAY_HELLO: &str = "/helloworld.Greeter/SayHello";
 
 /// The Greeter demo client: an HTTP front end calling demo.service through
 /// discovery://.
@@ -69,8 +83,12 @@ struct Cli {
     #[arg(long, default_value = "250ms", value_parser = parse_duration)]
     timeout: Duration,
     /// Picker: p2c or wrr (also round_robin, random).
-    #[arg(long, default_value = "p2c")]
+    #[arg(long, env = "DEMO_BALANCER", default_value = "p2c")]
     balancer: BalancerKind,
+    /// With wrr: keep the registered weights instead of adjusting them to
+    /// each server's success rate, latency and CPU.
+    #[arg(long)]
+    static_weights: bool,
     /// Once serving, write the bound HTTP address to this file (replaced
     /// atomically), so that a supervisor learns the port whatever the log
     /// level.
@@ -103,6 +121,7 @@ fn init_logs() {
 #[derive(Debug, Clone)]
 struct App {
     greeter: GreeterClient<Balanced>,
+    channel: Balanced,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -178,10 +197,27 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
+async fn metrics_text(State(app): State<App>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics::render(&app.channel.pool()),
+    )
+        .into_response()
+}
+
+async fn debug_balancer(State(app): State<App>) -> Response {
+    json(StatusCode::OK, metrics::debug(&app.channel))
+}
+
 fn router(app: App) -> Router {
     Router::new()
         .route("/say_hello", get(say_hello))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .route("/debug/balancer", get(debug_balancer))
         .with_state(app)
 }
 
@@ -251,11 +287,14 @@ async fn run(cli: Cli, target: Target, discovery: Option<Discovery>) -> anyhow::
         .caller(caller)
         .color(sdk.color.clone())
         .timeout(cli.timeout)
-        .balancer(cli.balancer);
+        .balancer(cli.balancer)
+        .static_weights(cli.static_weights)
+        .idempotent(SAY_HELLO);
     let channel = Balanced::from_target(&cli.target, &resolvers, &config)
         .with_context(|| format!("target {}", cli.target))?;
     let app = App {
-        greeter: GreeterClient::new(channel),
+        greeter: GreeterClient::new(channel.clone()),
+        channel,
     };
     let logger = discovery
         .clone()

@@ -236,3 +236,64 @@ async fn direct_target_needs_no_registry_and_maps_deadlines_to_504() {
     .await;
     assert!(body["error"].is_string(), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_debug_balancer_show_the_pool() {
+    let a = greeter("pool-a", Duration::ZERO).await;
+    let b = greeter("pool-b", Duration::ZERO).await;
+    let mut cmd = demo_client("demo-client-t4");
+    cmd.env("DEMO_TARGET", format!("direct://default/{a},{b}"))
+        .args(["--balancer", "wrr"]);
+    let client = Process::spawn_ready_file(cmd, "demo-client-t4")
+        .await
+        .expect("starts");
+    let base = format!("http://{}", client.addr);
+    until_status(
+        &format!("{base}/say_hello?name=m"),
+        200,
+        Duration::from_secs(10),
+    )
+    .await;
+    for _ in 0..20 {
+        let (status, _) = get(&format!("{base}/say_hello?name=m")).await;
+        assert_eq!(status, 200);
+    }
+    let (status, pool) = get(&format!("{base}/debug/balancer")).await;
+    assert_eq!(status, 200);
+    assert_eq!(pool["balancer"], "wrr", "{pool}");
+    let backends = pool["backends"].as_array().expect("backends");
+    let addrs: Vec<&str> = backends.iter().filter_map(|b| b["addr"].as_str()).collect();
+    assert_eq!(addrs, [a.to_string(), b.to_string()], "{pool}");
+    let picks: u64 = backends.iter().filter_map(|b| b["picks"].as_u64()).sum();
+    assert!(picks >= 21, "{pool}");
+    for b in backends {
+        assert_eq!(b["connected"], true, "{pool}");
+        assert_eq!(b["ejected"], false, "{pool}");
+        assert!(b["picks"].as_u64().unwrap_or(0) > 0, "wrr spreads: {pool}");
+    }
+
+    let resp = reqwest::get(format!("{base}/metrics")).await.expect("HTTP");
+    assert_eq!(resp.status().as_u16(), 200);
+    let text = resp.text().await.expect("body");
+    for metric in [
+        "demo_balancer_picks_total",
+        "demo_balancer_ejections_total",
+        "demo_balancer_in_flight",
+        "demo_balancer_latency_ewma_seconds",
+        "demo_balancer_score",
+        "demo_balancer_effective_weight",
+        "demo_balancer_hedged_calls_total",
+    ] {
+        assert!(text.contains(metric), "{metric} missing:\n{text}");
+    }
+    let line = format!("demo_balancer_picks_total{{backend=\"{a}\",balancer=\"wrr\"}} ");
+    let value: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .unwrap_or_else(|| panic!("{line} missing:\n{text}"))
+        .trim()
+        .parse()
+        .expect("a count");
+    assert!(value > 0, "{text}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
+}

@@ -1,10 +1,17 @@
 //! The loopback end-to-end checks of the demo topology.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
-use anyhow::{bail, ensure};
+use anyhow::{Context as _, bail, ensure};
 use testkit::demo::{DemoBins, DemoTopology};
-use tokio::time::Instant;
+use tokio::{task::JoinHandle, time::Instant};
 
 /// The outcome of a run of sequential calls.
 #[derive(Debug, Default)]
@@ -14,6 +21,9 @@ pub(crate) struct Tally {
     pub(crate) failed: Vec<(usize, u16, String)>,
     /// Successful calls per `served_by`.
     pub(crate) served: BTreeMap<String, usize>,
+    /// Calls the client's balancer hedged or retried on another backend
+    /// meanwhile (through [`Load`] only).
+    pub(crate) hedged: u64,
 }
 
 impl Tally {
@@ -28,6 +38,109 @@ impl Tally {
             Err(e) => self.failed.push((i, 0, e.to_string())),
         }
     }
+}
+
+/// Sequential greetings through one client's `/say_hello` until stopped,
+/// about 100 a second.
+pub(crate) struct Load {
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<Tally>,
+}
+
+impl Load {
+    pub(crate) fn start(base: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let url = format!("{base}/say_hello");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("HTTP client");
+        let flag = stop.clone();
+        let base = base.to_string();
+        let task = tokio::spawn(async move {
+            let mut t = Tally::default();
+            let before = hedged(&http, &base).await;
+            let mut i = 0;
+            while !flag.load(Ordering::Relaxed) {
+                t.add(i, greet(&http, &url).await);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            t.hedged = hedged(&http, &base).await.saturating_sub(before);
+            t
+        });
+        Load { stop, task }
+    }
+
+    pub(crate) async fn finish(self) -> Tally {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap_or_default()
+    }
+}
+
+pub(crate) async fn greet(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<(u16, serde_json::Value), reqwest::Error> {
+    let resp = http.get(url).query(&[("name", "e2e")]).send().await?;
+    let status = resp.status().as_u16();
+    let text = resp.text().await?;
+    Ok((
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+/// Calls a client's balancer hedged or retried so far.
+async fn hedged(http: &reqwest::Client, base: &str) -> u64 {
+    let Ok(resp) = http.get(format!("{base}/debug/balancer")).send().await else {
+        return 0;
+    };
+    let pool: serde_json::Value = resp.json().await.unwrap_or_default();
+    pool["hedged_calls"].as_u64().unwrap_or(0) + pool["retried_calls"].as_u64().unwrap_or(0)
+}
+
+/// A client's `/debug/balancer` state of the backend at `addr`.
+pub(crate) async fn backend_state(
+    http: &reqwest::Client,
+    base: &str,
+    addr: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let pool: serde_json::Value = http
+        .get(format!("{base}/debug/balancer"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    pool["backends"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["addr"] == addr).cloned())
+        .with_context(|| format!("{addr} not in the pool of {base}: {pool}"))
+}
+
+/// Polls each client's `/debug/balancer` until `addr` is ejected (the
+/// balancer stopped picking it), at most `within`; the time each took.
+pub(crate) async fn until_ejected(
+    bases: &[String],
+    addr: &str,
+    within: Duration,
+) -> Vec<Option<Duration>> {
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    let mut took = vec![None; bases.len()];
+    while start.elapsed() < within && took.iter().any(Option::is_none) {
+        for (i, base) in bases.iter().enumerate() {
+            if took[i].is_none()
+                && backend_state(&http, base, addr)
+                    .await
+                    .is_ok_and(|b| b["ejected"] == true)
+            {
+                took[i] = Some(start.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    took
 }
 
 /// `n` sequential greetings.
@@ -85,8 +198,13 @@ fn step(text: &str) {
 pub(crate) async fn run() -> anyhow::Result<()> {
     let mut figures: Vec<String> = Vec::new();
     let mut topo = DemoTopology::start(DemoBins::sibling(), 3, 2).await?;
-    let result = checks(&mut topo, &mut figures).await;
+    let mut result = checks(&mut topo, &mut figures).await;
     topo.shutdown().await;
+    if result.is_ok() {
+        let mut topo = start_zones().await?;
+        result = zones(&mut topo, &mut figures).await;
+        topo.shutdown().await;
+    }
     println!();
     println!("e2e figures:");
     for f in &figures {
@@ -127,19 +245,115 @@ async fn checks(topo: &mut DemoTopology, figures: &mut Vec<String>) -> anyhow::R
         t.served
     );
 
+    let wrr = topo
+        .add_client("demo-client-wrr", &["--balancer", "wrr"], None)
+        .await?;
+    let clients = [("p2c", topo.client_url()), ("wrr", wrr.clone())];
+    let bases: Vec<String> = clients.iter().map(|(_, b)| b.clone()).collect();
+    for (_, base) in &clients {
+        let http = reqwest::Client::new();
+        for i in 0..2 {
+            let addr = topo.server_addr(i).context("server runs")?.to_string();
+            let start = Instant::now();
+            while backend_state(&http, base, &addr)
+                .await
+                .map_or(true, |b| b["connected"] != true)
+            {
+                ensure!(
+                    start.elapsed() < Duration::from_secs(15),
+                    "{base} never connected to {addr}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    step("SIGSTOP demo-server-2: its sockets accept but nothing answers (a blackhole)");
+    let victim = topo.server_addr(1).context("server runs")?.to_string();
+    let loads: Vec<Load> = bases.iter().map(|b| Load::start(b)).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    topo.signal_server(1, "STOP").await?;
+    let ejected = until_ejected(&bases, &victim, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut tallies = Vec::new();
+    for l in loads {
+        tallies.push(l.finish().await);
+    }
+    topo.signal_server(1, "CONT").await?;
+    for (((kind, _), t), took) in clients.iter().zip(&tallies).zip(&ejected) {
+        figures.push(format!(
+            "SIGSTOP of 1 of 2 demo servers, {kind}: {} of {} calls failed ({} hedged or \
+             retried); ejected {took:?} after the stop",
+            t.failed.len(),
+            t.ok + t.failed.len(),
+            t.hedged
+        ));
+    }
+    for (((kind, _), t), took) in clients.iter().zip(&tallies).zip(&ejected) {
+        ensure!(
+            t.failed.is_empty(),
+            "{kind}: calls failed with a silent demo server: {:?}",
+            t.failed
+        );
+        ensure!(
+            took.is_some(),
+            "{kind}: the silent demo server was never ejected"
+        );
+    }
+
+    step("SIGCONT demo-server-2: both clients take it back");
+    for (kind, base) in &clients {
+        let http = reqwest::Client::new();
+        let start = Instant::now();
+        while backend_state(&http, base, &victim)
+            .await
+            .map_or(true, |b| b["ejected"] == true)
+        {
+            ensure!(
+                start.elapsed() < Duration::from_secs(30),
+                "{kind}: demo-server-2 not re-admitted after SIGCONT"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        figures.push(format!(
+            "{kind}: demo-server-2 re-admitted {:?} after SIGCONT was seen",
+            start.elapsed()
+        ));
+    }
+
     step("kill -9 demo-server-1 (the registry is not told)");
+    let victim = topo.server_addr(0).context("server runs")?.to_string();
+    let loads: Vec<Load> = bases.iter().map(|b| Load::start(b)).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     topo.kill_server(0).await;
-    let t = calls(topo, 300).await;
-    figures.push(format!(
-        "kill -9 of 1 of 2 demo servers: {} of 300 calls failed {:?}",
-        t.failed.len(),
-        t.failed
-    ));
-    ensure!(
-        t.failed.is_empty(),
-        "calls failed after kill -9 of a demo server: {:?}",
-        t.failed
-    );
+    let ejected = until_ejected(&bases, &victim, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut tallies = Vec::new();
+    for l in loads {
+        tallies.push(l.finish().await);
+    }
+    for (((kind, _), t), took) in clients.iter().zip(&tallies).zip(&ejected) {
+        figures.push(format!(
+            "kill -9 of 1 of 2 demo servers, {kind}: {} of {} calls failed ({} hedged or \
+             retried); ejected {took:?} after the kill",
+            t.failed.len(),
+            t.ok + t.failed.len(),
+            t.hedged
+        ));
+    }
+    for (((kind, _), t), took) in clients.iter().zip(&tallies).zip(&ejected) {
+        ensure!(
+            t.failed.is_empty(),
+            "{kind}: calls failed after kill -9 of a demo server: {:?}",
+            t.failed
+        );
+        ensure!(
+            took.is_some(),
+            "{kind}: the killed demo server was never ejected"
+        );
+    }
+    let t = calls(topo, 100).await;
+    ensure!(t.failed.is_empty(), "failed calls: {:?}", t.failed);
     ensure!(
         t.served.keys().all(|k| k == "demo-server-2"),
         "{:?}",
@@ -198,6 +412,143 @@ async fn checks(topo: &mut DemoTopology, figures: &mut Vec<String>) -> anyhow::R
         ensure!(
             hosts.contains(&host.as_str()) && !hosts.contains(&"demo-server-2"),
             "node {node} lists {hosts:?}"
+        );
+    }
+    Ok(())
+}
+
+/// The local zone.
+pub(crate) const LOCAL_ZONE: &str = "zone01";
+/// The other zone.
+pub(crate) const OTHER_ZONE: &str = "zone02";
+
+/// Two zones: the client (p2c), a wrr client and demo-server-1 and -2 in
+/// [`LOCAL_ZONE`], demo-server-3 and -4 in [`OTHER_ZONE`].
+pub(crate) async fn start_zones() -> anyhow::Result<DemoTopology> {
+    let mut topo = DemoTopology::start_in(DemoBins::sibling(), 3, 2, Some(LOCAL_ZONE)).await?;
+    for _ in 0..2 {
+        topo.add_server_in(Some(OTHER_ZONE)).await?;
+    }
+    topo.add_client("demo-client-wrr", &["--balancer", "wrr"], Some(LOCAL_ZONE))
+        .await?;
+    Ok(topo)
+}
+
+/// Runs `load` on every client until each has served a call from one of
+/// `hosts` and nothing else for 20 calls in a row; how long that took.
+async fn until_only(
+    bases: &[String],
+    hosts: &[&str],
+    within: Duration,
+) -> anyhow::Result<Duration> {
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    for base in bases {
+        let url = format!("{base}/say_hello");
+        let mut run = 0;
+        while run < 20 {
+            ensure!(
+                start.elapsed() < within,
+                "{base} not served only by {hosts:?} within {within:?}"
+            );
+            match greet(&http, &url).await {
+                Ok((200, body)) if hosts.contains(&body["served_by"].as_str().unwrap_or("")) => {
+                    run += 1
+                }
+                _ => run = 0,
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    Ok(start.elapsed())
+}
+
+/// Stopping every server of the local zone moves traffic to the other zone
+/// without a failed call; one local server back takes it home again.
+async fn zones(topo: &mut DemoTopology, figures: &mut Vec<String>) -> anyhow::Result<()> {
+    step("zones: the clients in zone01 call zone01 only");
+    let bases = vec![topo.client_url(), topo.clients[0].addr.to_string()];
+    let bases: Vec<String> = bases
+        .into_iter()
+        .map(|b| {
+            if b.starts_with("http") {
+                b
+            } else {
+                format!("http://{b}")
+            }
+        })
+        .collect();
+    until_only(
+        &bases,
+        &["demo-server-1", "demo-server-2"],
+        Duration::from_secs(20),
+    )
+    .await?;
+
+    step("zones: SIGTERM both zone01 servers under load");
+    let loads: Vec<Load> = bases.iter().map(|b| Load::start(b)).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let start = Instant::now();
+    topo.stop_server(0).await;
+    topo.stop_server(1).await;
+    let stopped = start.elapsed();
+    let moved = until_only(
+        &bases,
+        &["demo-server-3", "demo-server-4"],
+        Duration::from_secs(10),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut tallies = Vec::new();
+    for l in loads {
+        tallies.push(l.finish().await);
+    }
+    for (kind, t) in ["p2c", "wrr"].iter().zip(&tallies) {
+        figures.push(format!(
+            "zones, every zone01 server stopped ({stopped:?}), {kind}: {} of {} calls failed \
+             ({} hedged or retried); served by {:?}",
+            t.failed.len(),
+            t.ok + t.failed.len(),
+            t.hedged,
+            t.served
+        ));
+    }
+    figures.push(format!(
+        "zones: both clients served only by zone02 {moved:?} after the stops began"
+    ));
+    for (kind, t) in ["p2c", "wrr"].iter().zip(&tallies) {
+        ensure!(
+            t.failed.is_empty(),
+            "zones, {kind}: calls failed when zone01 emptied: {:?}",
+            t.failed
+        );
+    }
+
+    step("zones: one zone01 server back takes the traffic home");
+    let loads: Vec<Load> = bases.iter().map(|b| Load::start(b)).collect();
+    let i = topo.add_server_in(Some(LOCAL_ZONE)).await?;
+    let start = Instant::now();
+    let host = format!("demo-server-{}", i + 1);
+    let back = until_only(&bases, &[host.as_str()], Duration::from_secs(20)).await?;
+    let mut tallies = Vec::new();
+    for l in loads {
+        tallies.push(l.finish().await);
+    }
+    figures.push(format!(
+        "zones: {host} (zone01) listening; both clients served only by it {back:?} later \
+         (started {:?} ago)",
+        start.elapsed()
+    ));
+    for (kind, t) in ["p2c", "wrr"].iter().zip(&tallies) {
+        figures.push(format!(
+            "zones, a zone01 server back, {kind}: {} of {} calls failed",
+            t.failed.len(),
+            t.ok + t.failed.len()
+        ));
+        ensure!(
+            t.failed.is_empty(),
+            "zones, {kind}: calls failed when zone01 came back: {:?}",
+            t.failed
         );
     }
     Ok(())

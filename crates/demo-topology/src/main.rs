@@ -5,14 +5,19 @@
 //!   loopback (ports chosen by the OS); prints the addresses, the web
 //!   console and a curl; Ctrl-C or SIGTERM stops everything, clients first.
 //!   `up --check` makes one greeting through the client, stops everything
-//!   and exits 0.
-//! * `e2e`: the same topology with assertions: a greeting through the
-//!   client; `kill -9` of a demo server fails no call; `kill -9` of a
-//!   discovery node leaves registration and resolution working; a new demo
-//!   server receives calls; a SIGTERMed one leaves without failed calls.
+//!   and exits 0. `up --zones` runs two zones instead: the client, a wrr
+//!   client and two servers in zone01, two servers in zone02.
+//! * `e2e`: the same topology with assertions, under load through a p2c
+//!   and a wrr client: SIGSTOP (a blackhole) and `kill -9` of a demo server
+//!   fail no call; `kill -9` of a discovery node leaves registration and
+//!   resolution working; a new demo server receives calls; a SIGTERMed one
+//!   leaves without failed calls. Then two zones: emptying the local zone
+//!   moves traffic to the other without a failed call, and a local server
+//!   back takes it home.
 //! * `docker-e2e`: `docker compose up` of `docker-compose.yml` (images from
-//!   `cargo xtask docker`), a greeting, one discovery container and one demo
-//!   server container stopped, greetings again, `down`.
+//!   `cargo xtask docker`), greetings, one discovery container stopped, one
+//!   demo server container killed and another disconnected from the network
+//!   under load, no failed call, `down`.
 //!
 //! The binaries are taken from this executable's directory (build them
 //! with the same profile); `cargo xtask` does that.
@@ -42,6 +47,10 @@ enum Cmd {
         /// exit 0 (non-zero when the greeting fails).
         #[arg(long)]
         check: bool,
+        /// Two zones: the clients and demo-server-1, -2 in zone01,
+        /// demo-server-3, -4 in zone02.
+        #[arg(long)]
+        zones: bool,
     },
     /// The loopback end-to-end checks.
     E2e,
@@ -67,13 +76,17 @@ fn signals() -> anyhow::Result<impl std::future::Future<Output = &'static str>> 
     })
 }
 
-async fn up(check: bool) -> anyhow::Result<()> {
+async fn up(check: bool, zones: bool) -> anyhow::Result<()> {
     // Handlers first: a signal during start-up stops what has started.
     let signal = signals()?;
     // A terminal's Ctrl-C then reaches this process only, which stops the
     // children in order.
     testkit::own_process_groups();
-    let topo = DemoTopology::start(DemoBins::sibling(), 3, 2).await?;
+    let topo = if zones {
+        e2e::start_zones().await?
+    } else {
+        DemoTopology::start(DemoBins::sibling(), 3, 2).await?
+    };
     let result = serve(&topo, check, signal).await;
     topo.shutdown().await;
     println!("demo topology stopped");
@@ -128,7 +141,37 @@ async fn serve(
         topo.client_url(),
         pid_text(topo.client.id())
     );
+    // `up --zones` adds the wrr client (`start_zones`).
+    for c in &topo.clients {
+        println!(
+            "  demo-client-wrr:  http://{}  (pid {})",
+            c.addr,
+            pid_text(c.id())
+        );
+    }
+    println!(
+        "  balancer:         {0}/debug/balancer (JSON), {0}/metrics (Prometheus)",
+        topo.client_url()
+    );
     println!("  web console:      {}/", nodes[0]);
+    if topo.server_zones.iter().any(Option::is_some) {
+        let zone_of = |z: &str| {
+            topo.server_zones
+                .iter()
+                .enumerate()
+                .filter(|(_, sz)| sz.as_deref() == Some(z))
+                .map(|(i, _)| format!("demo-server-{}", i + 1))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "  zones:            {} (the clients'): {}; {}: {}",
+            e2e::LOCAL_ZONE,
+            zone_of(e2e::LOCAL_ZONE),
+            e2e::OTHER_ZONE,
+            zone_of(e2e::OTHER_ZONE)
+        );
+    }
     println!();
     println!("try:");
     println!("  curl '{}/say_hello?name=kratos'", topo.client_url());
@@ -159,7 +202,7 @@ fn pid_text(pid: Option<u32>) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Up { check } => up(check).await,
+        Cmd::Up { check, zones } => up(check, zones).await,
         Cmd::E2e => e2e::run().await,
         Cmd::DockerE2e { file } => docker::run(&file).await,
     }

@@ -12,7 +12,16 @@
 //!   The picker hears how the call ended when the response body ends
 //!   (`grpc-status` and `cpu_usage` are trailers).
 //! * A transport failure ejects the endpoint with backoff
-//!   ([`health`](crate::health)); a connection probe re-admits it.
+//!   ([`health`](crate::health)); so does the loss of its connection, which
+//!   HTTP/2 keepalive notices within `keepalive_interval +
+//!   keepalive_timeout` when the peer vanished without a reset (a killed
+//!   container, a partition). A probe re-admits the endpoint once a fresh
+//!   connection answers a request.
+//! * Calls of idempotent methods ([`ClientConfig::idempotent`]) are hedged:
+//!   with no response after `hedge_percent` of the deadline, a second
+//!   endpoint is asked too and the first answer wins; after a transport
+//!   failure they are retried on another endpoint at once. A peer that
+//!   stopped answering therefore costs latency, not failed calls.
 //! * With nothing to pick, a call fails at once with `Unavailable` saying
 //!   why, except that while resolution is pending or first connections run
 //!   it waits up to the startup grace (never past its deadline).
@@ -44,7 +53,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Weak,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -53,10 +62,13 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::{BodyExt as _, Full};
 use naming::{BuildOptions, Resolution, Resolver};
 use parking_lot::Mutex;
 use tokio::{
-    sync::{Notify, oneshot, watch},
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+    sync::{Notify, mpsc, oneshot, watch},
     time::{Instant, Sleep},
 };
 use tonic::{Code, Status, body::Body, transport::Channel};
@@ -108,12 +120,25 @@ struct Shared {
     picker: Arc<dyn Picker>,
     state: watch::Sender<Arc<Snapshot>>,
     republish: Notify,
+    /// Connections that ended, reported by their socket's drop.
+    lost: mpsc::UnboundedSender<Lost>,
+    hedged: AtomicU64,
+    retried: AtomicU64,
+}
+
+/// A connection of endpoint `addr`, dialled as `generation`, has ended.
+#[derive(Debug)]
+struct Lost {
+    addr: Arc<str>,
+    generation: u64,
 }
 
 /// What calls see: the connected endpoints and why there may be none.
 #[derive(Default)]
 struct Snapshot {
     ready: Vec<Arc<Backend>>,
+    /// Every endpoint, connected or not, for introspection.
+    all: Vec<Arc<Backend>>,
     phase: Phase,
     known: usize,
     first_connects: usize,
@@ -138,6 +163,10 @@ struct Backend {
     target: tonic::transport::Endpoint,
     connect_timeout: Duration,
     first_attempt_done: AtomicBool,
+    /// The dial whose channel is in use; connections of older dials may end
+    /// without consequence.
+    generation: AtomicU64,
+    lost: mpsc::UnboundedSender<Lost>,
 }
 
 #[derive(Default)]
@@ -168,7 +197,7 @@ impl Balanced {
     /// Never blocks; must be called inside a tokio runtime (otherwise
     /// [`naming::Error::InvalidConfig`]).
     pub fn new(resolver: Box<dyn Resolver>, config: &ClientConfig) -> Result<Self, naming::Error> {
-        Self::with_picker(resolver, config, config.balancer.picker())
+        Self::with_picker(resolver, config, config.picker())
     }
 
     /// Like [`Balanced::new`] with a picker of the caller's own instead of
@@ -211,7 +240,7 @@ impl Balanced {
             client_zone: target.zone.clone(),
             client_id: config.client_id.clone(),
         };
-        Self::build(resolver, stages, config, config.balancer.picker())
+        Self::build(resolver, stages, config, config.picker())
     }
 
     fn build(
@@ -226,15 +255,25 @@ impl Balanced {
             )
         })?;
         let (state, _) = watch::channel(Arc::new(Snapshot::default()));
+        let (lost, lost_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             appid: resolver.appid().to_string(),
             config: config.clone(),
             picker,
             state,
             republish: Notify::new(),
+            lost,
+            hedged: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
         });
         let (stop_tx, stop_rx) = oneshot::channel();
-        handle.spawn(run_updater(shared.clone(), resolver, stages, stop_rx));
+        handle.spawn(run_updater(
+            shared.clone(),
+            resolver,
+            stages,
+            stop_rx,
+            lost_rx,
+        ));
         Ok(Balanced {
             shared,
             _owner: Arc::new(stop_tx),
@@ -277,6 +316,67 @@ impl Balanced {
             .collect()
     }
 
+    /// The pool as the balancer sees it now: every endpoint with its
+    /// connection, ejection and picker statistics.
+    pub fn pool(&self) -> PoolState {
+        let snap = self.shared.state.borrow().clone();
+        let now = Instant::now();
+        let kind = self.shared.config.balancer;
+        let backends = snap
+            .all
+            .iter()
+            .map(|b| {
+                let e = &b.endpoint;
+                let h = b.health.lock();
+                let lag = e.lag();
+                let load = (e.cpu() as f64)
+                    * ((lag as f64).sqrt().floor() + 1.0)
+                    * e.inflight().max(0) as f64;
+                let p2c_score = if load > 0.0 {
+                    e.success() as f64 * f64::from(e.weight()) / load
+                } else {
+                    0.0
+                };
+                BackendState {
+                    addr: e.addr().to_string(),
+                    color: e.color().map(str::to_string),
+                    weight: e.weight(),
+                    connected: b.channel.lock().is_some(),
+                    ejected: b.ejected.load(Ordering::Relaxed),
+                    ejected_for_ms: h
+                        .ejection
+                        .until()
+                        .map(|u| u.saturating_duration_since(now).as_millis() as u64),
+                    consecutive_failures: h.ejection.failures(),
+                    in_flight: e.calls_in_flight(),
+                    latency_ewma_ms: lag as f64 / 1e6,
+                    success_permille: e.success(),
+                    cpu: e.cpu(),
+                    effective_weight: e.effective_weight(),
+                    score: match kind {
+                        crate::BalancerKind::Wrr => e.wrr_score(),
+                        _ => p2c_score,
+                    },
+                    picks: e.picks(),
+                    ejections: e.ejections(),
+                    hedges: e.hedges(),
+                }
+            })
+            .collect();
+        PoolState {
+            appid: self.shared.appid.clone(),
+            balancer: format!("{kind:?}").to_ascii_lowercase(),
+            phase: match &snap.phase {
+                Phase::Pending => "pending".to_string(),
+                Phase::NotFound { .. } => "not_found".to_string(),
+                Phase::Found => "found".to_string(),
+            },
+            hedged_calls: self.shared.hedged.load(Ordering::Relaxed),
+            retried_calls: self.shared.retried.load(Ordering::Relaxed),
+            backends,
+        }
+    }
+
     /// Addresses of the endpoints currently ejected.
     pub fn ejected_endpoints(&self) -> Vec<String> {
         self.shared
@@ -288,6 +388,61 @@ impl Balanced {
             .map(|b| b.endpoint.addr().to_string())
             .collect()
     }
+}
+
+/// The balancer's view of its pool; see [`Balanced::pool`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PoolState {
+    /// The balanced appid.
+    pub appid: String,
+    /// The picker: `p2c`, `wrr`, `roundrobin` or `random`.
+    pub balancer: String,
+    /// `pending`, `not_found` or `found`.
+    pub phase: String,
+    /// Idempotent calls sent to a second endpoint because the first had not
+    /// answered yet.
+    pub hedged_calls: u64,
+    /// Idempotent calls sent again after a transport failure.
+    pub retried_calls: u64,
+    /// Every resolved endpoint, in resolver order.
+    pub backends: Vec<BackendState>,
+}
+
+/// One endpoint of a [`PoolState`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackendState {
+    /// `host:port`.
+    pub addr: String,
+    /// Traffic colour.
+    pub color: Option<String>,
+    /// Registered weight.
+    pub weight: u32,
+    /// Whether a connection was made (only connected endpoints are picked).
+    pub connected: bool,
+    /// Whether it is out of rotation.
+    pub ejected: bool,
+    /// Time left until a probe may re-admit it.
+    pub ejected_for_ms: Option<u64>,
+    /// Consecutive transport failures (lost connections included).
+    pub consecutive_failures: u32,
+    /// Calls waiting for or reading their response.
+    pub in_flight: i64,
+    /// p2c's EWMA of the call latency.
+    pub latency_ewma_ms: f64,
+    /// p2c's EWMA of the success rate, per mille.
+    pub success_permille: u64,
+    /// The server's last `cpu_usage` (500 until one arrives).
+    pub cpu: u64,
+    /// The weight `wrr` uses now.
+    pub effective_weight: i64,
+    /// p2c: `success × weight / load`; wrr: the dynamic score.
+    pub score: f64,
+    /// Calls picked for it so far.
+    pub picks: u64,
+    /// Times it was ejected so far.
+    pub ejections: u64,
+    /// Hedged calls it received as the second endpoint.
+    pub hedges: u64,
 }
 
 impl fmt::Debug for Balanced {
@@ -372,38 +527,162 @@ impl Shared {
         start: Instant,
         deadline: Instant,
     ) -> Result<Response<ResponseBody>, Status> {
-        let backend = self.pick_or_wait(method, color, start, deadline).await?;
+        if self.config.is_idempotent(method) {
+            return self.send_hedged(req, method, color, start, deadline).await;
+        }
+        let backend = self
+            .pick_or_wait(method, color, start, deadline, &[])
+            .await?;
+        self.send_to(backend, req, method, start, deadline)
+            .await
+            .map_err(|f| f.status)
+    }
+
+    /// An idempotent call: its body is buffered so that it can be sent
+    /// again, to a second endpoint when the first has not answered after
+    /// `hedge_percent` of the deadline, or to another one at once after a
+    /// transport failure. The first response wins; the other attempt is
+    /// cancelled.
+    async fn send_hedged(
+        self: Arc<Self>,
+        req: Request<Body>,
+        method: &str,
+        color: Option<&str>,
+        start: Instant,
+        deadline: Instant,
+    ) -> Result<Response<ResponseBody>, Status> {
+        let (parts, body) = req.into_parts();
+        let body = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(status) => return Err(status),
+        };
+        let make = || {
+            let mut r = Request::new(Body::new(Full::new(body.clone())));
+            *r.method_mut() = parts.method.clone();
+            *r.uri_mut() = parts.uri.clone();
+            *r.version_mut() = parts.version;
+            *r.headers_mut() = parts.headers.clone();
+            r
+        };
+        let first = self
+            .pick_or_wait(method, color, start, deadline, &[])
+            .await?;
+        let tried = [first.endpoint.addr().to_string()];
+        let a = self.clone().send_to(first, make(), method, start, deadline);
+        tokio::pin!(a);
+        let pct = self.config.hedge_percent.min(100);
+        let hedge_at = (pct > 0).then(|| start + (deadline - start) * pct / 100);
+        let timer = async move {
+            match hedge_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = &mut a => match r {
+                Ok(resp) => Ok(resp),
+                Err(failed) if failed.retry => {
+                    let Some(next) = self.pick_now(method, color, &tried) else {
+                        return Err(failed.status);
+                    };
+                    self.retried.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        failed = tried[0],
+                        retry = next.endpoint.addr(),
+                        "idempotent call retried on another endpoint"
+                    );
+                    self.clone()
+                        .send_to(next, make(), method, start, deadline)
+                        .await
+                        .map_err(|f| f.status)
+                }
+                Err(failed) => Err(failed.status),
+            },
+            () = timer => {
+                let Some(second) = self.pick_now(method, color, &tried) else {
+                    return a.await.map_err(|f| f.status);
+                };
+                self.hedged.fetch_add(1, Ordering::Relaxed);
+                second.endpoint.counters.hedges.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    silent = tried[0],
+                    hedge = second.endpoint.addr(),
+                    "no response yet; hedging on another endpoint"
+                );
+                let b = self.clone().send_to(second, make(), method, start, deadline);
+                tokio::pin!(b);
+                tokio::select! {
+                    r = &mut a => match r {
+                        Ok(resp) => Ok(resp),
+                        Err(_) => b.await.map_err(|f| f.status),
+                    },
+                    r = &mut b => match r {
+                        Ok(resp) => Ok(resp),
+                        Err(_) => a.await.map_err(|f| f.status),
+                    },
+                }
+            }
+        }
+    }
+
+    /// A pick from the current set without waiting, avoiding `exclude`.
+    fn pick_now(
+        &self,
+        method: &str,
+        color: Option<&str>,
+        exclude: &[String],
+    ) -> Option<Arc<Backend>> {
+        let snap = self.state.borrow().clone();
+        self.pick(&snap, method, color, exclude).ok()
+    }
+
+    /// One attempt on `backend`.
+    async fn send_to(
+        self: Arc<Self>,
+        backend: Arc<Backend>,
+        req: Request<Body>,
+        method: &str,
+        start: Instant,
+        deadline: Instant,
+    ) -> Result<Response<ResponseBody>, Failed> {
+        backend
+            .endpoint
+            .counters
+            .inflight
+            .fetch_add(1, Ordering::Relaxed);
         let mut guard = DoneGuard {
             picker: self.picker.clone(),
             backend: backend.clone(),
-            start,
+            start: Instant::now(),
             deadline,
             finished: false,
         };
         let Some(channel) = backend.channel.lock().clone() else {
             guard.finish(Code::Unavailable, true, None);
-            return Err(Status::unavailable(format!(
+            return Err(Failed::retry(Status::unavailable(format!(
                 "{}: {} is not connected",
                 self.appid,
                 backend.endpoint.addr()
-            )));
+            ))));
         };
         match channel.oneshot(req).await {
             Err(e) if is_timeout(&e) => {
                 // The channel enforces `grpc-timeout` too and may fire in the
                 // same timer tick as our own deadline: not a transport failure.
                 guard.finish(Code::DeadlineExceeded, false, None);
-                Err(self.deadline_exceeded(method, deadline - start))
+                Err(Failed::fatal(
+                    self.deadline_exceeded(method, deadline - start),
+                ))
             }
             Err(e) => {
                 backend.transport_failed();
                 guard.finish(Code::Unavailable, true, None);
-                Err(Status::unavailable(format!(
+                Err(Failed::retry(Status::unavailable(format!(
                     "{}: {}: {}",
                     self.appid,
                     backend.endpoint.addr(),
                     error_chain(&e)
-                )))
+                ))))
             }
             Ok(mut resp) => {
                 backend.call_succeeded();
@@ -419,7 +698,9 @@ impl Shared {
                     // A tonic server answers its own expiry of our deadline
                     // with `Cancelled`; the caller asked for a deadline.
                     guard.finish(Code::DeadlineExceeded, false, None);
-                    return Err(self.deadline_exceeded(method, deadline - start));
+                    return Err(Failed::fatal(
+                        self.deadline_exceeded(method, deadline - start),
+                    ));
                 }
                 let header_cpu = parse_cpu(resp.headers());
                 Ok(resp.map(|inner| ResponseBody {
@@ -440,12 +721,13 @@ impl Shared {
         color: Option<&str>,
         start: Instant,
         deadline: Instant,
+        exclude: &[String],
     ) -> Result<Arc<Backend>, Status> {
         let mut rx = self.state.subscribe();
         let grace_end = (start + self.config.startup_grace).min(deadline);
         loop {
             let snap = rx.borrow_and_update().clone();
-            let why = match self.pick(&snap, method, color) {
+            let why = match self.pick(&snap, method, color, exclude) {
                 Ok(b) => return Ok(b),
                 Err(why) => why,
             };
@@ -458,7 +740,7 @@ impl Shared {
                 Ok(Ok(()))
             ) {
                 let snap = rx.borrow().clone();
-                let why = self.pick(&snap, method, color).err().flatten();
+                let why = self.pick(&snap, method, color, exclude).err().flatten();
                 let status = self.unavailable(&snap, why);
                 if Instant::now() >= deadline {
                     // The deadline, not the grace, ended the wait.
@@ -472,29 +754,31 @@ impl Shared {
         }
     }
 
-    /// Picks among the snapshot's usable endpoints. `Err(Some(reason))`
-    /// when endpoints exist but none suits the request.
+    /// Picks among the snapshot's usable endpoints other than `exclude`.
+    /// `Err(Some(reason))` when endpoints exist but none suits the request.
     fn pick(
         &self,
         snap: &Snapshot,
         method: &str,
         color: Option<&str>,
+        exclude: &[String],
     ) -> Result<Arc<Backend>, Option<String>> {
-        if snap.ready.is_empty() {
-            return Err(None);
-        }
-        let healthy: Vec<&Arc<Backend>> = snap
+        let ready: Vec<&Arc<Backend>> = snap
             .ready
             .iter()
+            .filter(|b| !exclude.iter().any(|x| x == b.endpoint.addr()))
+            .collect();
+        if ready.is_empty() {
+            return Err(None);
+        }
+        let healthy: Vec<&Arc<Backend>> = ready
+            .iter()
+            .copied()
             .filter(|b| !b.ejected.load(Ordering::Relaxed))
             .collect();
         // Every endpoint ejected: pick among all of them rather than none
         // ("panic mode"); the ejection may be stale.
-        let pool = if healthy.is_empty() {
-            snap.ready.iter().collect()
-        } else {
-            healthy
-        };
+        let pool = if healthy.is_empty() { ready } else { healthy };
         let coloured: Vec<&Arc<Backend>> = match color {
             Some(c) => pool
                 .iter()
@@ -522,7 +806,14 @@ impl Shared {
             now: Instant::now(),
         };
         match self.picker.pick(&ctx, &candidates) {
-            Some(i) if i < group.len() => Ok(group[i].clone()),
+            Some(i) if i < group.len() => {
+                group[i]
+                    .endpoint
+                    .counters
+                    .picks
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(group[i].clone())
+            }
             _ => Err(Some("the picker chose no endpoint".to_string())),
         }
     }
@@ -557,6 +848,7 @@ impl Backend {
         color: Option<String>,
         hostname: String,
         config: &ClientConfig,
+        lost: mpsc::UnboundedSender<Lost>,
     ) -> Option<Self> {
         let target = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| tracing::warn!(addr, error = %e, "unusable endpoint address"))
@@ -575,6 +867,8 @@ impl Backend {
             target,
             connect_timeout: config.connect_timeout,
             first_attempt_done: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            lost,
         })
     }
 
@@ -593,6 +887,8 @@ impl Backend {
             target: self.target.clone(),
             connect_timeout: self.connect_timeout,
             first_attempt_done: AtomicBool::new(self.first_attempt_done.load(Ordering::Relaxed)),
+            generation: AtomicU64::new(self.generation.load(Ordering::Relaxed)),
+            lost: self.lost.clone(),
         }
     }
 
@@ -605,14 +901,23 @@ impl Backend {
     }
 
     fn transport_failed(self: &Arc<Self>) {
+        self.eject("transport failure");
+    }
+
+    fn eject(self: &Arc<Self>, why: &str) {
         let mut h = self.health.lock();
         let d = h.ejection.fail(Instant::now());
-        self.ejected.store(true, Ordering::Relaxed);
+        if !self.ejected.swap(true, Ordering::Relaxed) {
+            self.endpoint
+                .counters
+                .ejections
+                .fetch_add(1, Ordering::Relaxed);
+        }
         tracing::warn!(
             addr = self.endpoint.addr(),
             failures = h.ejection.failures(),
             ejected_for = ?d,
-            "endpoint ejected"
+            "endpoint ejected: {why}"
         );
         if !h.probing {
             h.probing = true;
@@ -620,15 +925,171 @@ impl Backend {
         }
     }
 
-    async fn dial(&self) -> Result<Channel, String> {
-        match tokio::time::timeout(self.connect_timeout, self.target.connect()).await {
-            Ok(Ok(ch)) => Ok(ch),
-            Ok(Err(e)) => Err(error_chain(&e)),
+    /// A new connection that has answered a request, within the connect
+    /// timeout. A peer that accepts connections but never answers (a frozen
+    /// process, a blackholed address behind a proxy) fails here rather than
+    /// being re-admitted.
+    async fn dial(&self) -> Result<(Channel, u64), String> {
+        let generation = self.generation.load(Ordering::Relaxed) + 1;
+        let addr: Arc<str> = Arc::from(self.endpoint.addr());
+        let lost = self.lost.clone();
+        let connector = tower::service_fn(move |_: http::Uri| {
+            let addr = addr.clone();
+            let lost = lost.clone();
+            async move {
+                let io = TcpStream::connect(&*addr).await?;
+                io.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(Tracked {
+                    io,
+                    _hook: LostHook {
+                        lost,
+                        addr,
+                        generation,
+                    },
+                }))
+            }
+        });
+        let attempt = async {
+            let channel = self
+                .target
+                .connect_with_connector(connector)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            answers(&channel, self.endpoint.addr()).await?;
+            Ok::<_, String>(channel)
+        };
+        match tokio::time::timeout(self.connect_timeout, attempt).await {
+            Ok(Ok(ch)) => Ok((ch, generation)),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(format!(
-                "connect timed out after {:?}",
+                "no connection answering within {:?}",
                 self.connect_timeout
             )),
         }
+    }
+
+    /// Puts a dialled channel in use.
+    fn install(&self, channel: Channel, generation: u64) {
+        let mut slot = self.channel.lock();
+        self.generation.store(generation, Ordering::Relaxed);
+        *slot = Some(channel);
+    }
+}
+
+/// Sends one gRPC request on a fresh channel; any HTTP response, even
+/// `Unimplemented`, shows that the peer is alive and serving.
+async fn answers(channel: &Channel, addr: &str) -> Result<(), String> {
+    let mut req = Request::new(Body::new(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0]))));
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = format!("http://{addr}/grpc.health.v1.Health/Check")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let headers = req.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("te", HeaderValue::from_static("trailers"));
+    match channel.clone().oneshot(req).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(error_chain(&e)),
+    }
+}
+
+/// A connection's socket; dropping it (the connection ended: keepalive
+/// timeout, reset, GOAWAY, EOF) tells the updater.
+struct Tracked {
+    io: TcpStream,
+    _hook: LostHook,
+}
+
+struct LostHook {
+    lost: mpsc::UnboundedSender<Lost>,
+    addr: Arc<str>,
+    generation: u64,
+}
+
+impl Drop for LostHook {
+    fn drop(&mut self) {
+        let _ = self.lost.send(Lost {
+            addr: self.addr.clone(),
+            generation: self.generation,
+        });
+    }
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Why an attempt failed, and whether another endpoint may be tried.
+struct Failed {
+    status: Status,
+    retry: bool,
+}
+
+impl Failed {
+    fn retry(status: Status) -> Self {
+        Failed {
+            status,
+            retry: true,
+        }
+    }
+
+    fn fatal(status: Status) -> Self {
+        Failed {
+            status,
+            retry: false,
+        }
+    }
+}
+
+impl Backend {
+    /// The connection of the channel in use ended: eject at once, so that
+    /// no caller picks it while the probe reconnects.
+    fn connection_lost(self: &Arc<Self>, generation: u64) {
+        if self.generation.load(Ordering::Relaxed) != generation
+            || self.ejected.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        self.eject("connection lost");
     }
 }
 
@@ -661,8 +1122,8 @@ async fn probe(backend: Weak<Backend>) {
         let result = b.dial().await;
         let mut h = b.health.lock();
         match result {
-            Ok(channel) => {
-                *b.channel.lock() = Some(channel);
+            Ok((channel, generation)) => {
+                b.install(channel, generation);
                 h.ejection.readmit();
                 h.probing = false;
                 b.ejected.store(false, Ordering::Relaxed);
@@ -686,8 +1147,8 @@ async fn connect_loop(backend: Weak<Backend>, shared: Weak<Shared>) {
         let result = b.dial().await;
         let first = !b.first_attempt_done.swap(true, Ordering::AcqRel);
         let connected = match result {
-            Ok(channel) => {
-                *b.channel.lock() = Some(channel);
+            Ok((channel, generation)) => {
+                b.install(channel, generation);
                 true
             }
             Err(error) => {
@@ -853,8 +1314,14 @@ impl Pool {
                     next
                 }
                 None => {
-                    let Some(b) = Backend::new(&addr, weight, color, hostname, &shared.config)
-                    else {
+                    let Some(b) = Backend::new(
+                        &addr,
+                        weight,
+                        color,
+                        hostname,
+                        &shared.config,
+                        shared.lost.clone(),
+                    ) else {
                         continue;
                     };
                     let b = Arc::new(b);
@@ -887,6 +1354,7 @@ impl Pool {
             .count();
         shared.state.send_replace(Arc::new(Snapshot {
             ready,
+            all: self.backends.clone(),
             phase: self.phase.clone(),
             known: self.backends.len(),
             first_connects,
@@ -899,6 +1367,7 @@ async fn run_updater(
     resolver: Box<dyn Resolver>,
     stages: Stages,
     mut stop: oneshot::Receiver<()>,
+    mut lost: mpsc::UnboundedReceiver<Lost>,
 ) {
     let mut rx = resolver.watch();
     let mut pool = Pool {
@@ -922,6 +1391,12 @@ async fn run_updater(
                 watching = r.is_ok();
             }
             () = shared.republish.notified() => changed = false,
+            Some(l) = lost.recv() => {
+                if let Some(b) = pool.backends.iter().find(|b| *b.endpoint.addr() == *l.addr) {
+                    b.connection_lost(l.generation);
+                }
+                changed = false;
+            }
         }
     }
     resolver.close();
@@ -943,6 +1418,11 @@ impl DoneGuard {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
+        self.backend
+            .endpoint
+            .counters
+            .inflight
+            .fetch_sub(1, Ordering::Relaxed);
         self.picker.done(
             &self.backend.endpoint,
             &DoneInfo {

@@ -6,8 +6,12 @@
 //! | `timeout` | 250 ms | per-RPC deadline unless the caller's or a per-method one is shorter |
 //! | `subset` | 50 | added to the target when it has none |
 //! | `zone`, `clusters` | none | added to the target as `zone=`, `cluster=` |
-//! | `keepalive_interval` / `keepalive_timeout` | 60 s / 20 s | HTTP/2 keepalive; pings while idle |
+//! | `keepalive_interval` / `keepalive_timeout` | 1 s / 1 s | HTTP/2 keepalive; pings while idle; a connection whose ping goes unanswered is closed and its endpoint ejected |
+//! | `connect_timeout` | 1 s | bound of one connection attempt (TCP connect plus a first answered request) |
 //! | `balancer` | `p2c` | `p2c`, `wrr`, `round_robin` or `random` |
+//! | `static_weights` | false | `wrr` uses the registered weights as they are instead of adjusting them every second |
+//! | `idempotent_methods` | none | full methods (or `*`) that may be hedged or retried on another endpoint |
+//! | `hedge_percent` | 30 | an idempotent call with no response after this share of its deadline is sent to a second endpoint too |
 //! | `client_id` | `$HOSTNAME` | subset key; pass the SDK's hostname |
 //!
 //! ```
@@ -21,6 +25,7 @@
 //!     zone = "sh001"
 //!     clusters = ["c1"]
 //!     balancer = "wrr"
+//!     idempotent_methods = ["/helloworld.Greeter/SayHello"]
 //!     [method_timeouts]
 //!     "/helloworld.Greeter/SayHello" = "1s"
 //! "#).unwrap();
@@ -28,11 +33,19 @@
 //! assert_eq!(cfg.balancer, BalancerKind::Wrr);
 //!
 //! let same = ClientConfig::default().zone("sh001").cluster("c1").balancer(BalancerKind::Wrr)
-//!     .method_timeout("/helloworld.Greeter/SayHello", Duration::from_secs(1));
+//!     .method_timeout("/helloworld.Greeter/SayHello", Duration::from_secs(1))
+//!     .idempotent("/helloworld.Greeter/SayHello");
 //! assert_eq!(cfg, same);
+//! assert!(cfg.is_idempotent("/helloworld.Greeter/SayHello"));
+//! assert!(!cfg.is_idempotent("/helloworld.Greeter/Other"));
 //! ```
 
-use std::{collections::BTreeMap, str::FromStr, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
 
 use serde::{Deserialize, Deserializer};
 
@@ -54,11 +67,11 @@ pub enum BalancerKind {
 }
 
 impl BalancerKind {
-    /// A fresh picker of this kind.
+    /// A fresh picker of this kind (`wrr` with dynamic weights).
     pub fn picker(self) -> Arc<dyn Picker> {
         match self {
             BalancerKind::P2c => Arc::new(P2c::new()),
-            BalancerKind::Wrr => Arc::new(SmoothWrr::new()),
+            BalancerKind::Wrr => Arc::new(SmoothWrr::dynamic()),
             BalancerKind::RoundRobin => Arc::new(RoundRobin::new()),
             BalancerKind::Random => Arc::new(Random::new()),
         }
@@ -121,6 +134,19 @@ pub struct ClientConfig {
     pub startup_grace: Duration,
     /// The picker.
     pub balancer: BalancerKind,
+    /// `wrr` only: keep the registered weights instead of adjusting them to
+    /// each endpoint's success rate, latency and `cpu_usage`.
+    pub static_weights: bool,
+    /// Full methods (`/pkg.Service/Method`, or `*` for all) that are safe to
+    /// send twice: their calls are hedged after `hedge_percent` of the
+    /// deadline without a response, and retried on another endpoint after a
+    /// transport failure. Their request bodies are buffered, so list unary
+    /// methods only.
+    pub idempotent_methods: BTreeSet<String>,
+    /// Percent of an idempotent call's deadline after which, with no
+    /// response yet, a second endpoint is asked too; the first answer wins.
+    /// 0 disables hedging (transport failures are still retried).
+    pub hedge_percent: u32,
     /// Deploy env, shown in "no instances" errors.
     pub env: String,
     /// Own appid, sent as `caller` metadata when not empty.
@@ -142,12 +168,18 @@ impl Default for ClientConfig {
             subset: crate::target::DEFAULT_SUBSET,
             zone: None,
             clusters: Vec::new(),
-            keepalive_interval: Duration::from_secs(60),
-            keepalive_timeout: Duration::from_secs(20),
+            // Short, so that a peer that vanished without a reset (a killed
+            // container, a partition) is noticed within about two seconds
+            // even between calls.
+            keepalive_interval: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(1),
             keepalive_while_idle: true,
             connect_timeout: Duration::from_secs(1),
             startup_grace: Duration::from_secs(1),
             balancer: BalancerKind::P2c,
+            static_weights: false,
+            idempotent_methods: BTreeSet::new(),
+            hedge_percent: 30,
             env: "dev".to_string(),
             caller: String::new(),
             color: String::new(),
@@ -224,6 +256,39 @@ impl ClientConfig {
     pub fn balancer(mut self, kind: BalancerKind) -> Self {
         self.balancer = kind;
         self
+    }
+
+    /// `wrr` only: use the registered weights as they are.
+    pub fn static_weights(mut self, on: bool) -> Self {
+        self.static_weights = on;
+        self
+    }
+
+    /// Marks a full method (or `*`, every method) as idempotent: hedged and
+    /// retried on another endpoint.
+    pub fn idempotent(mut self, method: impl Into<String>) -> Self {
+        self.idempotent_methods.insert(method.into());
+        self
+    }
+
+    /// Sets the share of the deadline after which an idempotent call is
+    /// hedged (0 disables hedging).
+    pub fn hedge_percent(mut self, percent: u32) -> Self {
+        self.hedge_percent = percent.min(100);
+        self
+    }
+
+    /// Whether calls of `method` may be sent twice.
+    pub fn is_idempotent(&self, method: &str) -> bool {
+        self.idempotent_methods.contains(method) || self.idempotent_methods.contains("*")
+    }
+
+    /// The picker `balancer` and `static_weights` name.
+    pub fn picker(&self) -> Arc<dyn Picker> {
+        match (self.balancer, self.static_weights) {
+            (BalancerKind::Wrr, true) => Arc::new(SmoothWrr::new()),
+            (kind, _) => kind.picker(),
+        }
     }
 
     /// Sets the env shown in errors.

@@ -1,9 +1,10 @@
-//! Passive health: ejection of endpoints whose calls fail below gRPC.
+//! Passive health: ejection of endpoints whose calls fail below gRPC or
+//! whose connection ends (a reset, a GOAWAY, an unanswered keepalive ping).
 //!
 //! The k-th consecutive transport failure ejects an endpoint for
 //! `min(100 ms × 2^(k−1), 10 s)`. When that time is up the balancer probes
-//! the endpoint with a fresh connection; a successful probe re-admits it, a
-//! failed one counts as the next failure. Only a successful call resets `k`,
+//! the endpoint with a fresh connection that must answer one request; a
+//! successful probe re-admits it, a failed one counts as the next failure. Only a successful call resets `k`,
 //! so an endpoint that accepts connections but fails calls backs off further
 //! every time.
 //!

@@ -8,8 +8,11 @@
 //!   in, `discovery` comes from the SDK crate.
 //! * [`Balanced`], a cloneable tower service over one tonic channel per
 //!   endpoint, with [`picker`]s (p2c, smooth WRR), ejection with backoff
-//!   ([`health`]), colour routing, fail-fast on empty sets and per-RPC
-//!   deadlines. `GreeterClient::new(balanced)` just works.
+//!   ([`health`]) on failed calls and on lost connections (HTTP/2 keepalive
+//!   notices silent peers), hedging and retries of idempotent methods,
+//!   colour routing, fail-fast on empty sets and per-RPC deadlines.
+//!   [`Balanced::pool`] shows every endpoint's state.
+//!   `GreeterClient::new(balanced)` just works.
 //! * [`CpuLayer`], the server-side `cpu_usage` trailer p2c balances on.
 //! * [`interop`], serving gRPC-Go and kratos callers whose `:authority`
 //!   carries a query (`<appid>?subset=50`).
@@ -38,7 +41,7 @@ pub mod pipeline;
 pub mod resolvers;
 pub mod target;
 
-pub use balance::{Balanced, ResponseBody, ServedBy};
+pub use balance::{BackendState, Balanced, PoolState, ResponseBody, ServedBy};
 pub use config::{BalancerKind, ClientConfig};
 pub use cpu::CpuLayer;
 pub use resolvers::{DirectBuilder, DirectResolver, Resolvers};

@@ -8,7 +8,10 @@
 //!
 //! * [`P2c`] (default): power of two choices over EWMA latency and success,
 //!   in-flight calls, the server's `cpu_usage` trailer and the weight (§6.3).
-//! * [`SmoothWrr`]: nginx smooth weighted round robin (§6.4).
+//! * [`SmoothWrr`]: nginx smooth weighted round robin; with
+//!   [`SmoothWrr::dynamic`] (the `wrr` default) each weight is scaled once a
+//!   second by the endpoint's recent success rate, mean latency and
+//!   `cpu_usage`.
 //! * [`RoundRobin`], [`Random`].
 //!
 //! ```
@@ -49,6 +52,78 @@ pub struct Endpoint {
     epoch: Instant,
     p2c: P2cState,
     wrr_current: AtomicI64,
+    wrr_effective: AtomicI64,
+    /// `f64` bits; 0 until scored.
+    wrr_score: AtomicU64,
+    wrr_window: Mutex<Window>,
+    pub(crate) counters: Counters,
+}
+
+/// What the balancer counts per endpoint, for metrics.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) picks: AtomicU64,
+    pub(crate) ejections: AtomicU64,
+    pub(crate) hedges: AtomicU64,
+    pub(crate) inflight: AtomicI64,
+}
+
+impl Counters {
+    fn copy_from(&self, other: &Counters) {
+        for (a, b) in [
+            (&self.picks, &other.picks),
+            (&self.ejections, &other.ejections),
+            (&self.hedges, &other.hedges),
+        ] {
+            a.store(b.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self.inflight
+            .store(other.inflight.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
+/// Calls of the last second in 10 buckets of 100 ms: requests, errors and
+/// the sum of latencies in 0.1 ms units.
+#[derive(Debug, Clone, Default)]
+struct Window {
+    buckets: [Bucket; WINDOW_BUCKETS as usize],
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Bucket {
+    /// Bucket number since the endpoint's epoch, +1 (0: never used).
+    index: u64,
+    requests: u64,
+    errors: u64,
+    latency: f64,
+}
+
+const WINDOW_BUCKETS: u64 = 10;
+const BUCKET: Duration = Duration::from_millis(100);
+
+impl Window {
+    fn add(&mut self, index: u64, error: bool, latency: f64) {
+        let b = &mut self.buckets[(index % WINDOW_BUCKETS) as usize];
+        if b.index != index {
+            *b = Bucket {
+                index,
+                ..Bucket::default()
+            };
+        }
+        b.requests += 1;
+        b.errors += u64::from(error);
+        b.latency += latency;
+    }
+
+    /// (requests, errors, latency sum) over the buckets of the last second.
+    fn value(&self, index: u64) -> (u64, u64, f64) {
+        self.buckets
+            .iter()
+            .filter(|b| b.index != 0 && b.index + WINDOW_BUCKETS > index && b.index <= index)
+            .fold((0, 0, 0.0), |(r, e, l), b| {
+                (r + b.requests, e + b.errors, l + b.latency)
+            })
+    }
 }
 
 impl Endpoint {
@@ -62,6 +137,10 @@ impl Endpoint {
             epoch,
             p2c: P2cState::new(epoch),
             wrr_current: AtomicI64::new(0),
+            wrr_effective: AtomicI64::new(i64::from(weight.max(1))),
+            wrr_score: AtomicU64::new(0),
+            wrr_window: Mutex::new(Window::default()),
+            counters: Counters::default(),
         }
     }
 
@@ -72,7 +151,60 @@ impl Endpoint {
         next.p2c.copy_from(&self.p2c, self.epoch, next.epoch);
         next.wrr_current
             .store(self.wrr_current.load(Ordering::Relaxed), Ordering::Relaxed);
+        // A scored endpoint keeps its score under the new weight.
+        let score = self.wrr_score();
+        if score > 0.0 {
+            next.wrr_score.store(score.to_bits(), Ordering::Relaxed);
+            next.wrr_effective
+                .store(effective(score, next.weight), Ordering::Relaxed);
+        }
+        // The window's buckets are numbered from the old epoch; both epochs
+        // are creation times, so the copy is at most a bucket off.
+        let shift = next.epoch.saturating_duration_since(self.epoch).as_nanos() / BUCKET.as_nanos();
+        let mut w = self.wrr_window.lock().clone();
+        for b in &mut w.buckets {
+            b.index = b.index.saturating_sub(shift as u64);
+        }
+        *next.wrr_window.lock() = w;
+        next.counters.copy_from(&self.counters);
         next
+    }
+
+    /// The weight `wrr` uses now: the registered one, or with dynamic
+    /// weights `max(1, ⌊score × weight⌋)`.
+    pub fn effective_weight(&self) -> i64 {
+        self.wrr_effective.load(Ordering::Relaxed)
+    }
+
+    /// The last dynamic `wrr` score, `√(success × 10⁹ / (latency × cpu))`
+    /// (latency in 0.1 ms units); 0 before the first scoring.
+    pub fn wrr_score(&self) -> f64 {
+        f64::from_bits(self.wrr_score.load(Ordering::Relaxed))
+    }
+
+    /// Calls picked for this endpoint so far.
+    pub fn picks(&self) -> u64 {
+        self.counters.picks.load(Ordering::Relaxed)
+    }
+
+    /// Times this endpoint was ejected so far.
+    pub fn ejections(&self) -> u64 {
+        self.counters.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Hedged calls that went here as the second attempt.
+    pub fn hedges(&self) -> u64 {
+        self.counters.hedges.load(Ordering::Relaxed)
+    }
+
+    /// Calls on this endpoint waiting for their response or reading it
+    /// (whatever the picker).
+    pub fn calls_in_flight(&self) -> i64 {
+        self.counters.inflight.load(Ordering::Relaxed)
+    }
+
+    fn bucket(&self, at: Instant) -> u64 {
+        (at.saturating_duration_since(self.epoch).as_nanos() / BUCKET.as_nanos()) as u64 + 1
     }
 
     /// `host:port`.
@@ -383,28 +515,100 @@ impl Picker for P2c {
 
 // ---------------------------------------------------------------- wrr
 
-/// nginx smooth weighted round robin with static weights (§6.4): weights
-/// 5, 1, 1 give `a a b a c a a`. Current weights live in the endpoints, so
-/// they survive updates of the set and vanish with departed endpoints.
+/// nginx smooth weighted round robin (§6.4): weights 5, 1, 1 give
+/// `a a b a c a a`. Current weights live in the endpoints, so they survive
+/// updates of the set and vanish with departed endpoints.
+///
+/// [`SmoothWrr::new`] uses the registered weights. [`SmoothWrr::dynamic`]
+/// scales them, at most once per second, by each endpoint's calls of the
+/// last second (10 buckets of 100 ms): success rate `cs = 1 − errors /
+/// requests` (an error is a code other than OK and Unknown, or a transport
+/// failure; `cs ≤ 0` counts as 0.1, and `cs ≤ 0.2` over at most 5 requests as
+/// 0.2), mean latency in 0.1 ms units and the server's `cpu_usage` (500
+/// until one arrives): `score = √(cs × 10⁹ / (latency × cpu))`, `effective =
+/// max(1, ⌊score × weight⌋)`. Endpoints without calls in the window get the
+/// mean score; with fewer than two scored endpoints the weights stay as they
+/// are, since one score alone says nothing about the others.
 #[derive(Debug, Default)]
 pub struct SmoothWrr {
-    lock: Mutex<()>,
+    lock: Mutex<Option<Instant>>,
+    dynamic: bool,
+}
+
+/// How often dynamic `wrr` weights change at most.
+pub const WRR_UPDATE: Duration = Duration::from_secs(1);
+
+fn effective(score: f64, weight: u32) -> i64 {
+    ((score * f64::from(weight)).floor() as i64).max(1)
 }
 
 impl SmoothWrr {
-    /// A new picker.
+    /// A picker with the registered (static) weights.
     pub fn new() -> Self {
         SmoothWrr::default()
+    }
+
+    /// A picker whose weights follow success rate, latency and CPU.
+    pub fn dynamic() -> Self {
+        SmoothWrr {
+            lock: Mutex::new(None),
+            dynamic: true,
+        }
+    }
+
+    /// Whether weights are adjusted.
+    pub fn is_dynamic(&self) -> bool {
+        self.dynamic
+    }
+
+    fn update(candidates: &[Arc<Endpoint>], now: Instant) {
+        let mut scores = vec![0.0f64; candidates.len()];
+        let (mut total, mut count) = (0.0, 0usize);
+        for (i, e) in candidates.iter().enumerate() {
+            let (requests, errors, latency) = e.wrr_window.lock().value(e.bucket(now));
+            if requests == 0 || latency <= 0.0 {
+                continue;
+            }
+            let mut cs = 1.0 - errors as f64 / requests as f64;
+            if cs <= 0.0 {
+                cs = 0.1;
+            } else if cs <= 0.2 && requests <= 5 {
+                cs = 0.2;
+            }
+            let mean = latency / requests as f64;
+            let cpu = e.cpu().max(1) as f64;
+            scores[i] = (cs * 1e9 / (mean * cpu)).sqrt();
+            total += scores[i];
+            count += 1;
+        }
+        if count < 2 {
+            return;
+        }
+        let mean = total / count as f64;
+        for (e, score) in candidates.iter().zip(scores) {
+            let score = if score > 0.0 { score } else { mean };
+            e.wrr_score.store(score.to_bits(), Ordering::Relaxed);
+            e.wrr_effective
+                .store(effective(score, e.weight), Ordering::Relaxed);
+        }
     }
 }
 
 impl Picker for SmoothWrr {
-    fn pick(&self, _ctx: &PickContext<'_>, candidates: &[Arc<Endpoint>]) -> Option<usize> {
-        let _guard = self.lock.lock();
+    fn pick(&self, ctx: &PickContext<'_>, candidates: &[Arc<Endpoint>]) -> Option<usize> {
+        let mut updated_at = self.lock.lock();
+        if self.dynamic && updated_at.is_none_or(|at| ctx.now >= at + WRR_UPDATE) {
+            *updated_at = Some(ctx.now);
+            Self::update(candidates, ctx.now);
+        }
         let mut total: i64 = 0;
         let mut best: Option<(usize, i64)> = None;
         for (i, e) in candidates.iter().enumerate() {
-            let eff = i64::from(e.weight);
+            let eff = if self.dynamic {
+                e.effective_weight()
+            } else {
+                i64::from(e.weight)
+            };
             let cur = e.wrr_current.fetch_add(eff, Ordering::Relaxed) + eff;
             total += eff;
             if best.is_none_or(|(_, b)| cur > b) {
@@ -416,6 +620,21 @@ impl Picker for SmoothWrr {
             .wrr_current
             .fetch_sub(total, Ordering::Relaxed);
         Some(i)
+    }
+
+    fn done(&self, endpoint: &Endpoint, info: &DoneInfo) {
+        if let Some(cpu) = info.cpu_usage.filter(|c| *c > 0) {
+            endpoint.p2c.cpu.store(cpu, Ordering::Relaxed);
+        }
+        if !self.dynamic {
+            return;
+        }
+        let error = info.transport_failure || !matches!(info.code, Code::Ok | Code::Unknown);
+        let latency = info.end.saturating_duration_since(info.start).as_nanos() as f64 / 1e5;
+        endpoint
+            .wrr_window
+            .lock()
+            .add(endpoint.bucket(info.end), error, latency);
     }
 }
 
@@ -515,6 +734,68 @@ mod tests {
             .map(|_| reordered[wrr.pick(&ctx, &reordered).unwrap()].addr())
             .collect();
         assert_eq!(next, ["e0", "e2", "e0", "e1", "e0", "e0"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dynamic_wrr_rescales_once_per_second() {
+        let e = eps(&[10, 10]);
+        let wrr = SmoothWrr::dynamic();
+        let feed = |i: usize, n: usize, lat: Duration, code: Code| {
+            for _ in 0..n {
+                let end = Instant::now();
+                done(&wrr, &e[i], end - lat, end, code, None);
+            }
+        };
+        // No samples yet: the first update leaves the weights alone.
+        wrr.pick(&PickContext::now("/m"), &e).unwrap();
+        assert_eq!([e[0].effective_weight(), e[1].effective_weight()], [10, 10]);
+        // e0 answers in 1 ms, e1 in 25 ms.
+        tokio::time::advance(Duration::from_millis(500)).await;
+        feed(0, 10, Duration::from_millis(1), Code::Ok);
+        feed(1, 10, Duration::from_millis(25), Code::Ok);
+        tokio::time::advance(Duration::from_millis(499)).await;
+        wrr.pick(&PickContext::now("/m"), &e).unwrap();
+        assert_eq!(e[0].effective_weight(), 10, "not before a second passed");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        wrr.pick(&PickContext::now("/m"), &e).unwrap();
+        // score = sqrt(1e9 / (latency in 0.1 ms × cpu 500)).
+        let s0 = (1e9f64 / (10.0 * 500.0)).sqrt();
+        let s1 = (1e9f64 / (250.0 * 500.0)).sqrt();
+        assert_eq!(e[0].effective_weight(), (s0 * 10.0).floor() as i64);
+        assert_eq!(e[1].effective_weight(), (s1 * 10.0).floor() as i64);
+        assert_eq!(e[0].wrr_score(), s0);
+        // Samples older than a second are forgotten; e1 now fails every
+        // call (cs 0 → 0.1) and reports cpu 1000.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        feed(0, 10, Duration::from_millis(1), Code::Ok);
+        for _ in 0..10 {
+            let end = Instant::now();
+            done(
+                &wrr,
+                &e[1],
+                end - Duration::from_millis(1),
+                end,
+                Code::Internal,
+                Some(1000),
+            );
+        }
+        wrr.pick(&PickContext::now("/m"), &e).unwrap();
+        let s1 = (0.1 * 1e9f64 / (10.0 * 1000.0)).sqrt();
+        assert_eq!(e[1].effective_weight(), (s1 * 10.0).floor() as i64);
+        assert!(e[0].effective_weight() > 3 * e[1].effective_weight());
+        // Even a terrible score keeps an effective weight of at least 1.
+        assert_eq!(effective(1e-9, 10), 1);
+        // Static wrr ignores all of it.
+        let st = SmoothWrr::new();
+        let fresh = eps(&[10, 10]);
+        for (f, x) in fresh.iter().zip(&e) {
+            f.wrr_effective
+                .store(x.effective_weight(), Ordering::Relaxed);
+        }
+        let order: Vec<usize> = (0..4)
+            .map(|_| st.pick(&PickContext::now("/m"), &fresh).unwrap())
+            .collect();
+        assert_eq!(order.iter().filter(|&&i| i == 0).count(), 2);
     }
 
     #[test]

@@ -42,7 +42,9 @@ async fn weights_1_2_3_over_600_calls() {
     let (resolver, _tx) = fake(found(&eps));
     let channel = Balanced::new(
         resolver,
-        &ClientConfig::default().balancer(BalancerKind::Wrr),
+        &ClientConfig::default()
+            .balancer(BalancerKind::Wrr)
+            .static_weights(true),
     )
     .unwrap();
     wait_ready(&channel, 3).await;

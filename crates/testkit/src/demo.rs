@@ -54,6 +54,10 @@ pub struct DemoTopology {
     pub servers: Vec<Option<Process>>,
     /// The demo client.
     pub client: Process,
+    /// More demo clients (see [`DemoTopology::add_client`]).
+    pub clients: Vec<Process>,
+    /// The zone of each server, when they were started in one.
+    pub server_zones: Vec<Option<String>>,
     http: reqwest::Client,
 }
 
@@ -62,6 +66,18 @@ impl DemoTopology {
     /// registry timings), waits until they serve reads, then `servers`
     /// demo servers and the demo client.
     pub async fn start(bins: DemoBins, nodes: usize, servers: usize) -> std::io::Result<Self> {
+        Self::start_in(bins, nodes, servers, None).await
+    }
+
+    /// Like [`DemoTopology::start`], with the client (and the servers
+    /// started here) in `zone` (the SDK's `ZONE`) when given; more servers,
+    /// in any zone, come from [`DemoTopology::add_server_in`].
+    pub async fn start_in(
+        bins: DemoBins,
+        nodes: usize,
+        servers: usize,
+        zone: Option<&str>,
+    ) -> std::io::Result<Self> {
         let cluster = ProcessTopology::start_with(
             &Layout::zones(&[("zone01", nodes)]),
             bins.discovery.clone(),
@@ -69,19 +85,21 @@ impl DemoTopology {
         .await?;
         cluster.wait_ready().await;
         let nodes_env = nodes_list(cluster.addrs());
-        let client = start_client(&bins, &nodes_env).await?;
+        let client = start_client(&bins, &nodes_env, zone).await?;
         let mut topo = DemoTopology {
             bins,
             cluster,
             servers: Vec::new(),
             client,
+            clients: Vec::new(),
+            server_zones: Vec::new(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()
                 .expect("HTTP client"),
         };
         for _ in 0..servers {
-            topo.add_server().await?;
+            topo.add_server_in(zone).await?;
         }
         Ok(topo)
     }
@@ -104,6 +122,12 @@ impl DemoTopology {
     /// Starts one more demo server (hostname `demo-server-<n>`); returns its
     /// index.
     pub async fn add_server(&mut self) -> std::io::Result<usize> {
+        self.add_server_in(None).await
+    }
+
+    /// Starts one more demo server registering in `zone` (the SDK's `ZONE`;
+    /// the SDK default when `None`); returns its index.
+    pub async fn add_server_in(&mut self, zone: Option<&str>) -> std::io::Result<usize> {
         let i = self.servers.len();
         let name = format!("demo-server-{}", i + 1);
         let mut cmd = Command::new(&self.bins.demo_server);
@@ -111,9 +135,45 @@ impl DemoTopology {
             .env("DISCOVERY_NODES", self.discovery_nodes())
             .env("HOSTNAME", &name);
         demo_env(&mut cmd);
+        if let Some(zone) = zone {
+            cmd.env("ZONE", zone);
+        }
         self.servers
             .push(Some(Process::spawn_ready_file(cmd, &name).await?));
+        self.server_zones.push(zone.map(str::to_string));
         Ok(i)
+    }
+
+    /// Starts another demo client (hostname `name`) with extra arguments,
+    /// e.g. `["--balancer", "wrr"]`, in `zone` when given; returns its base
+    /// URL.
+    pub async fn add_client(
+        &mut self,
+        name: &str,
+        args: &[&str],
+        zone: Option<&str>,
+    ) -> std::io::Result<String> {
+        let mut cmd = Command::new(&self.bins.demo_client);
+        cmd.args(["--http-addr", "127.0.0.1:0"])
+            .args(args)
+            .env("DISCOVERY_NODES", self.discovery_nodes())
+            .env("HOSTNAME", name);
+        demo_env(&mut cmd);
+        if let Some(zone) = zone {
+            cmd.env("ZONE", zone);
+        }
+        let p = Process::spawn_ready_file(cmd, name).await?;
+        let url = format!("http://{}", p.addr);
+        self.clients.push(p);
+        Ok(url)
+    }
+
+    /// Sends a `kill -s` signal (`STOP`, `CONT`, …) to demo server `i`.
+    pub async fn signal_server(&self, i: usize, signal: &str) -> std::io::Result<()> {
+        match self.servers.get(i).and_then(Option::as_ref) {
+            Some(p) => p.signal(signal).await,
+            None => Ok(()),
+        }
     }
 
     /// `kill -9` demo server `i`: the registry is not told.
@@ -150,7 +210,12 @@ impl DemoTopology {
     /// deregister), then kills the nodes.
     pub async fn shutdown(mut self) {
         let _ = self.client.terminate().await;
+        for c in &mut self.clients {
+            let _ = c.terminate().await;
+        }
         for i in 0..self.servers.len() {
+            // A stopped server could not act on SIGTERM.
+            let _ = self.signal_server(i, "CONT").await;
             self.stop_server(i).await;
         }
         for i in 0..self.cluster.nodes.len() {
@@ -164,12 +229,19 @@ impl DemoTopology {
     }
 }
 
-async fn start_client(bins: &DemoBins, nodes: &str) -> std::io::Result<Process> {
+async fn start_client(
+    bins: &DemoBins,
+    nodes: &str,
+    zone: Option<&str>,
+) -> std::io::Result<Process> {
     let mut cmd = Command::new(&bins.demo_client);
     cmd.args(["--http-addr", "127.0.0.1:0"])
         .env("DISCOVERY_NODES", nodes)
         .env("HOSTNAME", "demo-client-1");
     demo_env(&mut cmd);
+    if let Some(zone) = zone {
+        cmd.env("ZONE", zone);
+    }
     Process::spawn_ready_file(cmd, "demo-client-1").await
 }
 

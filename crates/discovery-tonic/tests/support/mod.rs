@@ -9,7 +9,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -37,10 +37,30 @@ pub struct Behaviour {
     pub real_cpu: bool,
 }
 
+/// What a running server does, changeable while it runs.
+#[derive(Default)]
+pub struct Control {
+    /// Extra delay per call, in milliseconds.
+    pub delay_ms: AtomicU64,
+    /// Answer every call with `Internal`.
+    pub fail: AtomicBool,
+}
+
+impl Control {
+    pub fn set_delay(&self, d: Duration) {
+        self.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    pub fn set_fail(&self, on: bool) {
+        self.fail.store(on, Ordering::SeqCst);
+    }
+}
+
 struct Hello {
     name: String,
     hits: Arc<AtomicUsize>,
     delay: Duration,
+    control: Arc<Control>,
 }
 
 #[tonic::async_trait]
@@ -49,6 +69,13 @@ impl Greeter for Hello {
         self.hits.fetch_add(1, Ordering::SeqCst);
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
+        }
+        let extra = self.control.delay_ms.load(Ordering::SeqCst);
+        if extra > 0 {
+            tokio::time::sleep(Duration::from_millis(extra)).await;
+        }
+        if self.control.fail.load(Ordering::SeqCst) {
+            return Err(Status::internal("failing on purpose"));
         }
         let mut resp = Response::new(HelloReply {
             message: format!("Hello {}", req.into_inner().name),
@@ -63,6 +90,7 @@ impl Greeter for Hello {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    pub control: Arc<Control>,
     rt: Option<tokio::runtime::Runtime>,
 }
 
@@ -82,6 +110,7 @@ impl TestServer {
     /// One server accepting on every listener (for the 1025-endpoint test).
     pub fn serve(listeners: Vec<std::net::TcpListener>, addr: SocketAddr, b: Behaviour) -> Self {
         let hits = Arc::new(AtomicUsize::new(0));
+        let control = Arc::new(Control::default());
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -91,6 +120,7 @@ impl TestServer {
             name: addr.to_string(),
             hits: hits.clone(),
             delay: b.delay,
+            control: control.clone(),
         });
         rt.spawn(async move {
             let incoming = listeners
@@ -124,6 +154,7 @@ impl TestServer {
         TestServer {
             addr,
             hits,
+            control,
             rt: Some(rt),
         }
     }
@@ -266,5 +297,86 @@ pub async fn wait_ready(ch: &discovery_tonic::Balanced, n: usize) {
 pub fn hello() -> HelloRequest {
     HelloRequest {
         name: "kratos".into(),
+    }
+}
+
+/// A TCP proxy in front of a server that can be frozen: connections stay
+/// open and new ones are accepted, but no byte moves either way, as with a
+/// SIGSTOPped process or a blackholed address.
+pub struct Freezer {
+    pub addr: SocketAddr,
+    frozen: Arc<tokio::sync::watch::Sender<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Freezer {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (frozen, _) = tokio::sync::watch::channel(false);
+        let frozen = Arc::new(frozen);
+        let f = frozen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((down, _)) = listener.accept().await else {
+                    return;
+                };
+                let f = f.clone();
+                tokio::spawn(async move {
+                    let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = down.set_nodelay(true);
+                    let _ = up.set_nodelay(true);
+                    let (dr, dw) = down.into_split();
+                    let (ur, uw) = up.into_split();
+                    tokio::spawn(pump(dr, uw, f.subscribe()));
+                    pump(ur, dw, f.subscribe()).await;
+                });
+            }
+        });
+        Freezer { addr, frozen, task }
+    }
+
+    pub fn freeze(&self, on: bool) {
+        self.frozen.send_replace(on);
+    }
+}
+
+impl Drop for Freezer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to` while not frozen; while frozen, holds both open
+/// and moves nothing.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if *frozen.borrow_and_update() {
+            // Never read nor write again: the peer sees silence.
+            std::future::pending::<()>().await;
+        }
+        tokio::select! {
+            n = from.read(&mut buf) => {
+                let n = match n {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if *frozen.borrow() {
+                    std::future::pending::<()>().await;
+                }
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+            _ = frozen.changed() => {}
+        }
     }
 }
