@@ -1,0 +1,436 @@
+//! The HTTP API of bilibili/discovery (see docs/protocol.md#routes): an
+//! axum [`Router`] whose handlers bind parameters, call the
+//! [registry core](crate::registry), and encode.
+//!
+//! One file per concern: [`write`] (register, renew, cancel, set and
+//! batched replication), [`read`] (fetch, fetchs, fetch/all, nodes),
+//! [`poll`] (the long polls), [`ops`] (console, status, metrics, health).
+//! Handlers take the [`Caller`] and the [`Bound`] parameters as extractors
+//! and return `Result<Reply, Reply>`: the error side is the envelope the
+//! client gets.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use discovery_server::{config::Config, server};
+//!
+//! let node = server::start(Config::default(), Some("127.0.0.1:0".parse()?)).await?;
+//! println!("serving on {}", node.addr());
+//! node.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod ops;
+mod poll;
+mod read;
+mod write;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{FromRequest, FromRequestParts, State},
+    response::{IntoResponse, Response},
+    routing::{MethodRouter, get, post},
+};
+use http::{HeaderMap, HeaderValue, Request, StatusCode, request::Parts};
+use tokio::sync::watch;
+
+use crate::{
+    clock::Clock,
+    config::Config,
+    membership::{Members, StaticMembers},
+    node::{NODE_ADDR_HEADER, NODE_ID_HEADER, NodeIdentity, Phase, PhaseCell},
+    params::Params,
+    registry::{InstanceKey, Registry},
+    replication::{Origin, Replicator},
+    reply::{BAD_REQUEST, Reply, SERVER_ERROR},
+};
+
+use ops::{console, healthz, metrics, readyz, status};
+use poll::{poll, polls};
+use read::{fetch, fetch_all, fetchs, nodes};
+use write::{cancel, register, renew, replicate, set};
+
+/// Shared state of the handlers.
+pub struct Api {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) node: NodeIdentity,
+    pub(crate) clock: Clock,
+    phase: PhaseCell,
+    shutdown: watch::Receiver<bool>,
+    replicator: Arc<dyn Replicator>,
+    members: Arc<dyn Members>,
+    pub(crate) metrics: crate::metrics::Metrics,
+    /// [`NODE_ID_HEADER`]'s value, built once.
+    node_header: HeaderValue,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("node", &self.node)
+            .field("phase", &self.phase())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Api {
+    /// Assembles the handlers' state.
+    pub fn new(
+        registry: Arc<Registry>,
+        config: Arc<Config>,
+        node: NodeIdentity,
+        clock: Clock,
+        shutdown: watch::Receiver<bool>,
+        replicator: Arc<dyn Replicator>,
+        members: Arc<dyn Members>,
+    ) -> Self {
+        let node_header = HeaderValue::from_str(&node.id).expect("hex id is a valid header value");
+        Api {
+            registry,
+            config,
+            node,
+            clock,
+            phase: PhaseCell::new(Phase::Serving),
+            shutdown,
+            replicator,
+            members,
+            metrics: crate::metrics::Metrics::new(),
+            node_header,
+        }
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// Requests served on a route (e.g. `/discovery/register`) since start.
+    pub fn requests(&self, route: &str) -> u64 {
+        self.metrics.requests_on(route)
+    }
+
+    /// State for a router that runs outside [`server::start`]
+    /// (`Router::oneshot` tests, embedding): no self-registration, no
+    /// tickers, no peers.
+    ///
+    /// [`server::start`]: crate::server::start
+    pub fn detached(config: Config) -> Arc<Api> {
+        let advertise = config.http_server.addr.clone();
+        let members = Arc::new(StaticMembers {
+            own: advertise.clone(),
+            zone: config.env.zone.clone(),
+            nodes: config.nodes.clone(),
+        });
+        let registry = Arc::new(Registry::new(config.registry.params.clone()));
+        let api = Api::new(
+            registry,
+            Arc::new(config),
+            NodeIdentity {
+                id: format!("{:016x}", rand::random::<u64>()),
+                advertise,
+            },
+            Clock::new(),
+            watch::channel(false).1,
+            Arc::new(crate::replication::Standalone),
+            members,
+        );
+        Arc::new(api)
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.phase.get()
+    }
+
+    /// Moves to another phase.
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.set(phase);
+    }
+
+    /// The registry core.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// `-500` while reads are not served (spec §7.5).
+    fn gate(&self, fetch_all: bool) -> Option<Reply> {
+        match self.phase() {
+            Phase::Serving | Phase::Draining => None,
+            Phase::Syncing if fetch_all => None,
+            Phase::Syncing | Phase::Protected => Some(Reply::code(SERVER_ERROR)),
+        }
+    }
+
+    /// How long a long poll may hold (spec §2.3).
+    fn hold(&self, headers: &HeaderMap) -> Duration {
+        let mut hold = self
+            .config
+            .registry
+            .poll_hold
+            .min(self.config.http_server.timeout);
+        let client = headers
+            .get("x1-bmspy-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .and_then(|ms| match ms {
+                ms if ms > 20 => Some(ms - 20),
+                ms if ms >= 1 => Some(ms),
+                _ => None,
+            });
+        if let Some(ms) = client {
+            hold = hold.min(Duration::from_millis(ms.unsigned_abs()));
+        }
+        if let Some(w) = self.config.http_server.write_timeout {
+            hold = hold.min(w.saturating_sub(Duration::from_secs(1)));
+        }
+        hold
+    }
+
+    async fn shutting_down(&self) {
+        let mut rx = self.shutdown.clone();
+        if rx.wait_for(|down| *down).await.is_err() {
+            // No owner can ever signal a shutdown (a detached router).
+            std::future::pending::<()>().await;
+        }
+    }
+
+    fn check_len(&self, name: &str, value: &str) -> Result<(), Reply> {
+        let max = self.config.limits.max_field_len;
+        if value.len() > max {
+            return Err(Reply::message(
+                BAD_REQUEST,
+                format!("parameter '{name}' exceeds limits.max_field_len ({max})"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A required key field within the length limit.
+    fn key_field<'p>(&self, p: &'p Params, name: &str) -> Result<&'p str, Reply> {
+        let v = p.required(name)?;
+        self.check_len(name, v)?;
+        Ok(v)
+    }
+
+    fn instance_key(&self, p: &Params) -> Result<InstanceKey, Reply> {
+        Ok(InstanceKey::new(
+            self.key_field(p, "env")?,
+            self.key_field(p, "appid")?,
+            self.key_field(p, "zone")?,
+            self.key_field(p, "hostname")?,
+        ))
+    }
+
+    /// Beyond `limits.max_pollers` a poll is refused at once (`-400`, which
+    /// SDKs treat as an error: they switch node and back off) instead of
+    /// being held.
+    fn check_pollers(&self) -> Result<(), Reply> {
+        let max = self.config.limits.max_pollers;
+        if self.registry.parked_polls() >= max {
+            return Err(Reply::message(
+                BAD_REQUEST,
+                format!("too many held polls: limits.max_pollers ({max})"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_appids(&self, appids: &[&str]) -> Result<(), Reply> {
+        let max = self.config.limits.max_appids_per_poll;
+        if appids.len() > max {
+            return Err(Reply::message(
+                BAD_REQUEST,
+                format!(
+                    "{} appids exceed limits.max_appids_per_poll ({max})",
+                    appids.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+type Shared = State<Arc<Api>>;
+
+/// The request's parameters, bound from the body then the query (see
+/// docs/protocol.md#parameters) within `limits.max_body_bytes`.
+pub(crate) struct Bound(pub(crate) Params);
+
+impl FromRequest<Arc<Api>> for Bound {
+    type Rejection = Reply;
+
+    async fn from_request(req: Request<Body>, api: &Arc<Api>) -> Result<Self, Reply> {
+        Params::bind(req, api.config.limits.max_body_bytes)
+            .await
+            .map(Bound)
+    }
+}
+
+/// `-401`: a token is missing or wrong.
+const UNAUTHORIZED: i64 = -401;
+
+/// Who is asking: the token presented and the peer address.
+pub(crate) struct Caller {
+    token: Option<String>,
+    ip: Option<std::net::IpAddr>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Caller {
+            token: crate::auth::presented(&parts.headers),
+            ip: parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        })
+    }
+}
+
+impl Api {
+    /// Applies `[auth]`; a `token` parameter counts when no header did.
+    pub(crate) fn authorize(
+        &self,
+        need: crate::auth::Need,
+        caller: &Caller,
+        p: &Params,
+    ) -> Result<(), Reply> {
+        if self.config.auth.is_open() {
+            return Ok(());
+        }
+        let token = caller
+            .token
+            .as_deref()
+            .or(Some(p.str("token")).filter(|t| !t.is_empty()));
+        self.config
+            .auth
+            .check(need, token, caller.ip)
+            .map_err(|why| Reply::message(UNAUTHORIZED, format!("unauthorized: {why}")))
+    }
+}
+
+/// The auth rule of a write: peers' writes need the peer token.
+pub(crate) fn write_need(p: &Params) -> crate::auth::Need {
+    if is_peer(p) {
+        crate::auth::Need::PeerWrite
+    } else {
+        crate::auth::Need::ClientWrite
+    }
+}
+
+/// The discovery routes plus `/healthz` and `/readyz`.
+pub fn router(api: Arc<Api>) -> Router {
+    let d = |m: MethodRouter<Arc<Api>>| m.fallback(method_not_allowed);
+    Router::new()
+        .route("/discovery/register", d(post(register)))
+        .route("/discovery/renew", d(post(renew)))
+        .route("/discovery/cancel", d(post(cancel)))
+        .route("/discovery/set", d(post(set)))
+        .route("/discovery/replicate", d(post(replicate)))
+        .route("/discovery/fetch/all", d(get(fetch_all)))
+        .route("/discovery/fetch", d(get(fetch)))
+        .route("/discovery/fetchs", d(get(fetchs)))
+        .route("/discovery/poll", d(get(poll)))
+        .route("/discovery/polls", d(get(polls)))
+        .route("/discovery/nodes", d(get(nodes)))
+        .route("/", d(get(console)))
+        .route("/status", d(get(status)))
+        .route("/metrics", d(get(metrics)))
+        .route("/healthz", d(get(healthz)))
+        .route("/readyz", d(get(readyz)))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&api),
+            |State(api): State<Arc<Api>>, req: Request<Body>, next: axum::middleware::Next| async move {
+                let route = crate::metrics::route_index(
+                    req.extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map_or("unmatched", |p| p.as_str()),
+                );
+                if let Some(addr) = req.headers().get(NODE_ADDR_HEADER).and_then(|v| v.to_str().ok()) {
+                    api.members.heard_from(addr);
+                }
+                let start = tokio::time::Instant::now();
+                let mut res = next.run(req).await;
+                res.headers_mut()
+                    .insert(NODE_ID_HEADER, api.node_header.clone());
+                let seconds = start.elapsed().as_secs_f64();
+                match res.headers().get("kratos-status-code").and_then(|v| v.to_str().ok()) {
+                    Some(code) => api.metrics.request(route, code, seconds),
+                    None => api.metrics.request(route, res.status().as_str(), seconds),
+                }
+                res
+            },
+        ))
+        .with_state(api)
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(http::header::CONTENT_TYPE, "text/plain")],
+        "404 page not found",
+    )
+        .into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(http::header::CONTENT_TYPE, "text/plain")],
+        "Method Not Allowed",
+    )
+        .into_response()
+}
+
+pub(crate) fn origin(p: &Params) -> Option<Origin> {
+    if p.bool("replication") {
+        None
+    } else if p.bool("from_zone") {
+        Some(Origin::OtherZone)
+    } else {
+        Some(Origin::Client)
+    }
+}
+
+pub(crate) fn is_peer(p: &Params) -> bool {
+    p.bool("replication") || p.bool("from_zone")
+}
+
+/// `infra.discovery` records are the cluster's membership, and SDKs find
+/// their nodes from them: only nodes write them (with the peer markers).
+pub(crate) fn check_reserved(p: &Params, appid: &str) -> Result<(), Reply> {
+    if appid == naming::DISCOVERY_APPID && !is_peer(p) {
+        return Err(Reply::message(
+            BAD_REQUEST,
+            format!(
+                "appid {appid} is reserved for discovery nodes (replication=true or from_zone=true)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A peer's write carries timestamps from its clock; ours then never reads
+/// earlier, so that a later write through this node sorts after it.
+pub(crate) fn observe_peer_clock(api: &Api, p: &Params) {
+    if !is_peer(p) {
+        return;
+    }
+    for name in ["dirty_timestamp", "latest_timestamp", "set_timestamp"] {
+        if let Ok(ts) = p.i64(name) {
+            if !api.clock.observe(ts) {
+                tracing::debug!(
+                    param = name,
+                    ts,
+                    "peer timestamp too far ahead; not followed"
+                );
+            }
+        }
+    }
+}
