@@ -118,6 +118,17 @@ impl HttpServer {
     }
 }
 
+impl Default for HttpServer {
+    fn default() -> Self {
+        HttpServer {
+            addr: "127.0.0.1:7171".into(),
+            timeout: Duration::from_secs(40),
+            read_timeout: None,
+            write_timeout: None,
+        }
+    }
+}
+
 /// `[httpClient]`: how this node talks to its peers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpClient {
@@ -129,8 +140,18 @@ pub struct HttpClient {
     pub timeout: Duration,
 }
 
+impl Default for HttpClient {
+    fn default() -> Self {
+        HttpClient {
+            dial: Duration::from_secs(1),
+            keep_alive: Duration::from_secs(120),
+            timeout: Duration::from_secs(40),
+        }
+    }
+}
+
 /// `[log]`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Log {
     /// Log to stdout.
     pub stdout: bool,
@@ -142,6 +163,17 @@ pub struct Log {
     pub json: bool,
 }
 
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            stdout: true,
+            dir: None,
+            v: 0,
+            json: false,
+        }
+    }
+}
+
 /// `[registry]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Registry {
@@ -151,6 +183,16 @@ pub struct Registry {
     pub poll_hold: Duration,
     /// How long `enableprotect` keeps reads gated without a peer answer.
     pub init_protect_period: Duration,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            params: RegistryParams::default(),
+            poll_hold: Duration::from_secs(30),
+            init_protect_period: Duration::from_secs(60),
+        }
+    }
 }
 
 /// `[cluster]`.
@@ -185,7 +227,26 @@ pub struct Cluster {
     pub clock_offset: i64,
 }
 
-/// `[limits]` (spec §11).
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            advertise: None,
+            sync_timeout: Duration::from_secs(10),
+            retry_initial: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
+            queue_capacity: 10_000,
+            ack_timeout: Duration::from_secs(1),
+            probe_interval: Duration::from_secs(5),
+            lost_after: 3,
+            drain_timeout: Duration::from_secs(5),
+            dead_after: Duration::from_secs(10 * 60),
+            max_clock_skew: crate::clock::DEFAULT_MAX_SKEW,
+            clock_offset: 0,
+        }
+    }
+}
+
+/// `[limits]` (see docs/protocol.md#limits-table).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Request body size.
@@ -240,7 +301,17 @@ pub struct Snapshot {
     pub interval: Duration,
 }
 
-/// The whole configuration of one node.
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            path: None,
+            interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The whole configuration of one node. Every table's defaults are its
+/// `Default` impl; the parser falls back to them key by key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Static same-zone nodes, self included.
@@ -494,7 +565,15 @@ impl Config {
     }
 
     fn from_raw(raw: Raw) -> Result<Config, ConfigError> {
-        let defaults = RegistryParams::default();
+        let (dr, dc, dh, dhc, dl, ds) = (
+            Registry::default(),
+            Cluster::default(),
+            HttpServer::default(),
+            HttpClient::default(),
+            Log::default(),
+            Snapshot::default(),
+        );
+        let defaults = &dr.params;
         let r = raw.registry;
         let params = RegistryParams {
             lease: positive("registry.lease", r.lease, defaults.lease)?,
@@ -539,53 +618,41 @@ impl Config {
         };
         let registry = Registry {
             params,
-            poll_hold: positive("registry.poll_hold", r.poll_hold, Duration::from_secs(30))?,
+            poll_hold: positive("registry.poll_hold", r.poll_hold, dr.poll_hold)?,
             init_protect_period: positive(
                 "registry.init_protect_period",
                 r.init_protect_period,
-                Duration::from_secs(60),
+                dr.init_protect_period,
             )?,
         };
 
         let c = raw.cluster;
         let cluster = Cluster {
             advertise: c.advertise.filter(|a| !a.is_empty()),
-            sync_timeout: positive(
-                "cluster.sync_timeout",
-                c.sync_timeout,
-                Duration::from_secs(10),
+            sync_timeout: positive("cluster.sync_timeout", c.sync_timeout, dc.sync_timeout)?,
+            retry_initial: positive("cluster.retry_initial", c.retry_initial, dc.retry_initial)?,
+            retry_max: positive("cluster.retry_max", c.retry_max, dc.retry_max)?,
+            queue_capacity: nonzero(
+                "cluster.queue_capacity",
+                c.queue_capacity,
+                dc.queue_capacity,
             )?,
-            retry_initial: positive(
-                "cluster.retry_initial",
-                c.retry_initial,
-                Duration::from_millis(100),
-            )?,
-            retry_max: positive("cluster.retry_max", c.retry_max, Duration::from_secs(5))?,
-            queue_capacity: nonzero("cluster.queue_capacity", c.queue_capacity, 10_000)?,
-            ack_timeout: positive("cluster.ack_timeout", c.ack_timeout, Duration::from_secs(1))?,
+            ack_timeout: positive("cluster.ack_timeout", c.ack_timeout, dc.ack_timeout)?,
             probe_interval: positive(
                 "cluster.probe_interval",
                 c.probe_interval,
-                Duration::from_secs(5),
+                dc.probe_interval,
             )?,
             lost_after: match c.lost_after {
                 Some(0) => return Err(invalid("cluster.lost_after", "must be greater than zero")),
-                v => v.unwrap_or(3),
+                v => v.unwrap_or(dc.lost_after),
             },
-            drain_timeout: positive(
-                "cluster.drain_timeout",
-                c.drain_timeout,
-                Duration::from_secs(5),
-            )?,
-            dead_after: positive(
-                "cluster.dead_after",
-                c.dead_after,
-                Duration::from_secs(10 * 60),
-            )?,
+            drain_timeout: positive("cluster.drain_timeout", c.drain_timeout, dc.drain_timeout)?,
+            dead_after: positive("cluster.dead_after", c.dead_after, dc.dead_after)?,
             max_clock_skew: positive(
                 "cluster.max_clock_skew",
                 c.max_clock_skew,
-                crate::clock::DEFAULT_MAX_SKEW,
+                dc.max_clock_skew,
             )?,
             clock_offset: match c.clock_offset.as_deref().map(str::trim) {
                 None | Some("") => 0,
@@ -636,25 +703,22 @@ impl Config {
         let hs = raw.httpserver;
         let optional = |d: Option<GoDuration>| d.map(|d| d.0).filter(|d| !d.is_zero());
         let http_server = HttpServer {
-            addr: hs
-                .addr
-                .filter(|a| !a.is_empty())
-                .unwrap_or_else(|| "127.0.0.1:7171".to_string()),
-            timeout: positive("httpServer.timeout", hs.timeout, Duration::from_secs(40))?,
+            addr: hs.addr.filter(|a| !a.is_empty()).unwrap_or(dh.addr),
+            timeout: positive("httpServer.timeout", hs.timeout, dh.timeout)?,
             read_timeout: optional(hs.readtimeout),
             write_timeout: optional(hs.writetimeout),
         };
         let hc = raw.httpclient;
         let http_client = HttpClient {
-            dial: positive("httpClient.dial", hc.dial, Duration::from_secs(1))?,
-            keep_alive: hc.keepalive.map_or(Duration::from_secs(120), |d| d.0),
-            timeout: positive("httpClient.timeout", hc.timeout, Duration::from_secs(40))?,
+            dial: positive("httpClient.dial", hc.dial, dhc.dial)?,
+            keep_alive: hc.keepalive.map_or(dhc.keep_alive, |d| d.0),
+            timeout: positive("httpClient.timeout", hc.timeout, dhc.timeout)?,
         };
         let log = Log {
-            stdout: raw.log.stdout.unwrap_or(true),
+            stdout: raw.log.stdout.unwrap_or(dl.stdout),
             dir: raw.log.dir.filter(|d| !d.is_empty()).map(PathBuf::from),
-            v: raw.log.v.unwrap_or(0),
-            json: raw.log.json.unwrap_or(false),
+            v: raw.log.v.unwrap_or(dl.v),
+            json: raw.log.json.unwrap_or(dl.json),
         };
         let mut registry = registry;
         registry.params.max_tombstones = limits.max_tombstones;
@@ -680,11 +744,7 @@ impl Config {
                     .path
                     .filter(|p| !p.is_empty())
                     .map(PathBuf::from),
-                interval: positive(
-                    "snapshot.interval",
-                    raw.snapshot.interval,
-                    Duration::from_secs(30),
-                )?,
+                interval: positive("snapshot.interval", raw.snapshot.interval, ds.interval)?,
             },
             auth: {
                 let secret =

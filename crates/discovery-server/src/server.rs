@@ -54,15 +54,58 @@ pub enum StartError {
     },
 }
 
-/// A running node.
+/// A running node. Dropping the handle shuts the node down gracefully (in
+/// the background, on the current tokio runtime), as [`shutdown`] does;
+/// without a runtime it stops at once, as [`kill`] does.
+///
+/// [`shutdown`]: ServerHandle::shutdown
+/// [`kill`]: ServerHandle::kill
 #[derive(Debug)]
 pub struct ServerHandle {
     addr: SocketAddr,
     api: Arc<Api>,
     cluster: Arc<Cluster>,
+    /// What stopping needs; `None` once stopped.
+    running: Option<Running>,
+}
+
+#[derive(Debug)]
+struct Running {
     shutdown_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     serve: JoinHandle<()>,
+}
+
+impl Running {
+    async fn shutdown(self, api: &Api, cluster: &Cluster, addr: SocketAddr) {
+        api.set_phase(Phase::Draining);
+        for t in &self.tasks {
+            t.abort();
+        }
+        // Answer held polls and stop accepting first, so that clients move
+        // to another node at once; then take our record out and flush.
+        let _ = self.shutdown_tx.send(true);
+        cancel_self(api, cluster).await;
+        save_snapshot(api);
+        let drain = api.config.cluster.drain_timeout;
+        cluster.drain(drain).await;
+        cluster.stop();
+        let mut serve = self.serve;
+        if tokio::time::timeout(drain, &mut serve).await.is_err() {
+            warn!("connections still open after {drain:?}; closing them");
+            serve.abort();
+        }
+        info!(addr = %addr, "stopped");
+    }
+
+    fn kill(self, cluster: &Cluster) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        cluster.stop();
+        let _ = self.shutdown_tx.send(true);
+        self.serve.abort();
+    }
 }
 
 impl ServerHandle {
@@ -102,36 +145,34 @@ impl ServerHandle {
     /// Graceful shutdown: stop taking part (cancel our own record only,
     /// replicated), answer held polls with `-304`, flush replication queues,
     /// finish in-flight requests, stop.
-    pub async fn shutdown(self) {
-        self.api.set_phase(Phase::Draining);
-        for t in &self.tasks {
-            t.abort();
+    pub async fn shutdown(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown(&self.api, &self.cluster, self.addr).await;
         }
-        // Answer held polls and stop accepting first, so that clients move
-        // to another node at once; then take our record out and flush.
-        let _ = self.shutdown_tx.send(true);
-        cancel_self(&self.api, self.cluster.as_ref()).await;
-        save_snapshot(&self.api);
-        let drain = self.api.config.cluster.drain_timeout;
-        self.cluster.drain(drain).await;
-        self.cluster.stop();
-        let mut serve = self.serve;
-        if tokio::time::timeout(drain, &mut serve).await.is_err() {
-            warn!("connections still open after {drain:?}; closing them");
-            serve.abort();
-        }
-        info!(addr = %self.addr, "stopped");
     }
 
     /// Stops abruptly, as a crash would: nothing is cancelled or flushed,
     /// connections are dropped. For tests of failure handling.
-    pub fn kill(self) {
-        for t in &self.tasks {
-            t.abort();
+    pub fn kill(mut self) {
+        if let Some(r) = self.running.take() {
+            r.kill(&self.cluster);
         }
-        self.cluster.stop();
-        let _ = self.shutdown_tx.send(true);
-        self.serve.abort();
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        let Some(r) = self.running.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let (api, cluster, addr) =
+                    (Arc::clone(&self.api), Arc::clone(&self.cluster), self.addr);
+                rt.spawn(async move { r.shutdown(&api, &cluster, addr).await });
+            }
+            Err(_) => r.kill(&self.cluster),
+        }
     }
 }
 
@@ -333,9 +374,11 @@ pub async fn start_on(
         addr: bound,
         api,
         cluster,
-        shutdown_tx,
-        tasks,
-        serve,
+        running: Some(Running {
+            shutdown_tx,
+            tasks,
+            serve,
+        }),
     })
 }
 

@@ -406,3 +406,26 @@ async fn snapshot_keeps_a_lone_node_registry_across_restarts() {
     assert_eq!(v["code"], -404);
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_handle_stops_the_node() {
+    let node = discovery_server::server::start(
+        discovery_server::config::Config::default(),
+        Some("127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    node.wait_ready().await;
+    let addr = node.addr();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_ok());
+    drop(node);
+    // The graceful shutdown runs in the background; the listener closes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node still listens after its handle was dropped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -41,7 +41,7 @@ struct Cli {
     /// Log to stdout. Env: LOG_STDOUT.
     #[arg(long = "log.stdout", env = "LOG_STDOUT", num_args = 0..=1, default_missing_value = "true")]
     log_stdout: Option<bool>,
-    /// Log directory. Env: LOG_DIR.
+    /// Log directory (accepted for compatibility; logs go to stdout). Env: LOG_DIR.
     #[arg(long = "log.dir", env = "LOG_DIR")]
     log_dir: Option<PathBuf>,
 }
@@ -125,6 +125,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cfg.log.stdout = stdout;
     }
     init_logs(&cfg, &cli);
+    // The Go original could also write log files; this node logs to
+    // stdout only, where a service manager or container runtime collects
+    // it. Say so rather than silently ignore the settings.
+    if let Some(dir) = &cfg.log.dir {
+        tracing::warn!(dir = %dir.display(), "[log] dir / -log.dir is not used: logs go to stdout");
+    }
+    if !cfg.log.stdout {
+        tracing::warn!("[log] stdout = false is not honoured: logs go to stdout");
+    }
     // Every held long poll is an open socket: take all the descriptors the
     // hard limit allows.
     match rlimit::increase_nofile_limit(u64::MAX) {
