@@ -1,0 +1,356 @@
+//! One endpoint of the pool: its channel, connection tracking (a lost
+//! connection ejects the endpoint at once), ejection and re-admission
+//! probes, and the dial loop.
+
+use super::*;
+
+pub(super) struct Backend {
+    pub(super) endpoint: Arc<Endpoint>,
+    pub(super) hostname: String,
+    pub(super) channel: Mutex<Option<Channel>>,
+    pub(super) ejected: AtomicBool,
+    pub(super) health: Mutex<Health>,
+    pub(super) target: tonic::transport::Endpoint,
+    pub(super) connect_timeout: Duration,
+    pub(super) first_attempt_done: AtomicBool,
+    /// The dial whose channel is in use; connections of older dials may end
+    /// without consequence.
+    pub(super) generation: AtomicU64,
+    pub(super) lost: mpsc::UnboundedSender<Lost>,
+}
+
+#[derive(Default)]
+pub(super) struct Health {
+    pub(super) ejection: Ejection,
+    pub(super) probing: bool,
+}
+
+impl Backend {
+    pub(super) fn new(
+        addr: &str,
+        weight: u32,
+        color: Option<String>,
+        hostname: String,
+        config: &ClientConfig,
+        lost: mpsc::UnboundedSender<Lost>,
+    ) -> Option<Self> {
+        let target = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| tracing::warn!(addr, error = %e, "unusable endpoint address"))
+            .ok()?
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(config.keepalive_interval)
+            .keep_alive_timeout(config.keepalive_timeout)
+            .keep_alive_while_idle(config.keepalive_while_idle);
+        Some(Backend {
+            endpoint: Arc::new(Endpoint::new(addr, weight, color)),
+            hostname,
+            channel: Mutex::new(None),
+            ejected: AtomicBool::new(false),
+            health: Mutex::new(Health::default()),
+            target,
+            connect_timeout: config.connect_timeout,
+            first_attempt_done: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            lost,
+        })
+    }
+
+    /// The same connection and health under new metadata.
+    pub(super) fn updated(&self, weight: u32, color: Option<String>, hostname: String) -> Self {
+        let h = self.health.lock();
+        Backend {
+            endpoint: Arc::new(self.endpoint.updated(weight, color)),
+            hostname,
+            channel: Mutex::new(self.channel.lock().clone()),
+            ejected: AtomicBool::new(h.ejection.is_ejected()),
+            health: Mutex::new(Health {
+                ejection: h.ejection.clone(),
+                probing: false,
+            }),
+            target: self.target.clone(),
+            connect_timeout: self.connect_timeout,
+            first_attempt_done: AtomicBool::new(self.first_attempt_done.load(Ordering::Relaxed)),
+            generation: AtomicU64::new(self.generation.load(Ordering::Relaxed)),
+            lost: self.lost.clone(),
+        }
+    }
+
+    pub(super) fn call_succeeded(&self) {
+        if self.ejected.load(Ordering::Relaxed) || self.health.lock().ejection.failures() > 0 {
+            let mut h = self.health.lock();
+            h.ejection.succeed();
+            self.ejected.store(false, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn transport_failed(self: &Arc<Self>) {
+        self.eject("transport failure");
+    }
+
+    pub(super) fn eject(self: &Arc<Self>, why: &str) {
+        let mut h = self.health.lock();
+        let d = h.ejection.fail(Instant::now());
+        if !self.ejected.swap(true, Ordering::Relaxed) {
+            self.endpoint
+                .counters
+                .ejections
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::warn!(
+            addr = self.endpoint.addr(),
+            failures = h.ejection.failures(),
+            ejected_for = ?d,
+            "endpoint ejected: {why}"
+        );
+        if !h.probing {
+            h.probing = true;
+            tokio::spawn(probe(Arc::downgrade(self)));
+        }
+    }
+
+    /// A new connection that has answered a request, within the connect
+    /// timeout. A peer that accepts connections but never answers (a frozen
+    /// process, a blackholed address behind a proxy) fails here rather than
+    /// being re-admitted.
+    pub(super) async fn dial(&self) -> Result<(Channel, u64), String> {
+        let generation = self.generation.load(Ordering::Relaxed) + 1;
+        let addr: Arc<str> = Arc::from(self.endpoint.addr());
+        let lost = self.lost.clone();
+        let connector = tower::service_fn(move |_: http::Uri| {
+            let addr = addr.clone();
+            let lost = lost.clone();
+            async move {
+                let io = TcpStream::connect(&*addr).await?;
+                io.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(Tracked {
+                    io,
+                    _hook: LostHook {
+                        lost,
+                        addr,
+                        generation,
+                    },
+                }))
+            }
+        });
+        let attempt = async {
+            let channel = self
+                .target
+                .connect_with_connector(connector)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            answers(&channel, self.endpoint.addr()).await?;
+            Ok::<_, String>(channel)
+        };
+        match tokio::time::timeout(self.connect_timeout, attempt).await {
+            Ok(Ok(ch)) => Ok((ch, generation)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!(
+                "no connection answering within {:?}",
+                self.connect_timeout
+            )),
+        }
+    }
+
+    /// Puts a dialled channel in use.
+    pub(super) fn install(&self, channel: Channel, generation: u64) {
+        let mut slot = self.channel.lock();
+        self.generation.store(generation, Ordering::Relaxed);
+        *slot = Some(channel);
+    }
+}
+
+/// Sends one gRPC request on a fresh channel; any HTTP response, even
+/// `Unimplemented`, shows that the peer is alive and serving.
+pub(super) async fn answers(channel: &Channel, addr: &str) -> Result<(), String> {
+    let mut req = Request::new(Body::new(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0]))));
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = format!("http://{addr}/grpc.health.v1.Health/Check")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let headers = req.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("te", HeaderValue::from_static("trailers"));
+    match channel.clone().oneshot(req).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(error_chain(&e)),
+    }
+}
+
+/// A connection's socket; dropping it (the connection ended: keepalive
+/// timeout, reset, GOAWAY, EOF) tells the updater.
+pub(super) struct Tracked {
+    pub(super) io: TcpStream,
+    pub(super) _hook: LostHook,
+}
+
+pub(super) struct LostHook {
+    pub(super) lost: mpsc::UnboundedSender<Lost>,
+    pub(super) addr: Arc<str>,
+    pub(super) generation: u64,
+}
+
+impl Drop for LostHook {
+    fn drop(&mut self) {
+        let _ = self.lost.send(Lost {
+            addr: self.addr.clone(),
+            generation: self.generation,
+        });
+    }
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Why an attempt failed, and whether another endpoint may be tried.
+pub(super) struct Failed {
+    pub(super) status: Status,
+    pub(super) retry: bool,
+}
+
+impl Failed {
+    pub(super) fn retry(status: Status) -> Self {
+        Failed {
+            status,
+            retry: true,
+        }
+    }
+
+    pub(super) fn fatal(status: Status) -> Self {
+        Failed {
+            status,
+            retry: false,
+        }
+    }
+}
+
+impl Backend {
+    /// The connection of the channel in use ended: eject at once, so that
+    /// no caller picks it while the probe reconnects.
+    pub(super) fn connection_lost(self: &Arc<Self>, generation: u64) {
+        if self.generation.load(Ordering::Relaxed) != generation
+            || self.ejected.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        self.eject("connection lost");
+    }
+}
+
+/// Re-admits an ejected endpoint once a fresh connection succeeds after its
+/// ejection; each failed probe ejects it for longer.
+pub(super) async fn probe(backend: Weak<Backend>) {
+    loop {
+        let until = {
+            let Some(b) = backend.upgrade() else { return };
+            let mut h = b.health.lock();
+            match h.ejection.until() {
+                Some(until) => until,
+                None => {
+                    // A call succeeded meanwhile (panic mode): nothing to do.
+                    h.probing = false;
+                    return;
+                }
+            }
+        };
+        tokio::time::sleep_until(until).await;
+        let Some(b) = backend.upgrade() else { return };
+        if b.health
+            .lock()
+            .ejection
+            .until()
+            .is_some_and(|u| u > Instant::now())
+        {
+            continue; // extended by a failure in panic mode
+        }
+        let result = b.dial().await;
+        let mut h = b.health.lock();
+        match result {
+            Ok((channel, generation)) => {
+                b.install(channel, generation);
+                h.ejection.readmit();
+                h.probing = false;
+                b.ejected.store(false, Ordering::Relaxed);
+                tracing::info!(addr = b.endpoint.addr(), "endpoint re-admitted");
+                return;
+            }
+            Err(error) => {
+                let d = h.ejection.fail(Instant::now());
+                tracing::debug!(addr = b.endpoint.addr(), %error, ejected_for = ?d, "probe failed");
+            }
+        }
+    }
+}
+
+/// Connects a new endpoint, retrying with jittered exponential backoff until
+/// it succeeds or the endpoint leaves the set.
+pub(super) async fn connect_loop(backend: Weak<Backend>, shared: Weak<Shared>) {
+    let mut backoff = EJECT_MIN;
+    loop {
+        let Some(b) = backend.upgrade() else { return };
+        let result = b.dial().await;
+        let first = !b.first_attempt_done.swap(true, Ordering::AcqRel);
+        let connected = match result {
+            Ok((channel, generation)) => {
+                b.install(channel, generation);
+                true
+            }
+            Err(error) => {
+                tracing::debug!(addr = b.endpoint.addr(), %error, ?backoff, "connect failed");
+                false
+            }
+        };
+        if connected || first {
+            match shared.upgrade() {
+                Some(s) => s.republish.notify_one(),
+                None => return,
+            }
+        }
+        if connected {
+            return;
+        }
+        drop(b);
+        tokio::time::sleep(jitter(backoff, 0.2)).await;
+        backoff = (backoff * 2).min(EJECT_MAX);
+    }
+}
