@@ -1,0 +1,371 @@
+//! The call path: pick an endpoint, send with a deadline, hedge or retry
+//! idempotent calls, and eject endpoints whose transport failed.
+
+use super::*;
+
+impl Shared {
+    pub(super) async fn dispatch(
+        self: Arc<Self>,
+        mut req: Request<Body>,
+    ) -> Result<Response<ResponseBody>, Status> {
+        let start = Instant::now();
+        let method = req.uri().path().to_string();
+        let mut timeout = self.config.timeout_for(&method);
+        if let Some(t) = req.headers().get(GRPC_TIMEOUT).and_then(parse_grpc_timeout) {
+            timeout = timeout.min(t);
+        }
+        let headers = req.headers_mut();
+        headers.insert(GRPC_TIMEOUT, encode_grpc_timeout(timeout));
+        if !self.config.caller.is_empty() && !headers.contains_key(CALLER) {
+            if let Ok(v) = HeaderValue::from_str(&self.config.caller) {
+                headers.insert(CALLER, v);
+            }
+        }
+        let color = match headers.get(COLOR).and_then(|v| v.to_str().ok()) {
+            Some(c) if !c.is_empty() => Some(c.to_string()),
+            _ if !self.config.color.is_empty() => {
+                if let Ok(v) = HeaderValue::from_str(&self.config.color) {
+                    headers.insert(COLOR, v);
+                }
+                Some(self.config.color.clone())
+            }
+            _ => None,
+        };
+        let deadline = start + timeout;
+        let send = self
+            .clone()
+            .send(req, &method, color.as_deref(), start, deadline);
+        match tokio::time::timeout_at(deadline, send).await {
+            Ok(result) => result,
+            Err(_) => Err(self.deadline_exceeded(&method, timeout)),
+        }
+    }
+
+    pub(super) fn deadline_exceeded(&self, method: &str, timeout: Duration) -> Status {
+        Status::deadline_exceeded(format!(
+            "{}: {method} exceeded its {timeout:?} deadline",
+            self.appid
+        ))
+    }
+
+    pub(super) async fn send(
+        self: Arc<Self>,
+        req: Request<Body>,
+        method: &str,
+        color: Option<&str>,
+        start: Instant,
+        deadline: Instant,
+    ) -> Result<Response<ResponseBody>, Status> {
+        if self.config.is_idempotent(method) {
+            return self.send_hedged(req, method, color, start, deadline).await;
+        }
+        let backend = self
+            .pick_or_wait(method, color, start, deadline, &[])
+            .await?;
+        self.send_to(backend, req, method, start, deadline)
+            .await
+            .map_err(|f| f.status)
+    }
+
+    /// An idempotent call: its body is buffered so that it can be sent
+    /// again, to a second endpoint when the first has not answered after
+    /// `hedge_percent` of the deadline, or to another one at once after a
+    /// transport failure. The first response wins; the other attempt is
+    /// cancelled.
+    pub(super) async fn send_hedged(
+        self: Arc<Self>,
+        req: Request<Body>,
+        method: &str,
+        color: Option<&str>,
+        start: Instant,
+        deadline: Instant,
+    ) -> Result<Response<ResponseBody>, Status> {
+        let (parts, body) = req.into_parts();
+        let body = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(status) => return Err(status),
+        };
+        let make = || {
+            let mut r = Request::new(Body::new(Full::new(body.clone())));
+            *r.method_mut() = parts.method.clone();
+            *r.uri_mut() = parts.uri.clone();
+            *r.version_mut() = parts.version;
+            *r.headers_mut() = parts.headers.clone();
+            r
+        };
+        let first = self
+            .pick_or_wait(method, color, start, deadline, &[])
+            .await?;
+        let tried = [first.endpoint.addr().to_string()];
+        let a = self.clone().send_to(first, make(), method, start, deadline);
+        tokio::pin!(a);
+        let pct = self.config.hedge_percent.min(100);
+        let hedge_at = (pct > 0).then(|| start + (deadline - start) * pct / 100);
+        let timer = async move {
+            match hedge_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = &mut a => match r {
+                Ok(resp) => Ok(resp),
+                Err(failed) if failed.retry => {
+                    let Some(next) = self.pick_now(method, color, &tried) else {
+                        return Err(failed.status);
+                    };
+                    self.retried.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        failed = tried[0],
+                        retry = next.endpoint.addr(),
+                        "idempotent call retried on another endpoint"
+                    );
+                    self.clone()
+                        .send_to(next, make(), method, start, deadline)
+                        .await
+                        .map_err(|f| f.status)
+                }
+                Err(failed) => Err(failed.status),
+            },
+            () = timer => {
+                let Some(second) = self.pick_now(method, color, &tried) else {
+                    return a.await.map_err(|f| f.status);
+                };
+                self.hedged.fetch_add(1, Ordering::Relaxed);
+                second.endpoint.counters.hedges.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    silent = tried[0],
+                    hedge = second.endpoint.addr(),
+                    "no response yet; hedging on another endpoint"
+                );
+                let b = self.clone().send_to(second, make(), method, start, deadline);
+                tokio::pin!(b);
+                tokio::select! {
+                    r = &mut a => match r {
+                        Ok(resp) => Ok(resp),
+                        Err(_) => b.await.map_err(|f| f.status),
+                    },
+                    r = &mut b => match r {
+                        Ok(resp) => Ok(resp),
+                        Err(_) => a.await.map_err(|f| f.status),
+                    },
+                }
+            }
+        }
+    }
+
+    /// A pick from the current set without waiting, avoiding `exclude`.
+    pub(super) fn pick_now(
+        &self,
+        method: &str,
+        color: Option<&str>,
+        exclude: &[String],
+    ) -> Option<Arc<Backend>> {
+        let snap = self.state.borrow().clone();
+        self.pick(&snap, method, color, exclude).ok()
+    }
+
+    /// One attempt on `backend`.
+    pub(super) async fn send_to(
+        self: Arc<Self>,
+        backend: Arc<Backend>,
+        req: Request<Body>,
+        method: &str,
+        start: Instant,
+        deadline: Instant,
+    ) -> Result<Response<ResponseBody>, Failed> {
+        backend
+            .endpoint
+            .counters
+            .inflight
+            .fetch_add(1, Ordering::Relaxed);
+        let mut guard = DoneGuard {
+            picker: self.picker.clone(),
+            backend: backend.clone(),
+            start: Instant::now(),
+            deadline,
+            finished: false,
+        };
+        let Some(channel) = backend.channel.lock().clone() else {
+            guard.finish(Code::Unavailable, true, None);
+            return Err(Failed::retry(Status::unavailable(format!(
+                "{}: {} is not connected",
+                self.appid,
+                backend.endpoint.addr()
+            ))));
+        };
+        match channel.oneshot(req).await {
+            Err(e) if is_timeout(&e) => {
+                // The channel enforces `grpc-timeout` too and may fire in the
+                // same timer tick as our own deadline: not a transport failure.
+                guard.finish(Code::DeadlineExceeded, false, None);
+                Err(Failed::fatal(
+                    self.deadline_exceeded(method, deadline - start),
+                ))
+            }
+            Err(e) => {
+                backend.transport_failed();
+                guard.finish(Code::Unavailable, true, None);
+                Err(Failed::retry(Status::unavailable(format!(
+                    "{}: {}: {}",
+                    self.appid,
+                    backend.endpoint.addr(),
+                    error_chain(&e)
+                ))))
+            }
+            Ok(mut resp) => {
+                backend.call_succeeded();
+                resp.extensions_mut().insert(ServedBy {
+                    addr: backend.endpoint.addr().to_string(),
+                    hostname: backend.hostname.clone(),
+                });
+                let header_code = resp
+                    .headers()
+                    .get(GRPC_STATUS)
+                    .map(|v| Code::from_bytes(v.as_bytes()));
+                if header_code == Some(Code::Cancelled) && Instant::now() >= deadline {
+                    // A tonic server answers its own expiry of our deadline
+                    // with `Cancelled`; the caller asked for a deadline.
+                    guard.finish(Code::DeadlineExceeded, false, None);
+                    return Err(Failed::fatal(
+                        self.deadline_exceeded(method, deadline - start),
+                    ));
+                }
+                let header_cpu = parse_cpu(resp.headers());
+                Ok(resp.map(|inner| ResponseBody {
+                    inner,
+                    guard: Some(guard),
+                    header_code,
+                    header_cpu,
+                    deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    expired: false,
+                }))
+            }
+        }
+    }
+
+    pub(super) async fn pick_or_wait(
+        &self,
+        method: &str,
+        color: Option<&str>,
+        start: Instant,
+        deadline: Instant,
+        exclude: &[String],
+    ) -> Result<Arc<Backend>, Status> {
+        let mut rx = self.state.subscribe();
+        let grace_end = (start + self.config.startup_grace).min(deadline);
+        loop {
+            let snap = rx.borrow_and_update().clone();
+            let why = match self.pick(&snap, method, color, exclude) {
+                Ok(b) => return Ok(b),
+                Err(why) => why,
+            };
+            let may_wait = snap.phase == Phase::Pending || snap.first_connects > 0;
+            if !may_wait || Instant::now() >= grace_end {
+                return Err(self.unavailable(&snap, why));
+            }
+            if !matches!(
+                tokio::time::timeout_at(grace_end, rx.changed()).await,
+                Ok(Ok(()))
+            ) {
+                let snap = rx.borrow().clone();
+                let why = self.pick(&snap, method, color, exclude).err().flatten();
+                let status = self.unavailable(&snap, why);
+                if Instant::now() >= deadline {
+                    // The deadline, not the grace, ended the wait.
+                    return Err(Status::deadline_exceeded(format!(
+                        "deadline exceeded while waiting for an endpoint: {}",
+                        status.message()
+                    )));
+                }
+                return Err(status);
+            }
+        }
+    }
+
+    /// Picks among the snapshot's usable endpoints other than `exclude`.
+    /// `Err(Some(reason))` when endpoints exist but none suits the request.
+    pub(super) fn pick(
+        &self,
+        snap: &Snapshot,
+        method: &str,
+        color: Option<&str>,
+        exclude: &[String],
+    ) -> Result<Arc<Backend>, Option<String>> {
+        let ready: Vec<&Arc<Backend>> = snap
+            .ready
+            .iter()
+            .filter(|b| !exclude.iter().any(|x| x == b.endpoint.addr()))
+            .collect();
+        if ready.is_empty() {
+            return Err(None);
+        }
+        let healthy: Vec<&Arc<Backend>> = ready
+            .iter()
+            .copied()
+            .filter(|b| !b.ejected.load(Ordering::Relaxed))
+            .collect();
+        // Every endpoint ejected: pick among all of them rather than none
+        // ("panic mode"); the ejection may be stale.
+        let pool = if healthy.is_empty() { ready } else { healthy };
+        let coloured: Vec<&Arc<Backend>> = match color {
+            Some(c) => pool
+                .iter()
+                .copied()
+                .filter(|b| b.endpoint.color() == Some(c))
+                .collect(),
+            None => Vec::new(),
+        };
+        let group = if coloured.is_empty() {
+            pool.into_iter()
+                .filter(|b| b.endpoint.color().is_none())
+                .collect()
+        } else {
+            coloured
+        };
+        if group.is_empty() {
+            return Err(Some(format!(
+                "no uncoloured endpoint among {} connected",
+                snap.ready.len()
+            )));
+        }
+        let candidates: Vec<Arc<Endpoint>> = group.iter().map(|b| b.endpoint.clone()).collect();
+        let ctx = PickContext {
+            method,
+            now: Instant::now(),
+        };
+        match self.picker.pick(&ctx, &candidates) {
+            Some(i) if i < group.len() => {
+                group[i]
+                    .endpoint
+                    .counters
+                    .picks
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(group[i].clone())
+            }
+            _ => Err(Some("the picker chose no endpoint".to_string())),
+        }
+    }
+
+    pub(super) fn unavailable(&self, snap: &Snapshot, why: Option<String>) -> Status {
+        let (env, reason) = match &snap.phase {
+            Phase::NotFound { env } => (env.as_str(), "not registered".to_string()),
+            Phase::Pending => (self.config.env.as_str(), "resolution pending".to_string()),
+            Phase::Found => {
+                let reason = match why {
+                    Some(why) => why,
+                    None if snap.known == 0 => "no instances".to_string(),
+                    None if snap.first_connects > 0 => {
+                        format!("connecting to {} endpoints", snap.known)
+                    }
+                    None => format!("{} endpoints unreachable", snap.known),
+                };
+                (self.config.env.as_str(), reason)
+            }
+        };
+        Status::unavailable(format!(
+            "no instances of {} in env {env} ({reason})",
+            self.appid
+        ))
+    }
+}
