@@ -299,12 +299,21 @@ mod balancer {
             &config,
         )
         .unwrap();
-        // Nothing listens on those addresses: the subset shows in the error.
-        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-        let err = GreeterClient::new(channel)
-            .say_hello(hello())
-            .await
-            .unwrap_err();
+        // Nothing listens on those addresses: once every first dial has
+        // failed, the subset shows in the error.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let err = loop {
+            let err = GreeterClient::new(channel.clone())
+                .say_hello(hello())
+                .await
+                .unwrap_err();
+            if err.message().contains("(30 endpoints unreachable)")
+                || std::time::Instant::now() > deadline
+            {
+                break err;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
         assert!(
             err.message().contains("(30 endpoints unreachable)"),
             "{err:?}"
