@@ -2,12 +2,12 @@
 //! axum [`Router`] whose handlers bind parameters, call the
 //! [registry core](crate::registry), and encode.
 //!
-//! One file per concern: [`write`] (register, renew, cancel, set and
-//! batched replication), [`read`] (fetch, fetchs, fetch/all, nodes),
-//! [`poll`] (the long polls), [`ops`] (console, status, metrics, health).
-//! Handlers take the [`Caller`] and the [`Bound`] parameters as extractors
-//! and return `Result<Reply, Reply>`: the error side is the envelope the
-//! client gets.
+//! One file per concern: `api/write.rs` (register, renew, cancel, set and
+//! batched replication), `api/read.rs` (fetch, fetchs, fetch/all, nodes),
+//! `api/poll.rs` (the long polls), `api/ops.rs` (console, status, metrics,
+//! health). Handlers take the caller (token, address) and the bound
+//! parameters as extractors and return `Result<Reply, Reply>`: the error
+//! side is the envelope the client gets.
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
