@@ -1,7 +1,11 @@
-//! The benchmark scenarios of issue 8, run against `discovery` child
-//! processes: register, renew, fetch/fetchs, poll wake-up, memory, and a
-//! 3-node cluster's replication; each throughput figure next to a ceiling
+//! The benchmark scenarios, run against `discovery` child processes:
+//! register, renew, fetch/fetchs, poll wake-up, memory, a cancel flood, and
+//! a 3-node cluster's replication; each throughput figure next to a ceiling
 //! measured in the same run.
+//!
+//! One file, longer than the others on purpose: the scenarios run in order
+//! on shared state (the loaded node, its ceilings), and reading them top to
+//! bottom is reading the benchmark as it runs.
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
