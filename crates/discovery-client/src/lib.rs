@@ -7,13 +7,20 @@
 //! long-poll loop, and the first resolve of an app takes one round trip, not
 //! a long-poll hold.
 //!
-//! ```no_run
+//! ```
 //! use discovery_client::{Config, Discovery};
 //! use naming::{Instance, Registry};
 //!
-//! # #[tokio::main] async fn main() -> Result<(), naming::Error> {
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # // A discovery node in this process, on a free port.
+//! # let node = discovery_server::server::start(
+//! #     discovery_server::config::Config::default(),
+//! #     Some("127.0.0.1:0".parse()?),
+//! # ).await?;
+//! # node.wait_ready().await;
+//! # let addr = node.addr().to_string();
 //! // DISCOVERY_NODES, ZONE, DEPLOY_ENV, HOSTNAME… fill what code leaves unset.
-//! let discovery = Discovery::new(Config::builder().nodes(["127.0.0.1:7171"]).build())?;
+//! let discovery = Discovery::new(Config::builder().nodes([addr.as_str()]).build())?;
 //!
 //! // Provider: registered until cancelled; renewed every 30 s meanwhile.
 //! let registration = discovery
@@ -24,13 +31,15 @@
 //!     })
 //!     .await?;
 //!
-//! // Consumer: a coalescing watch of the app.
+//! // Consumer: a coalescing watch of the app; the first answer takes one
+//! // round trip, not a long-poll hold.
 //! let watch = discovery.watch("demo.service")?;
-//! let first = watch.resolved(std::time::Duration::from_secs(1)).await;
-//! println!("{first:?}");
+//! let first = watch.resolved(std::time::Duration::from_secs(5)).await;
+//! assert!(format!("{first:?}").contains("grpc://127.0.0.1:9000"), "{first:?}");
 //!
 //! registration.cancel().await?;
 //! discovery.close().await?;
+//! # node.shutdown().await;
 //! # Ok(()) }
 //! ```
 //!

@@ -1,7 +1,7 @@
 //! Running a node: bind, self-register, tick, shut down.
 //!
-//! ```no_run
-//! # async fn run() -> anyhow::Result<()> {
+//! ```
+//! # #[tokio::main] async fn main() -> anyhow::Result<()> {
 //! use discovery_server::{config::Config, server};
 //!
 //! // Port 0: the OS picks; the bound address is advertised.

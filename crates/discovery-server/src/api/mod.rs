@@ -9,8 +9,8 @@
 //! parameters as extractors and return `Result<Reply, Reply>`: the error
 //! side is the envelope the client gets.
 //!
-//! ```no_run
-//! # async fn run() -> anyhow::Result<()> {
+//! ```
+//! # #[tokio::main] async fn main() -> anyhow::Result<()> {
 //! use discovery_server::{config::Config, server};
 //!
 //! let node = server::start(Config::default(), Some("127.0.0.1:0".parse()?)).await?;
