@@ -234,6 +234,8 @@ impl ConfigBuilder {
 /// ```
 #[cfg(feature = "cli")]
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+// This doc comment is for Rust readers, not a binary's `--help`.
+#[command(about = None, long_about = None)]
 pub struct Flags {
     /// Discovery nodes, comma-separated `host:port` [env: DISCOVERY_NODES]
     #[arg(long = "discovery-nodes", value_name = "HOST:PORT,...", global = true)]

@@ -308,3 +308,20 @@ async fn watch_prints_changes_only() {
     assert_eq!(not_found(&ctl), 1);
     s.shutdown().await;
 }
+
+#[test]
+fn help_opens_with_a_one_line_description() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_discoveryctl"))
+        .arg("--help")
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("Talk to a discovery registry through the SDK")
+    );
+    assert_eq!(lines.next(), Some(""), "one line, then usage: {text}");
+    assert!(!text.contains("```"), "no doc block in --help: {text}");
+}
