@@ -65,6 +65,18 @@ async fn visible_everywhere(urls: &[String], host: &str, limit: Duration) -> Opt
     None
 }
 
+/// Three nodes, started one after another, each waited on.
+async fn started_in_order() -> (ProcessTopology, Vec<String>) {
+    let mut topo =
+        ProcessTopology::prepare(&Layout::zones(&[("sh001", 3)]).toml(&operator_toml())).await;
+    for i in 0..3 {
+        topo.start_node(i).await.unwrap();
+        assert!(topo.wait_node_ready(i, Duration::from_secs(8)).await);
+    }
+    let urls = (0..3).map(|i| topo.url(i)).collect();
+    (topo, urls)
+}
+
 async fn status(base: &str) -> Value {
     get(base, "/status").await.expect("status answers")
 }
@@ -109,13 +121,7 @@ async fn ordered_start_each_node_ready_at_once_and_writes_reach_the_last_within_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_back_from_kill_9_gets_new_writes_at_once() {
-    let mut topo =
-        ProcessTopology::prepare(&Layout::zones(&[("sh001", 3)]).toml(&operator_toml())).await;
-    for i in 0..3 {
-        topo.start_node(i).await.unwrap();
-        assert!(topo.wait_node_ready(i, Duration::from_secs(8)).await);
-    }
-    let urls: Vec<String> = (0..3).map(|i| topo.url(i)).collect();
+    let (mut topo, urls) = started_in_order().await;
     topo.kill(1).await;
     // Writes while it is away fill node 0's queue to it and push it into
     // its longest backoff.
@@ -156,13 +162,7 @@ async fn a_peer_back_from_kill_9_gets_new_writes_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_keeps_every_write_and_new_writes_reach_everyone_within_1s() {
-    let mut topo =
-        ProcessTopology::prepare(&Layout::zones(&[("sh001", 3)]).toml(&operator_toml())).await;
-    for i in 0..3 {
-        topo.start_node(i).await.unwrap();
-        assert!(topo.wait_node_ready(i, Duration::from_secs(8)).await);
-    }
-    let urls: Vec<String> = (0..3).map(|i| topo.url(i)).collect();
+    let (mut topo, urls) = started_in_order().await;
     let mut expected = BTreeSet::new();
     for round in 0..3 {
         let other = (round + 1) % 3;

@@ -11,6 +11,7 @@ use http::HeaderMap;
 
 use super::{Api, Bound, Shared};
 use crate::{
+    params::Params,
     registry::{AppKey, PollState},
     reply::{self, BAD_REQUEST, NOT_MODIFIED, Reply},
 };
@@ -51,6 +52,22 @@ fn woken(api: &Api, subs: &[crate::registry::Subscription]) {
     }
 }
 
+/// What both long polls start with: reads served, `env`, `hostname`, at
+/// least one `appid`, and the `latest_timestamp` list.
+fn poll_params<'p>(api: &Api, p: &'p Params) -> Result<(&'p str, Vec<&'p str>, Vec<i64>), Reply> {
+    if let Some(r) = api.gate(false) {
+        return Err(r);
+    }
+    let env = p.required("env")?;
+    p.required("hostname")?;
+    let appids = p.list("appid");
+    if appids.is_empty() {
+        return Err(Reply::bad_param("appid", "required"));
+    }
+    let stamps = p.i64_list("latest_timestamp")?;
+    Ok((env, appids, stamps))
+}
+
 /// `GET /discovery/poll`: one app, answered at once when newer, else
 /// held (see docs/protocol.md#long-poll).
 pub(super) async fn poll(
@@ -59,16 +76,8 @@ pub(super) async fn poll(
     Bound(p): Bound,
 ) -> Result<Response, Reply> {
     let (api, headers) = (&*api, &headers);
-    if let Some(r) = api.gate(false) {
-        return Err(r);
-    }
-    let env = p.required("env")?;
-    p.required("hostname")?;
-    let appids = p.list("appid");
-    let Some(appid) = appids.first().copied() else {
-        return Err(Reply::bad_param("appid", "required"));
-    };
-    let stamps = p.i64_list("latest_timestamp")?;
+    let (env, appids, stamps) = poll_params(api, &p)?;
+    let appid = appids[0];
     let since = if stamps.len() == appids.len() {
         stamps[0]
     } else {
@@ -109,17 +118,8 @@ pub(super) async fn polls(
     Bound(p): Bound,
 ) -> Result<Response, Reply> {
     let (api, headers) = (&*api, &headers);
-    if let Some(r) = api.gate(false) {
-        return Err(r);
-    }
-    let env = p.required("env")?;
-    p.required("hostname")?;
-    let appids = p.list("appid");
-    if appids.is_empty() {
-        return Err(Reply::bad_param("appid", "required"));
-    }
+    let (env, appids, stamps) = poll_params(api, &p)?;
     api.check_appids(&appids)?;
-    let stamps = p.i64_list("latest_timestamp")?;
     if stamps.len() != appids.len() {
         return Err(Reply::code(BAD_REQUEST));
     }
