@@ -25,6 +25,7 @@
 
 pub mod demo;
 pub mod go_double;
+pub mod signal;
 
 use std::{
     net::SocketAddr,
@@ -435,18 +436,13 @@ impl Process {
         self.child.id()
     }
 
-    /// Sends `signal` (a `kill -s` name: `TERM`, `INT`, `KILL`) without
-    /// waiting.
+    /// Sends `signal` (a `kill -s` name: `TERM`, `INT`, `KILL`; see
+    /// [`signal::send`]) without waiting; nothing once it has exited.
     pub async fn signal(&self, signal: &str) -> std::io::Result<()> {
-        if let Some(pid) = self.child.id() {
-            Command::new("kill")
-                .arg("-s")
-                .arg(signal)
-                .arg(pid.to_string())
-                .status()
-                .await?;
+        match self.child.id() {
+            Some(pid) => signal::send(pid, signal),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Waits for the exit.
@@ -461,13 +457,7 @@ impl Process {
 
     /// Sends SIGTERM and waits for the exit.
     pub async fn terminate(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        if let Some(pid) = self.child.id() {
-            Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status()
-                .await?;
-        }
+        self.signal("TERM").await?;
         self.child.wait().await
     }
 }
