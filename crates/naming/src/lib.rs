@@ -4,7 +4,7 @@
 //! implement.
 //!
 //! The same small things every crate needs are said here once: the answer
-//! [`code`]s, the [`env`] variable names, the [`host`]'s name and address,
+//! [`code`]s, the [`env`](mod@env) variable names, the [`host`]'s name and address,
 //! retry [`backoff`], and (feature `logs`) the binaries' log set-up.
 //!
 //! Apart from [`host`]'s lookups, this crate does no IO. The JSON produced
