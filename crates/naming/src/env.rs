@@ -13,6 +13,7 @@
 //! | [`ADVERTISE_IP`] | `ADVERTISE_IP` | `demo-server`'s registered IP | the listen IP, else [`crate::host::primary_ip`] |
 //! | [`HTTP_ADDR`] | `HTTP_ADDR` | `demo-client`'s HTTP listen address | `0.0.0.0:8000` |
 //! | [`DEMO_TARGET`] | `DEMO_TARGET` | `demo-client`'s gRPC target | `discovery://default/demo.service` |
+//! | [`DEMO_BALANCER`] | `DEMO_BALANCER` | `demo-client`'s picker (`p2c`, `wrr`, `round_robin`, `random`) | `p2c` |
 //!
 //! [`IDENTITY`] lists them all, for tests that start children with a clean
 //! identity:
@@ -48,6 +49,8 @@ pub const ADVERTISE_IP: &str = "ADVERTISE_IP";
 pub const HTTP_ADDR: &str = "HTTP_ADDR";
 /// `DEMO_TARGET`: `demo-client`'s gRPC target.
 pub const DEMO_TARGET: &str = "DEMO_TARGET";
+/// `DEMO_BALANCER`: `demo-client`'s picker.
+pub const DEMO_BALANCER: &str = "DEMO_BALANCER";
 
 /// Default of [`REGION`].
 pub const DEFAULT_REGION: &str = "region01";
@@ -57,7 +60,7 @@ pub const DEFAULT_ZONE: &str = "zone01";
 pub const DEFAULT_DEPLOY_ENV: &str = "dev";
 
 /// Every variable above but [`HOSTNAME`] (which a shell always sets).
-pub const IDENTITY: [&str; 10] = [
+pub const IDENTITY: [&str; 11] = [
     NODES,
     REGION,
     ZONE,
@@ -68,4 +71,5 @@ pub const IDENTITY: [&str; 10] = [
     ADVERTISE_IP,
     HTTP_ADDR,
     DEMO_TARGET,
+    DEMO_BALANCER,
 ];
