@@ -24,7 +24,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     process::ExitCode,
     time::Duration,
 };
@@ -53,11 +53,12 @@ const DRAIN_BOUND: Duration = Duration::from_secs(5);
 #[command(name = "demo-server", version, about)]
 struct Cli {
     /// gRPC listen address; port 0 picks a free one.
-    #[arg(long, env = "GRPC_ADDR", default_value = "0.0.0.0:9000")]
+    #[arg(long, env = naming::env::GRPC_ADDR, default_value = "0.0.0.0:9000")]
     grpc_addr: SocketAddr,
     /// IP registered in `grpc://<ip>:<port>` [default: the listen IP when it
-    /// is not 0.0.0.0, else the first non-loopback IPv4, else 127.0.0.1]
-    #[arg(long, env = "ADVERTISE_IP")]
+    /// is not 0.0.0.0, else the host's primary address (of the default
+    /// route, else the first non-loopback IPv4), else 127.0.0.1]
+    #[arg(long, env = naming::env::ADVERTISE_IP)]
     advertise_ip: Option<IpAddr>,
     /// Balancer weight, registered as `weight` metadata.
     #[arg(long, default_value_t = naming::DEFAULT_WEIGHT)]
@@ -110,47 +111,10 @@ impl Greeter for Hello {
     }
 }
 
-fn init_logs() {
-    use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(ansi)
-        .init();
-}
-
 /// The IP to register: the flag, else the listen IP when specific, else the
-/// first non-loopback IPv4 of the host, else loopback.
+/// host's primary address ([`naming::host::advertise_ip`]).
 fn advertise_ip(flag: Option<IpAddr>, bound: SocketAddr) -> IpAddr {
-    if let Some(ip) = flag {
-        return ip;
-    }
-    if !bound.ip().is_unspecified() {
-        return bound.ip();
-    }
-    first_non_loopback_ipv4().map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4)
-}
-
-/// The host's first non-loopback IPv4, read from the kernel's routing trie
-/// (`/proc/net/fib_trie`, where every local address is a `/32 host LOCAL`
-/// leaf). This works without a default route (private container networks)
-/// and needs no `getifaddrs`.
-fn first_non_loopback_ipv4() -> Option<Ipv4Addr> {
-    let text = std::fs::read_to_string("/proc/net/fib_trie").ok()?;
-    let mut last: Option<Ipv4Addr> = None;
-    for line in text.lines() {
-        let t = line.trim();
-        if let Some(ip) = t.strip_prefix("|-- ") {
-            last = ip.trim().parse().ok();
-        } else if t.contains("/32 host LOCAL") {
-            if let Some(ip) = last.filter(|ip| !ip.is_loopback() && !ip.is_unspecified()) {
-                return Some(ip);
-            }
-        }
-    }
-    None
+    flag.unwrap_or_else(|| naming::host::advertise_ip(bound.ip()))
 }
 
 /// Writes `addr` to `path` through a temporary file and a rename, so that a
@@ -308,7 +272,7 @@ async fn run(cli: Cli, discovery: Discovery) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs();
+    naming::logs::init("info", false);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

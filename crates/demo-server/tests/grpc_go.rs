@@ -35,19 +35,12 @@ async fn demo_server(name: &str) -> (Topology, Process) {
     let topo = Topology::start(&Layout::zones(&[("zone01", 1)])).await;
     topo.wait_ready().await;
     let mut cmd = Command::new(BIN);
-    for var in [
-        "ZONE",
-        "REGION",
-        "DEPLOY_ENV",
-        "DEPLOY_COLOR",
-        "APP_ID",
-        "GRPC_ADDR",
-    ] {
+    for var in naming::env::IDENTITY {
         cmd.env_remove(var);
     }
     cmd.args(["--grpc-addr", "127.0.0.1:0"])
-        .env("DISCOVERY_NODES", topo.addr(0).to_string())
-        .env("HOSTNAME", name);
+        .env(naming::env::NODES, topo.addr(0).to_string())
+        .env(naming::env::HOSTNAME, name);
     let server = Process::spawn_ready_file(cmd, name)
         .await
         .expect("demo-server starts");

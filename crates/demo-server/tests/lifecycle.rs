@@ -15,16 +15,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_demo-server");
 /// A command without any inherited SDK or demo setting.
 fn demo_server() -> Command {
     let mut cmd = Command::new(BIN);
-    for var in [
-        "DISCOVERY_NODES",
-        "ZONE",
-        "REGION",
-        "DEPLOY_ENV",
-        "DEPLOY_COLOR",
-        "APP_ID",
-        "GRPC_ADDR",
-        "ADVERTISE_IP",
-    ] {
+    for var in naming::env::IDENTITY {
         cmd.env_remove(var);
     }
     cmd.args(["--grpc-addr", "127.0.0.1:0"]);
@@ -54,7 +45,7 @@ async fn instances(node: &str) -> Vec<serde_json::Value> {
 #[tokio::test]
 async fn without_nodes_exits_2_naming_discovery_nodes() {
     let out = demo_server()
-        .env("HOSTNAME", "demo-server-nonodes")
+        .env(naming::env::HOSTNAME, "demo-server-nonodes")
         .output()
         .await
         .expect("run demo-server");
@@ -70,8 +61,8 @@ async fn registers_serves_and_deregisters_on_sigterm() {
     let node = topo.url(0);
 
     let mut cmd = demo_server();
-    cmd.env("DISCOVERY_NODES", topo.addr(0).to_string())
-        .env("HOSTNAME", "demo-server-t1")
+    cmd.env(naming::env::NODES, topo.addr(0).to_string())
+        .env(naming::env::HOSTNAME, "demo-server-t1")
         .args(["--weight", "20", "--cluster", "c1"]);
     let mut server = Process::spawn_ready_file(cmd, "demo-server-t1")
         .await
@@ -159,8 +150,8 @@ async fn deregisters_on_sigint() {
     topo.wait_ready().await;
     let node = topo.url(0);
     let mut cmd = demo_server();
-    cmd.env("DISCOVERY_NODES", topo.addr(0).to_string())
-        .env("HOSTNAME", "demo-server-int");
+    cmd.env(naming::env::NODES, topo.addr(0).to_string())
+        .env(naming::env::HOSTNAME, "demo-server-int");
     let mut server = Process::spawn_ready_file(cmd, "demo-server-int")
         .await
         .expect("starts");

@@ -206,18 +206,7 @@ fn free_port() -> u16 {
 
 /// Identity variables a developer's shell may hold; the README's lines set
 /// what they need.
-const IDENTITY: &[&str] = &[
-    "DISCOVERY_NODES",
-    "ZONE",
-    "REGION",
-    "DEPLOY_ENV",
-    "DEPLOY_COLOR",
-    "APP_ID",
-    "GRPC_ADDR",
-    "HTTP_ADDR",
-    "DEMO_TARGET",
-    "ADVERTISE_IP",
-];
+const IDENTITY: &[&str] = &naming::env::IDENTITY;
 
 /// `sh -c <line>` with a clean identity, killed on drop.
 fn sh(line: &str) -> Command {
@@ -467,9 +456,7 @@ struct Reaper(Vec<u32>);
 impl Drop for Reaper {
     fn drop(&mut self) {
         for pid in self.0.iter().filter(|p| alive(**p)) {
-            let _ = std::process::Command::new("kill")
-                .args(["-s", "KILL", &pid.to_string()])
-                .status();
+            let _ = testkit::signal::send(*pid, "KILL");
         }
     }
 }
@@ -560,16 +547,11 @@ async fn up_then_stop(signal: &str, to_group: bool) {
         "{body}"
     );
 
-    let target = if to_group {
-        format!("-{runner}")
+    if to_group {
+        testkit::signal::send_group(runner, signal).expect("kill");
     } else {
-        runner.to_string()
-    };
-    let sent = std::process::Command::new("kill")
-        .args(["-s", signal, "--", &target])
-        .status()
-        .expect("kill");
-    assert!(sent.success());
+        testkit::signal::send(runner, signal).expect("kill");
+    }
     let status = tokio::time::timeout(Duration::from_secs(60), up.wait())
         .await
         .expect("up exits within 60 s of the signal")
@@ -690,9 +672,7 @@ struct Group(Child);
 impl Drop for Group {
     fn drop(&mut self) {
         if let Some(pid) = self.0.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-s", "KILL", "--", &format!("-{pid}")])
-                .status();
+            let _ = testkit::signal::send_group(pid, "KILL");
         }
     }
 }

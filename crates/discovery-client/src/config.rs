@@ -4,7 +4,8 @@
 //! Precedence is code > flag > environment variable > default. Code and
 //! flags both go through the builder's setters; whatever was not set falls
 //! back to the environment, read through an injectable lookup so tests never
-//! touch the process environment.
+//! touch the process environment. The variables and their defaults are
+//! [`naming::env`]'s; the hostname's fallback is [`naming::host::hostname`].
 //!
 //! ```
 //! use discovery_client::Config;
@@ -26,28 +27,7 @@
 
 use std::time::Duration;
 
-/// Environment variable holding the comma-separated `host:port` node list.
-pub const ENV_NODES: &str = "DISCOVERY_NODES";
-/// Environment variable of the region.
-pub const ENV_REGION: &str = "REGION";
-/// Environment variable of the zone.
-pub const ENV_ZONE: &str = "ZONE";
-/// Environment variable of the deploy env.
-pub const ENV_DEPLOY_ENV: &str = "DEPLOY_ENV";
-/// Environment variable of the hostname (instance identity; polls add a
-/// per-client suffix).
-pub const ENV_HOSTNAME: &str = "HOSTNAME";
-/// Environment variable of the traffic colour.
-pub const ENV_COLOR: &str = "DEPLOY_COLOR";
-/// Environment variable of the process's own appid.
-pub const ENV_APPID: &str = "APP_ID";
-
-/// Default region.
-pub const DEFAULT_REGION: &str = "region01";
-/// Default zone.
-pub const DEFAULT_ZONE: &str = "zone01";
-/// Default deploy env.
-pub const DEFAULT_ENV: &str = "dev";
+use naming::env;
 
 /// Resolved SDK settings. Build one with [`Config::builder`]; the timing
 /// fields are public so tests and tools can shorten them.
@@ -187,16 +167,18 @@ impl ConfigBuilder {
         };
         let nodes = self
             .nodes
-            .or_else(|| var(ENV_NODES).map(|v| parse_nodes(&v)))
+            .or_else(|| var(env::NODES).map(|v| parse_nodes(&v)))
             .unwrap_or_default();
         Config {
             nodes,
-            region: pick(self.region, ENV_REGION, &|| DEFAULT_REGION.into()),
-            zone: pick(self.zone, ENV_ZONE, &|| DEFAULT_ZONE.into()),
-            env: pick(self.env, ENV_DEPLOY_ENV, &|| DEFAULT_ENV.into()),
-            hostname: pick(self.hostname, ENV_HOSTNAME, &os_hostname),
-            color: pick(self.color, ENV_COLOR, &String::new),
-            appid: pick(self.appid, ENV_APPID, &String::new),
+            region: pick(self.region, env::REGION, &|| env::DEFAULT_REGION.into()),
+            zone: pick(self.zone, env::ZONE, &|| env::DEFAULT_ZONE.into()),
+            env: pick(self.env, env::DEPLOY_ENV, &|| {
+                env::DEFAULT_DEPLOY_ENV.into()
+            }),
+            hostname: pick(self.hostname, env::HOSTNAME, &naming::host::hostname),
+            color: pick(self.color, env::COLOR, &String::new),
+            appid: pick(self.appid, env::APPID, &String::new),
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(10),
             poll_timeout: Duration::from_secs(40),
@@ -302,29 +284,4 @@ pub fn parse_nodes(text: &str) -> Vec<String> {
 fn non_empty(v: String) -> Option<String> {
     let v = v.trim().to_string();
     (!v.is_empty()).then_some(v)
-}
-
-/// The kernel's hostname; else a unique generated one, because equal
-/// hostnames overwrite each other's registrations.
-fn os_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .ok()
-        .and_then(non_empty)
-        .unwrap_or_else(|| {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            format!("host-{nanos}")
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn os_hostname_is_never_empty() {
-        assert!(!os_hostname().is_empty());
-    }
 }

@@ -51,7 +51,9 @@ use std::{
     time::Duration,
 };
 
-use naming::{BuildOptions, Builder, DISCOVERY_APPID, Error, InstancesInfo, Resolution, Resolver};
+use naming::{
+    BuildOptions, Builder, DISCOVERY_APPID, Error, InstancesInfo, Resolution, Resolver, code::Code,
+};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio::{sync::watch, time::Instant};
@@ -60,7 +62,7 @@ use tracing::{debug, info, warn};
 use crate::{
     Config, Core, Discovery,
     backoff::Backoff,
-    transport::{Call, CallError, code},
+    transport::{Call, CallError},
 };
 
 /// What the first poll after a (re)start or node switch announces, so that
@@ -351,8 +353,8 @@ pub(crate) async fn poll_loop(core: Arc<Core>) {
                 warn!(node, error = %e, "poll failed; switching node");
                 Outcome::Failed
             }
-            Ok(env) => match env.code {
-                code::OK => {
+            Ok(env) => match Code::from_i64(env.code) {
+                Some(Code::Ok) => {
                     let data = env.data::<BTreeMap<String, InstancesInfo>>();
                     let errors = serde_json::from_value::<Option<PollErrors>>(env.error)
                         .map(Option::unwrap_or_default)
@@ -392,8 +394,8 @@ pub(crate) async fn poll_loop(core: Arc<Core>) {
                         }
                     }
                 }
-                code::NOT_MODIFIED => Outcome::Unchanged,
-                code::NOT_FOUND => {
+                Some(Code::NotModified) => Outcome::Unchanged,
+                Some(Code::NotFound) => {
                     if appids.iter().any(|a| a == DISCOVERY_APPID) {
                         apps.nodes_ready.send_replace(true);
                     }
@@ -403,8 +405,8 @@ pub(crate) async fn poll_loop(core: Arc<Core>) {
                         Outcome::Unchanged
                     }
                 }
-                other => {
-                    warn!(node, code = other, message = %env.message, "poll refused; switching node");
+                _ => {
+                    warn!(node, code = env.code, message = %env.message, "poll refused; switching node");
                     core.transport.failed(&node);
                     Outcome::Failed
                 }
@@ -520,7 +522,7 @@ async fn fetch_once(
         .param("env", &core.config.env)
         .param("status", "1");
     let (env, node) = core.transport.call_current(&call).await?;
-    if env.code != code::OK {
+    if env.code != Code::Ok {
         warn!(node, code = env.code, "fetchs refused");
         return Err(CallError::Transport(format!(
             "fetchs answered {}",

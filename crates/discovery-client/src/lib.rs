@@ -49,7 +49,7 @@
 //! nodes) and `examples/register.rs`, `examples/watch.rs` show the SDK in
 //! use.
 
-pub mod backoff;
+pub use naming::backoff; // moved to `naming`; the path stays
 pub mod config;
 pub mod consumer;
 pub mod provider;

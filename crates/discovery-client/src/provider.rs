@@ -42,13 +42,15 @@
 
 use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
 
-use naming::{BoxFuture, Deregister, Elapsed, Error, Instance, Registration, Registry, Status};
+use naming::{
+    BoxFuture, Deregister, Elapsed, Error, Instance, Registration, Registry, Status, code::Code,
+};
 use tokio::{task::JoinHandle, time::MissedTickBehavior};
 use tracing::{debug, info, warn};
 
 use crate::{
     Core, Discovery,
-    transport::{Call, CallError, Envelope, code},
+    transport::{Call, CallError, Envelope},
 };
 
 /// Pause between cancel attempts while nodes refuse connections, so a dead
@@ -112,7 +114,7 @@ impl Discovery {
             ins.metadata.extend(md.clone());
         }
         let env = with_failover(core, &call).await?;
-        if env.code != code::OK {
+        if env.code != Code::Ok {
             return Err(env.server_error());
         }
         if let Some(e) = core.registrations.lock().get_mut(appid) {
@@ -232,7 +234,7 @@ async fn with_failover(core: &Core, call: &Call<'_>) -> Result<Envelope, Error> 
 
 async fn send_register(core: &Core, ins: &Instance) -> Result<(), Error> {
     let env = with_failover(core, &register_call(core, ins)).await?;
-    if env.code == code::OK {
+    if env.code == Code::Ok {
         Ok(())
     } else {
         Err(env.server_error())
@@ -342,7 +344,7 @@ async fn cancel_bounded(core: &Core, ins: &Instance) -> Result<String, Error> {
                 ins,
             );
             match core.transport.call_current(&call).await {
-                Ok((env, node)) if env.code == code::OK || env.code == code::NOT_FOUND => {
+                Ok((env, node)) if env.code == Code::Ok || env.code == Code::NotFound => {
                     return Ok(node);
                 }
                 Ok((env, _)) => return Err(env.server_error()),
@@ -520,8 +522,8 @@ impl RenewIo for RenewOps {
             &ins,
         );
         match self.core.transport.call_current(&call).await {
-            Ok((env, _)) if env.code == code::OK => Renewed::Ok,
-            Ok((env, _)) if env.code == code::NOT_FOUND => Renewed::NotFound,
+            Ok((env, _)) if env.code == Code::Ok => Renewed::Ok,
+            Ok((env, _)) if env.code == Code::NotFound => Renewed::NotFound,
             Ok((env, _)) => Renewed::Code(env.code),
             Err(_) => Renewed::Transport,
         }

@@ -19,13 +19,6 @@ use crate::Config;
 /// The request header through which the server learns our deadline.
 pub(crate) const TIMEOUT_HEADER: &str = "x1-bmspy-timeout";
 
-/// Registry answer codes used by the SDK.
-pub(crate) mod code {
-    pub(crate) const OK: i64 = 0;
-    pub(crate) const NOT_MODIFIED: i64 = -304;
-    pub(crate) const NOT_FOUND: i64 = -404;
-}
-
 /// HTTP method of a registry route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Method {

@@ -129,13 +129,7 @@ fn spawn_ctl(args: &[&str]) -> Running {
 
 impl Running {
     async fn signal(&self, sig: &str) {
-        let pid = self.child.id().expect("running").to_string();
-        let st = tokio::process::Command::new("kill")
-            .args(["-s", sig, &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(st.success());
+        testkit::signal::send(self.child.id().expect("running"), sig).unwrap();
     }
 
     /// Waits for the exit (at most 10 s) and for the pipes to drain.

@@ -37,10 +37,10 @@ pub const EJECT_MIN: Duration = Duration::from_millis(100);
 /// Longest ejection.
 pub const EJECT_MAX: Duration = Duration::from_secs(10);
 
-/// `min(100 ms × 2^(k−1), 10 s)` for the k-th consecutive failure (k ≥ 1).
+/// `min(100 ms × 2^(k−1), 10 s)` for the k-th consecutive failure (k ≥ 1):
+/// [`naming::backoff::nominal`], without jitter.
 pub fn ejection_backoff(k: u32) -> Duration {
-    let shift = k.saturating_sub(1).min(16);
-    EJECT_MIN.saturating_mul(1 << shift).min(EJECT_MAX)
+    naming::backoff::nominal(EJECT_MIN, k.saturating_sub(1), EJECT_MAX)
 }
 
 /// The ejection state of one endpoint.

@@ -4,24 +4,22 @@
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
-//! use loadgen::proc::{Server, free_addr};
+//! use loadgen::proc::{Rss as _, free_addr, spawn};
 //!
 //! let addr = free_addr()?;
 //! let mut cmd = tokio::process::Command::new("target/release/discovery");
 //! cmd.args(["--listen", &addr.to_string()]);
-//! let node = Server::spawn(cmd, addr, "node-0", "/readyz").await?;
+//! let mut node = spawn(cmd, addr, "node-0", "/readyz").await?;
 //! println!("{} bytes resident", node.rss()?);
-//! node.stop().await;
+//! node.kill().await;
 //! # Ok(()) }
 //! ```
 
-use std::{net::SocketAddr, os::fd::AsFd as _, process::Stdio, time::Duration};
+use std::{net::SocketAddr, process::Stdio};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use serde::Serialize;
-use tokio::process::{Child, Command};
-
-use crate::client::{Conn, Req};
+use tokio::process::Command;
 
 /// A loopback address that was free a moment ago (for a child to bind).
 pub fn free_addr() -> anyhow::Result<SocketAddr> {
@@ -29,74 +27,36 @@ pub fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(l.local_addr()?)
 }
 
-/// A server running as a child process, killed on drop.
-#[derive(Debug)]
-pub struct Server {
-    child: Child,
-    /// Where it listens.
-    pub addr: SocketAddr,
-    /// Its name in messages.
-    pub name: String,
+/// A server running as a child process, killed on drop: testkit's one
+/// launcher.
+pub use testkit::Process as Server;
+
+/// Starts `cmd` and waits until `ready` (a path) answers HTTP 200 on
+/// `addr`. The child's stdout is echoed to our stderr, as our stdout holds
+/// the report.
+pub async fn spawn(
+    mut cmd: Command,
+    addr: SocketAddr,
+    name: &str,
+    ready: &str,
+) -> anyhow::Result<Server> {
+    testkit::echo_to_stderr();
+    cmd.stdin(Stdio::null());
+    let what = format!("starting {name}: {cmd:?}");
+    Server::spawn_http(cmd, name, addr, ready)
+        .await
+        .context(what)
 }
 
-impl Server {
-    /// Starts `cmd` (its stdout goes to our stderr) and waits until `ready`
-    /// (a path) answers HTTP 200 on `addr`.
-    pub async fn spawn(
-        mut cmd: Command,
-        addr: SocketAddr,
-        name: &str,
-        ready: &str,
-    ) -> anyhow::Result<Server> {
-        let err = std::io::stderr().as_fd().try_clone_to_owned()?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(err))
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {name}: {cmd:?}"))?;
-        let mut server = Server {
-            child,
-            addr,
-            name: name.to_string(),
-        };
-        server.wait_ready(ready, Duration::from_secs(30)).await?;
-        Ok(server)
-    }
-
-    async fn wait_ready(&mut self, path: &str, limit: Duration) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("{} exited during start-up: {status}", self.name);
-            }
-            if let Ok(mut c) = Conn::connect(self.addr).await {
-                if let Ok(a) = c.send(Req::get(path)).await {
-                    if a.status.is_success() {
-                        return Ok(());
-                    }
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                bail!("{} not ready within {limit:?}", self.name);
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// Its process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id().unwrap_or(0)
-    }
-
+/// The resident set size of a running child.
+pub trait Rss {
     /// Its resident set size in bytes.
-    pub fn rss(&self) -> anyhow::Result<u64> {
-        rss_of(self.pid())
-    }
+    fn rss(&self) -> anyhow::Result<u64>;
+}
 
-    /// `kill -9` and reap.
-    pub async fn stop(mut self) {
-        let _ = self.child.kill().await;
+impl Rss for Server {
+    fn rss(&self) -> anyhow::Result<u64> {
+        rss_of(self.id().context("the process has exited")?)
     }
 }
 

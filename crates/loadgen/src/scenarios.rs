@@ -35,7 +35,7 @@ use tokio::{
 use crate::{
     args::{RunArgs, Scale},
     client::{Conn, Plan, Req, drive},
-    proc::{Machine, Server, free_addr},
+    proc::{Machine, Rss as _, Server, free_addr, spawn},
     report::{Report, Row, Target},
     stats::{Recorder, Summary},
 };
@@ -177,7 +177,7 @@ impl Bench {
             cmd.arg("--conf").arg(&conf).env("RUST_LOG", "warn");
             let (addr, name) = (*addr, format!("{tag}-{i}"));
             starts.push(tokio::spawn(async move {
-                Server::spawn(cmd, addr, &name, "/readyz").await
+                spawn(cmd, addr, &name, "/readyz").await
             }));
         }
         let mut nodes = Vec::new();
@@ -197,11 +197,11 @@ impl Bench {
             "--body-bytes",
             &body_bytes.to_string(),
         ]);
-        Server::spawn(cmd, addr, "ceiling", "/").await
+        spawn(cmd, addr, "ceiling", "/").await
     }
 
     async fn measure_ceiling(&self, body_bytes: usize) -> anyhow::Result<Summary> {
-        let c = self.start_ceiling(body_bytes).await?;
+        let mut c = self.start_ceiling(body_bytes).await?;
         let s = drive(
             c.addr,
             self.args.conns,
@@ -209,7 +209,7 @@ impl Bench {
             |_| Req::get("/discovery/fetch?env=dev&appid=x&status=1"),
         )
         .await?;
-        c.stop().await;
+        c.kill().await;
         check(&s, "ceiling")?;
         Ok(s)
     }
@@ -265,7 +265,7 @@ impl Bench {
         let scale = self.scale.clone();
         let conns = self.args.conns;
         self.say("starting one discovery node");
-        let node = self.start_nodes(1, "single").await?.remove(0);
+        let mut node = self.start_nodes(1, "single").await?.remove(0);
         let addr = node.addr;
         sleep(Duration::from_millis(500)).await;
         let rss_empty = node.rss()?;
@@ -407,9 +407,9 @@ impl Bench {
         // 4. Poll wake-up, with the memory of parked pollers.
         for &pollers in &scale.pollers {
             self.say(&format!("poll wake-up: {pollers} parked pollers"));
-            let ceiling = self.start_ceiling(renew_bytes).await?;
+            let mut ceiling = self.start_ceiling(renew_bytes).await?;
             let cw = poll_wakeup(&ceiling, pollers, false).await?;
-            ceiling.stop().await;
+            ceiling.kill().await;
             let w = poll_wakeup(&node, pollers, true).await?;
             let name = format!("poll wake-up {pollers}");
             let cname = format!("{pollers} parked on ceiling");
@@ -567,7 +567,7 @@ impl Bench {
             "ops/s",
             Target::AtLeast(33_000.0),
         );
-        node.stop().await;
+        node.kill().await;
         Ok((register.ops_per_s, renew.ops_per_s))
     }
 
@@ -779,8 +779,8 @@ impl Bench {
                 "cluster nodes disagree on the instance count: {counts:?}"
             ));
         }
-        for n in nodes {
-            n.stop().await;
+        for mut n in nodes {
+            n.kill().await;
         }
         Ok(())
     }

@@ -3,8 +3,13 @@
 //! registries ([`Registry`]) and resolvers ([`Resolver`], [`Builder`])
 //! implement.
 //!
-//! This crate does no IO. The JSON produced and accepted by its types is the
-//! wire format of bilibili/discovery, byte for byte.
+//! The same small things every crate needs are said here once: the answer
+//! [`code`]s, the [`env`](mod@env) variable names, the [`host`]'s name and address,
+//! retry [`backoff`], and (feature `logs`) the binaries' log set-up.
+//!
+//! Apart from [`host`]'s lookups, this crate does no IO. The JSON produced
+//! and accepted by its types is the wire format of bilibili/discovery, byte
+//! for byte.
 //!
 //! ```
 //! use naming::{Instance, Status};
@@ -20,9 +25,15 @@
 //! assert_eq!(ins.grpc_addr(), Some("10.0.0.1:9000"));
 //! ```
 
+pub mod backoff;
+pub mod code;
 mod duration;
+pub mod env;
 mod error;
+pub mod host;
 mod instance;
+#[cfg(feature = "logs")]
+pub mod logs;
 mod scheduler;
 mod traits;
 

@@ -17,6 +17,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitStatus, time::Duration};
 
+use naming::env;
 use tokio::process::Command;
 
 use crate::{Layout, Process, ProcessTopology, sibling_bin};
@@ -131,12 +132,12 @@ impl DemoTopology {
         let i = self.servers.len();
         let name = format!("demo-server-{}", i + 1);
         let mut cmd = Command::new(&self.bins.demo_server);
-        cmd.args(["--grpc-addr", "127.0.0.1:0", "--advertise-ip", "127.0.0.1"])
-            .env("DISCOVERY_NODES", self.discovery_nodes())
-            .env("HOSTNAME", &name);
         demo_env(&mut cmd);
+        cmd.args(["--grpc-addr", "127.0.0.1:0", "--advertise-ip", "127.0.0.1"])
+            .env(env::NODES, self.discovery_nodes())
+            .env(env::HOSTNAME, &name);
         if let Some(zone) = zone {
-            cmd.env("ZONE", zone);
+            cmd.env(env::ZONE, zone);
         }
         self.servers
             .push(Some(Process::spawn_ready_file(cmd, &name).await?));
@@ -154,13 +155,13 @@ impl DemoTopology {
         zone: Option<&str>,
     ) -> std::io::Result<String> {
         let mut cmd = Command::new(&self.bins.demo_client);
+        demo_env(&mut cmd);
         cmd.args(["--http-addr", "127.0.0.1:0"])
             .args(args)
-            .env("DISCOVERY_NODES", self.discovery_nodes())
-            .env("HOSTNAME", name);
-        demo_env(&mut cmd);
+            .env(env::NODES, self.discovery_nodes())
+            .env(env::HOSTNAME, name);
         if let Some(zone) = zone {
-            cmd.env("ZONE", zone);
+            cmd.env(env::ZONE, zone);
         }
         let p = Process::spawn_ready_file(cmd, name).await?;
         let url = format!("http://{}", p.addr);
@@ -235,12 +236,12 @@ async fn start_client(
     zone: Option<&str>,
 ) -> std::io::Result<Process> {
     let mut cmd = Command::new(&bins.demo_client);
-    cmd.args(["--http-addr", "127.0.0.1:0"])
-        .env("DISCOVERY_NODES", nodes)
-        .env("HOSTNAME", "demo-client-1");
     demo_env(&mut cmd);
+    cmd.args(["--http-addr", "127.0.0.1:0"])
+        .env(env::NODES, nodes)
+        .env(env::HOSTNAME, "demo-client-1");
     if let Some(zone) = zone {
-        cmd.env("ZONE", zone);
+        cmd.env(env::ZONE, zone);
     }
     Process::spawn_ready_file(cmd, "demo-client-1").await
 }
@@ -249,17 +250,7 @@ async fn start_client(
 /// `TESTKIT_LOG` (default `info`; readiness comes from ready files, not
 /// from logs).
 fn demo_env(cmd: &mut Command) {
-    for var in [
-        "ZONE",
-        "REGION",
-        "DEPLOY_ENV",
-        "DEPLOY_COLOR",
-        "APP_ID",
-        "GRPC_ADDR",
-        "HTTP_ADDR",
-        "DEMO_TARGET",
-        "ADVERTISE_IP",
-    ] {
+    for var in env::IDENTITY {
         cmd.env_remove(var);
     }
     cmd.env("RUST_LOG", crate::child_log());

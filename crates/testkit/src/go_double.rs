@@ -58,6 +58,7 @@ use axum::{
     http::{HeaderMap, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
 };
+use naming::code::Code;
 use serde_json::{Map, Value, json};
 use tokio::{
     net::TcpListener,
@@ -89,10 +90,6 @@ impl Default for GoDoubleConfig {
     }
 }
 
-const OK: i64 = 0;
-const NOT_MODIFIED: i64 = -304;
-const REQUEST_ERR: i64 = -400;
-const NOTHING_FOUND: i64 = -404;
 /// Go's `InstanceStatusUP`.
 const STATUS_UP: u64 = 1;
 /// Capacity of a waiter channel in the Go registry.
@@ -301,8 +298,8 @@ impl Params {
     }
 }
 
-fn envelope(code: i64, data: Option<Value>) -> Response {
-    let mut body = json!({ "code": code, "message": code.to_string(), "ttl": 1 });
+fn envelope(code: Code, data: Option<Value>) -> Response {
+    let mut body = json!({ "code": code.as_i64(), "message": code.as_str(), "ttl": 1 });
     if let Some(d) = data {
         body["data"] = d;
     }
@@ -351,10 +348,10 @@ impl Registry {
         appid: &str,
         latest: i64,
         status: u64,
-    ) -> Result<Value, i64> {
-        let app = self.apps.get(&key(env, appid)).ok_or(NOTHING_FOUND)?;
+    ) -> Result<Value, Code> {
+        let app = self.apps.get(&key(env, appid)).ok_or(Code::NotFound)?;
         if latest >= app.latest {
-            return Err(NOT_MODIFIED);
+            return Err(Code::NotModified);
         }
         let mut instances = Map::new();
         for (z, hosts) in &app.zones {
@@ -368,7 +365,7 @@ impl Registry {
             }
         }
         if instances.is_empty() {
-            return Err(NOTHING_FOUND);
+            return Err(Code::NotFound);
         }
         Ok(json!({ "instances": instances, "latest_timestamp": app.latest }))
     }
@@ -470,12 +467,12 @@ async fn handle(
         "/discovery/cancel" => cancel(&shared, &p).await,
         "/discovery/fetch" => {
             if !p.require(&["zone", "env", "appid"]) {
-                return envelope(REQUEST_ERR, None);
+                return envelope(Code::BadRequest, None);
             }
             let status = u64::try_from(p.int("status")).unwrap_or(0);
             let reg = shared.registry.lock().expect("registry lock");
             match reg.fetch(&p.one("zone"), &p.one("env"), &p.one("appid"), 0, status) {
-                Ok(info) => envelope(OK, Some(info)),
+                Ok(info) => envelope(Code::Ok, Some(info)),
                 Err(code) => envelope(code, None),
             }
         }
@@ -492,7 +489,7 @@ async fn handle(
                     Some((a, info))
                 })
                 .collect();
-            envelope(OK, Some(Value::Object(found)))
+            envelope(Code::Ok, Some(Value::Object(found)))
         }
         "/discovery/polls" => polls(shared, p, &headers).await,
         "/discovery/nodes" => {
@@ -509,7 +506,7 @@ async fn handle(
                 })
                 .unwrap_or_default();
             envelope(
-                OK,
+                Code::Ok,
                 Some(json!([{ "addr": addr, "status": 0, "zone": shared.cfg.zone }])),
             )
         }
@@ -519,7 +516,7 @@ async fn handle(
 
 async fn register(shared: &Shared, p: &Params) -> Response {
     if !p.require(&["zone", "env", "appid", "hostname"]) || p.all("addrs").is_empty() {
-        return envelope(REQUEST_ERR, None);
+        return envelope(Code::BadRequest, None);
     }
     // The Go handler logs and returns without writing anything.
     let status = p.int("status");
@@ -528,16 +525,16 @@ async fn register(shared: &Shared, p: &Params) -> Response {
     }
     let md = p.one("metadata");
     if !md.is_empty() && serde_json::from_str::<Value>(&md).is_err() {
-        return envelope(REQUEST_ERR, None);
+        return envelope(Code::BadRequest, None);
     }
     shared.put(instance(p));
     shared.broadcast(&p.one("env"), &p.one("appid")).await;
-    envelope(OK, None)
+    envelope(Code::Ok, None)
 }
 
 fn renew(shared: &Shared, p: &Params) -> Response {
     if !p.require(&["zone", "env", "appid", "hostname"]) {
-        return envelope(REQUEST_ERR, None);
+        return envelope(Code::BadRequest, None);
     }
     let mut reg = shared.registry.lock().expect("registry lock");
     let found = reg
@@ -549,28 +546,28 @@ fn renew(shared: &Shared, p: &Params) -> Response {
         // A renew touches the instance, never the app's latest_timestamp.
         Some(ins) => {
             ins["renew_timestamp"] = json!(now_ns());
-            envelope(OK, Some(ins.clone()))
+            envelope(Code::Ok, Some(ins.clone()))
         }
-        None => envelope(NOTHING_FOUND, None),
+        None => envelope(Code::NotFound, None),
     }
 }
 
 async fn cancel(shared: &Shared, p: &Params) -> Response {
     if !p.require(&["zone", "env", "appid", "hostname"]) {
-        return envelope(REQUEST_ERR, None);
+        return envelope(Code::BadRequest, None);
     }
     let (env, appid, zone) = (p.one("env"), p.one("appid"), p.one("zone"));
     {
         let mut reg = shared.registry.lock().expect("registry lock");
         let k = key(&env, &appid);
         let Some(app) = reg.apps.get_mut(&k) else {
-            return envelope(NOTHING_FOUND, None);
+            return envelope(Code::NotFound, None);
         };
         let Some(hosts) = app.zones.get_mut(&zone) else {
-            return envelope(NOTHING_FOUND, None);
+            return envelope(Code::NotFound, None);
         };
         if hosts.remove(&p.one("hostname")).is_none() {
-            return envelope(NOTHING_FOUND, None);
+            return envelope(Code::NotFound, None);
         }
         if hosts.is_empty() {
             app.zones.remove(&zone);
@@ -581,7 +578,7 @@ async fn cancel(shared: &Shared, p: &Params) -> Response {
         }
     }
     shared.broadcast(&env, &appid).await;
-    envelope(OK, None)
+    envelope(Code::Ok, None)
 }
 
 async fn polls(shared: Arc<Shared>, p: Params, headers: &HeaderMap) -> Response {
@@ -592,7 +589,7 @@ async fn polls(shared: Arc<Shared>, p: Params, headers: &HeaderMap) -> Response 
         .map(|t| t.parse().unwrap_or(0))
         .collect();
     if !p.require(&["env", "hostname"]) || appids.is_empty() || appids.len() != stamps.len() {
-        return envelope(REQUEST_ERR, None);
+        return envelope(Code::BadRequest, None);
     }
     let (env, zone, hostname) = (p.one("env"), p.one("zone"), p.one("hostname"));
     shared
@@ -609,7 +606,7 @@ async fn polls(shared: Arc<Shared>, p: Params, headers: &HeaderMap) -> Response 
                 Ok(info) => {
                     changed.insert(appid.clone(), info);
                 }
-                Err(NOTHING_FOUND) => miss.push(appid.clone()),
+                Err(Code::NotFound) => miss.push(appid.clone()),
                 Err(_) => {}
             }
         }
@@ -666,7 +663,7 @@ async fn polls(shared: Arc<Shared>, p: Params, headers: &HeaderMap) -> Response 
     .await;
     match got {
         Ok(Some(data)) => polls_answer(data, &miss),
-        _ => envelope(NOT_MODIFIED, None),
+        _ => envelope(Code::NotModified, None),
     }
 }
 
@@ -679,8 +676,8 @@ fn polls_answer(data: Value, miss: &[String]) -> Response {
         json!(miss)
     };
     json_response(&json!({
-        "code": OK,
-        "message": "0",
+        "code": Code::Ok.as_i64(),
+        "message": Code::Ok.as_str(),
         "ttl": 1,
         "data": data,
         "error": { "-404": miss },

@@ -25,6 +25,7 @@
 
 pub mod demo;
 pub mod go_double;
+pub mod signal;
 
 use std::{
     net::SocketAddr,
@@ -318,6 +319,17 @@ pub fn own_process_groups() {
     OWN_GROUPS.store(true, Ordering::Relaxed);
 }
 
+/// Whether children's stdout is echoed to our stderr; see
+/// [`echo_to_stderr`].
+static ECHO_TO_STDERR: AtomicBool = AtomicBool::new(false);
+
+/// From now on, the stdout of children started by this process is echoed
+/// to our stderr instead of our stdout, for a tool whose own stdout is its
+/// result (the `bench` report).
+pub fn echo_to_stderr() {
+    ECHO_TO_STDERR.store(true, Ordering::Relaxed);
+}
+
 /// Distinguishes the ready files of one process's children.
 static READY_FILES: AtomicU64 = AtomicU64::new(0);
 
@@ -435,18 +447,13 @@ impl Process {
         self.child.id()
     }
 
-    /// Sends `signal` (a `kill -s` name: `TERM`, `INT`, `KILL`) without
-    /// waiting.
+    /// Sends `signal` (a `kill -s` name: `TERM`, `INT`, `KILL`; see
+    /// [`signal::send`]) without waiting; nothing once it has exited.
     pub async fn signal(&self, signal: &str) -> std::io::Result<()> {
-        if let Some(pid) = self.child.id() {
-            Command::new("kill")
-                .arg("-s")
-                .arg(signal)
-                .arg(pid.to_string())
-                .status()
-                .await?;
+        match self.child.id() {
+            Some(pid) => signal::send(pid, signal),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Waits for the exit.
@@ -461,13 +468,7 @@ impl Process {
 
     /// Sends SIGTERM and waits for the exit.
     pub async fn terminate(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        if let Some(pid) = self.child.id() {
-            Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status()
-                .await?;
-        }
+        self.signal("TERM").await?;
         self.child.wait().await
     }
 }
@@ -479,7 +480,8 @@ pub(crate) fn child_log() -> String {
 }
 
 /// Spawns `cmd` (stdout piped and echoed with a `[name]` prefix, so that
-/// test output shows what happened; stderr inherited; killed on drop).
+/// test output shows what happened, to our stderr after [`echo_to_stderr`];
+/// stderr inherited; killed on drop).
 fn spawn_echoing(mut cmd: Command, name: &str) -> std::io::Result<Child> {
     if OWN_GROUPS.load(Ordering::Relaxed) {
         cmd.process_group(0);
@@ -494,7 +496,11 @@ fn spawn_echoing(mut cmd: Command, name: &str) -> std::io::Result<Child> {
     tokio::spawn(async move {
         let mut lines = BufReader::new(out).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            println!("[{tag}] {line}");
+            if ECHO_TO_STDERR.load(Ordering::Relaxed) {
+                eprintln!("[{tag}] {line}");
+            } else {
+                println!("[{tag}] {line}");
+            }
         }
     });
     Ok(child)
