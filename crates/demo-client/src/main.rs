@@ -107,14 +107,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn init_logs() {
-    use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(ansi)
-        .init();
+    naming::logs::init("info", false);
 }
 
 /// What the handlers share.

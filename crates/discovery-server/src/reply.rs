@@ -7,18 +7,16 @@ use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, StatusCode, header};
 
-/// `0`: OK.
-pub(crate) const OK: i64 = 0;
-/// `-304`: hold expired, nothing to report.
-pub(crate) const NOT_MODIFIED: i64 = -304;
-/// `-400`: bad parameter, limit hit.
-pub(crate) const BAD_REQUEST: i64 = -400;
-/// `-404`: not found / "send me your copy".
-pub(crate) const NOT_FOUND: i64 = -404;
-/// `-409`: "mine is newer".
-pub(crate) const CONFLICT: i64 = -409;
-/// `-500`: reads not served yet.
-pub(crate) const SERVER_ERROR: i64 = -500;
+use naming::code::Code;
+
+// The wire codes, as the handlers name them (see `naming::code::Code`).
+pub(crate) const OK: i64 = Code::Ok.as_i64();
+pub(crate) const NOT_MODIFIED: i64 = Code::NotModified.as_i64();
+pub(crate) const BAD_REQUEST: i64 = Code::BadRequest.as_i64();
+pub(crate) const NOT_FOUND: i64 = Code::NotFound.as_i64();
+pub(crate) const CONFLICT: i64 = Code::Conflict.as_i64();
+pub(crate) const SERVER_ERROR: i64 = Code::ServerError.as_i64();
+pub(crate) const UNAUTHORIZED: i64 = Code::Unauthorized.as_i64();
 
 /// One answer of the discovery API.
 #[derive(Debug, Clone)]

@@ -12,10 +12,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::Arc,
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use naming::{DISCOVERY_APPID, Instance, Status};
 use rand::{SeedableRng, rngs::StdRng};
@@ -176,26 +173,14 @@ impl Drop for ServerHandle {
     }
 }
 
-/// The address clients and peers should use for a node bound to `bound`.
+/// The address clients and peers should use for a node bound to `bound`:
+/// `cluster.advertise`, else the bound address, where a wildcard bind is
+/// reachable on the host's primary address.
 fn advertised(config: &Config, bound: SocketAddr) -> String {
     if let Some(a) = &config.cluster.advertise {
         return a.clone();
     }
-    if bound.ip().is_unspecified() {
-        // A wildcard bind is reachable on the host's primary address.
-        let ip = primary_ipv4().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        return SocketAddr::new(ip, bound.port()).to_string();
-    }
-    bound.to_string()
-}
-
-/// The source address the kernel would use towards a public address; no
-/// packet is sent.
-fn primary_ipv4() -> Option<IpAddr> {
-    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
-    s.connect("192.0.2.1:9").ok()?;
-    let ip = s.local_addr().ok()?.ip();
-    (!ip.is_unspecified()).then_some(ip)
+    SocketAddr::new(naming::host::advertise_ip(bound.ip()), bound.port()).to_string()
 }
 
 fn self_instance(api: &Api) -> Instance {

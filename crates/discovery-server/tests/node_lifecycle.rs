@@ -34,12 +34,7 @@ impl Drop for Proc {
 
 impl Proc {
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([format!("-{sig}"), self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+        testkit::signal::send(self.child.id(), sig).expect("signal sent");
     }
 
     fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {

@@ -189,11 +189,11 @@ impl Default for ClientConfig {
 }
 
 fn default_client_id() -> String {
-    std::env::var("HOSTNAME")
+    std::env::var(naming::env::HOSTNAME)
         .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .filter(|h| !h.trim().is_empty())
         .map(|h| h.trim().to_string())
-        .unwrap_or_default()
+        .unwrap_or_else(naming::host::hostname)
 }
 
 impl ClientConfig {

@@ -330,13 +330,6 @@ impl Rng {
     }
 }
 
-/// Process-wide jitter source for backoffs.
-pub(crate) fn jitter(d: Duration, spread: f64) -> Duration {
-    static RNG: std::sync::OnceLock<Rng> = std::sync::OnceLock::new();
-    let r = RNG.get_or_init(Rng::seeded).next_u64() as f64 / u64::MAX as f64;
-    d.mul_f64(1.0 + spread * (2.0 * r - 1.0))
-}
-
 // ---------------------------------------------------------------- p2c
 
 /// p2c decay constant: a sample's weight halves in about 415 ms.

@@ -44,7 +44,7 @@ use crate::{
     params::Params,
     registry::{InstanceKey, Registry},
     replication::{Origin, Replicator},
-    reply::{BAD_REQUEST, Reply, SERVER_ERROR},
+    reply::{BAD_REQUEST, Reply, SERVER_ERROR, UNAUTHORIZED},
 };
 
 use ops::{console, healthz, metrics, readyz, status};
@@ -268,9 +268,6 @@ impl FromRequest<Arc<Api>> for Bound {
             .map(Bound)
     }
 }
-
-/// `-401`: a token is missing or wrong.
-const UNAUTHORIZED: i64 = -401;
 
 /// Who is asking: the token presented and the peer address.
 pub(crate) struct Caller {

@@ -89,20 +89,8 @@ fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
 }
 
 fn init_logs(cfg: &Config, cli: &Cli) {
-    use tracing_subscriber::{EnvFilter, fmt};
     let verbose = cli.log_v.unwrap_or(cfg.log.v) > 0;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(if verbose { "debug" } else { "info" }));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(ansi);
-    if cfg.log.json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    naming::logs::init(if verbose { "debug" } else { "info" }, cfg.log.json);
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

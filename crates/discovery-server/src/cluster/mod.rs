@@ -50,8 +50,6 @@ use crate::{
 use peer::Peer;
 use wire::Flags;
 
-pub(crate) use peer::backoff_delay;
-
 struct Slot {
     peer: Arc<Peer>,
     task: JoinHandle<()>,
@@ -473,7 +471,12 @@ impl Cluster {
                 );
                 return synced > 0;
             }
-            tokio::time::sleep(backoff_delay(cfg.retry_initial, attempt, cfg.retry_max)).await;
+            tokio::time::sleep(naming::backoff::delay(
+                cfg.retry_initial,
+                attempt,
+                cfg.retry_max,
+            ))
+            .await;
             attempt += 1;
         }
     }

@@ -16,7 +16,6 @@ use std::{
 };
 
 use parking_lot::Mutex;
-use rand::Rng;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
@@ -24,7 +23,12 @@ use super::{
     Cluster,
     wire::{self, Answer, Flags},
 };
-use crate::{node::NODE_ID_HEADER, registry::InstanceKey, replication::Op};
+use crate::{
+    node::NODE_ID_HEADER,
+    registry::InstanceKey,
+    replication::Op,
+    reply::{BAD_REQUEST, CONFLICT, NOT_FOUND},
+};
 
 /// Signalled by the first same-zone peer that acknowledges a write.
 pub(crate) type Ack = Arc<watch::Sender<bool>>;
@@ -658,9 +662,8 @@ async fn retry_later(peer: &Peer, cfg: &crate::config::Cluster, backoff: &mut Du
     if !peer.same_zone {
         peer.rotate();
     }
-    let jitter = rand::rng().random_range(0.8..1.2);
     tokio::select! {
-        () = tokio::time::sleep(backoff.mul_f64(jitter)) => {
+        () = tokio::time::sleep(naming::backoff::jitter(*backoff)) => {
             *backoff = (*backoff * 2).min(cfg.retry_max);
         }
         () = peer.alive.notified() => {
@@ -680,8 +683,8 @@ fn handle_answer(
 ) -> Outcome {
     match (op, a.code) {
         (_, 0) => Outcome::Done,
-        (Op::Cancel(..), -404) => Outcome::Done,
-        (Op::Renew(i), -404) => {
+        (Op::Cancel(..), NOT_FOUND) => Outcome::Done,
+        (Op::Renew(i), NOT_FOUND) => {
             // The peer lacks our copy or has an older one: send it ours.
             let key = InstanceKey::of(i);
             let now = cluster.clock.now();
@@ -694,23 +697,16 @@ fn handle_answer(
             }
             Outcome::Done
         }
-        (Op::Renew(_), -409) => {
+        (Op::Renew(_), CONFLICT) => {
             // The peer's copy is newer: adopt it and tell the others.
             if let Some(theirs) = a.data {
                 cluster.adopt(theirs, &peer.name);
             }
             Outcome::Done
         }
-        (_, code @ -400) => Outcome::Rejected(code),
+        (_, code @ BAD_REQUEST) => Outcome::Rejected(code),
         (_, code) => Outcome::Retry(format!("code {code}")),
     }
-}
-
-/// A pause before the next attempt of something that failed.
-pub(crate) fn backoff_delay(base: Duration, attempt: u32, max: Duration) -> Duration {
-    let exp = base.saturating_mul(1u32 << attempt.min(16));
-    let jitter = rand::rng().random_range(0.8..1.2);
-    exp.min(max).mul_f64(jitter)
 }
 
 #[cfg(test)]

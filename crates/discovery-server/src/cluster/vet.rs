@@ -24,7 +24,7 @@ use std::sync::Arc;
 use naming::{DISCOVERY_APPID, Instance};
 use tracing::{debug, info, warn};
 
-use super::{Cluster, peer::backoff_delay, strip_http};
+use super::{Cluster, strip_http};
 use crate::{
     membership::Vetted,
     node::NODE_ID_HEADER,
@@ -222,7 +222,12 @@ async fn verify(cluster: Arc<Cluster>, key: InstanceKey) {
             }
             Some(e) => debug!(hostname = %key.hostname, "handshake not passed yet: {e}"),
         }
-        tokio::time::sleep(backoff_delay(cfg.retry_initial, attempt, cfg.retry_max)).await;
+        tokio::time::sleep(naming::backoff::delay(
+            cfg.retry_initial,
+            attempt,
+            cfg.retry_max,
+        ))
+        .await;
         attempt += 1;
     }
 }

@@ -399,17 +399,25 @@ impl Config {
                     .unwrap_or_else(default);
             }
         };
-        pick(&mut self.env.region, &flags.region, "REGION", &|| {
-            "region01".into()
+        use naming::env;
+        pick(&mut self.env.region, &flags.region, env::REGION, &|| {
+            env::DEFAULT_REGION.into()
         });
-        pick(&mut self.env.zone, &flags.zone, "ZONE", &|| "zone01".into());
+        pick(&mut self.env.zone, &flags.zone, env::ZONE, &|| {
+            env::DEFAULT_ZONE.into()
+        });
         pick(
             &mut self.env.deploy_env,
             &flags.deploy_env,
-            "DEPLOY_ENV",
-            &|| "dev".into(),
+            env::DEPLOY_ENV,
+            &|| env::DEFAULT_DEPLOY_ENV.into(),
         );
-        pick(&mut self.env.host, &None, "HOSTNAME", &os_hostname);
+        pick(
+            &mut self.env.host,
+            &None,
+            env::HOSTNAME,
+            &naming::host::hostname,
+        );
     }
 }
 
@@ -422,15 +430,6 @@ pub struct EnvFlags {
     pub zone: Option<String>,
     /// `-deploy.env`.
     pub deploy_env: Option<String>,
-}
-
-fn os_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
 }
 
 #[derive(Deserialize)]

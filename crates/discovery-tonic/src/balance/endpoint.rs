@@ -350,7 +350,7 @@ pub(super) async fn connect_loop(backend: Weak<Backend>, shared: Weak<Shared>) {
             return;
         }
         drop(b);
-        tokio::time::sleep(jitter(backoff, 0.2)).await;
+        tokio::time::sleep(naming::backoff::jitter(backoff)).await;
         backoff = (backoff * 2).min(EJECT_MAX);
     }
 }

@@ -94,7 +94,7 @@ use pool::*;
 use crate::{
     ClientConfig, Resolvers, Target,
     health::{EJECT_MAX, EJECT_MIN, Ejection},
-    picker::{DoneInfo, Endpoint, PickContext, Picker, jitter},
+    picker::{DoneInfo, Endpoint, PickContext, Picker},
     pipeline,
 };
 
