@@ -1,4 +1,4 @@
-//! `demo-client`: the HTTP front of the discovery walkthrough (spec §8).
+//! `demo-client`: the HTTP front of the discovery walkthrough (README.md#try-the-demo).
 //!
 //! `GET /say_hello?name=x` calls `Greeter.SayHello` through
 //! `discovery://default/demo.service` (balanced by `discovery-tonic`) and
@@ -214,7 +214,7 @@ fn router(app: App) -> Router {
         .with_state(app)
 }
 
-/// Logs the watched app's instance count whenever it changes (spec §8
+/// Logs the watched app's instance count whenever it changes (README.md#try-the-demo
 /// walkthrough: `demo.service: 2 instances`).
 async fn log_instances(discovery: Discovery, appid: String) {
     let Ok(watch) = discovery.watch(&appid) else {

@@ -157,7 +157,7 @@ async fn answers_503_without_providers_then_200_once_one_registers() {
     assert_eq!(body["message"], "Hello x");
     assert_eq!(body["served_by"], "inproc-1");
 
-    // (An app's last instance leaving keeps the last set, spec §6.5: the
+    // (An app's last instance leaving keeps the last set: the
     // client answers 503 only once that instance is unreachable too.)
     registration.cancel().await.expect("cancel");
 

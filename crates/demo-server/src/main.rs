@@ -1,4 +1,4 @@
-//! `demo-server`: the Greeter of the discovery walkthrough (spec §8).
+//! `demo-server`: the Greeter of the discovery walkthrough (README.md#try-the-demo).
 //!
 //! Binds the gRPC address (port 0 picks one), logs
 //! `demo-server listening on <addr>`, serves, then registers

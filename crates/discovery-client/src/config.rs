@@ -1,4 +1,4 @@
-//! SDK settings (spec §2): who we are (region, zone, env, hostname, colour,
+//! SDK settings: who we are (region, zone, env, hostname, colour,
 //! appid), where the registry is (nodes) and the SDK's timings.
 //!
 //! Precedence is code > flag > environment variable > default. Code and
@@ -57,7 +57,7 @@ pub struct Config {
     pub poll_timeout: Duration,
     /// Timeout of the first poll after a (re)start or node switch (3 s),
     /// sent with a 2 s `x1-bmspy-timeout` so that a parked poll never delays
-    /// the first answers (spec §4.4).
+    /// the first answers (docs/protocol.md#deadline-header-and-hold).
     pub first_poll_timeout: Duration,
     /// Renew period of registrations (30 s).
     pub renew_interval: Duration,
@@ -194,7 +194,7 @@ impl ConfigBuilder {
     }
 }
 
-/// The SDK's command-line flags (spec §2.1), to flatten into a binary's
+/// The SDK's command-line flags, to flatten into a binary's
 /// clap parser. Flags beat environment variables, which beat defaults;
 /// they are applied before the environment is read (the original read the
 /// environment first, so its flags never worked).

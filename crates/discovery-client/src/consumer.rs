@@ -1,4 +1,4 @@
-//! The consumer side (spec §4): one long-poll loop per client, multiplexing
+//! The consumer side (docs/protocol.md#long-poll): one long-poll loop per client, multiplexing
 //! every watched appid, and a [`Watch`] per appid delivering the registry's
 //! raw snapshots through a coalescing `tokio::sync::watch`.
 //!
@@ -66,7 +66,7 @@ use crate::{
 };
 
 /// What the first poll after a (re)start or node switch announces, so that
-/// the server holds it 2 s at most (spec §4.4).
+/// the server holds it 2 s at most (docs/protocol.md#deadline-header-and-hold).
 const FIRST_POLL_HEADER_MS: u64 = 2000;
 
 /// One watched app.
@@ -230,7 +230,7 @@ impl Apps {
         })
     }
 
-    /// Applies a `fetchs` answer for a new watch (spec §4.2): a poll that
+    /// Applies a `fetchs` answer for a new watch: a poll that
     /// already delivered data wins unless the fetch is newer on the same
     /// node.
     fn apply_fetch(&self, appid: &str, epoch: u64, found: Option<InstancesInfo>) {
@@ -427,7 +427,7 @@ pub(crate) async fn poll_loop(core: Arc<Core>) {
 }
 
 /// Takes the own-zone `infra.discovery` instances' `http://` addresses as
-/// the node list (spec §4.3).
+/// the node list.
 fn self_discovery(core: &Core, info: &InstancesInfo) {
     let apps = &core.apps;
     if core.config.self_discovery {

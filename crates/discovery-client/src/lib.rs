@@ -215,7 +215,7 @@ impl Discovery {
     }
 
     /// Waits until the registry's node list was learned once (or found
-    /// empty), at most `timeout` (spec default 3 s). Returns whether it was;
+    /// empty), at most `timeout` (3 s by default). Returns whether it was;
     /// on `false` the SDK goes on with the seeds. Never required.
     pub async fn ready(&self, timeout: Duration) -> bool {
         let mut rx = self.core().apps.nodes_ready();

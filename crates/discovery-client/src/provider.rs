@@ -1,4 +1,4 @@
-//! The provider side (spec §3): register, renew, set, cancel.
+//! The provider side (docs/protocol.md#routes): register, renew, set, cancel.
 //!
 //! [`Discovery`] implements [`naming::Registry`]. A registration is a
 //! [`naming::Registration`] guard owning a renew task:
@@ -134,7 +134,7 @@ fn check_status(status: Status) -> Result<(), Error> {
 }
 
 /// Fills region, zone, env and hostname from the config; a differing
-/// non-empty value is a configuration error (spec §3.1, ours).
+/// non-empty value is a configuration error.
 fn complete(core: &Core, mut ins: Instance) -> Result<Instance, Error> {
     let c = &core.config;
     for (name, field, configured) in [
@@ -587,7 +587,7 @@ mod tests {
         (s, log)
     }
 
-    /// Checklist 9: renews every 30 s.
+    /// Renews every 30 s.
     #[tokio::test(start_paused = true)]
     async fn renews_every_thirty_seconds() {
         let (s, log) = script(vec![]);
@@ -600,7 +600,7 @@ mod tests {
         assert!(log.iter().all(|(what, _)| *what == "renew"));
     }
 
-    /// Checklist 10: `-404` → register at once.
+    /// `-404` → register at once.
     #[tokio::test(start_paused = true)]
     async fn not_found_registers_at_once() {
         let (s, log) = script(vec![Renewed::NotFound]);
@@ -617,7 +617,7 @@ mod tests {
         );
     }
 
-    /// Checklist 11: a transport failure is retried at once (the transport
+    /// A transport failure is retried at once (the transport
     /// already moved to the next node), and a `-404` there registers.
     #[tokio::test(start_paused = true)]
     async fn transport_failure_retries_at_once() {

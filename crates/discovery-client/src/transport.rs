@@ -1,6 +1,6 @@
-//! The node list with its shared current-node index (spec §3.5), and HTTP
+//! The node list with its shared current-node index, and HTTP
 //! calls decoded into the registry's `{code,message,ttl,data}` envelope
-//! (spec §2.2).
+//! (docs/protocol.md#envelope).
 //!
 //! Every call of the SDK, whichever task makes it, goes through
 //! [`Transport::call`], so a transport failure anywhere moves everybody to

@@ -1,4 +1,4 @@
-//! A kratos v2-style facade (spec §9) over the same client, for users who
+//! A kratos v2-style facade over the same client, for users who
 //! know `registry.Registrar` / `registry.Discovery` / `registry.Watcher`.
 //!
 //! | kratos v2 | here |

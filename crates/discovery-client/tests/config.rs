@@ -1,4 +1,4 @@
-//! SDK configuration (spec §2, checklist 1–3 and 5).
+//! SDK configuration.
 
 mod common;
 
@@ -15,7 +15,7 @@ fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option
     }
 }
 
-/// Checklist 1: no nodes → `NoNodes` naming `DISCOVERY_NODES` and the
+/// No nodes → `NoNodes` naming `DISCOVERY_NODES` and the
 /// resolved identity; no panic.
 #[tokio::test]
 async fn no_nodes_is_an_error_naming_the_variable() {
@@ -36,7 +36,7 @@ async fn no_nodes_is_an_error_naming_the_variable() {
     }
 }
 
-/// Checklist 2: items trimmed, empties dropped, `http://` stripped.
+/// Items trimmed, empties dropped, `http://` stripped.
 #[test]
 fn discovery_nodes_are_trimmed_and_stripped() {
     let c = Config::builder().build_with(env(&[("DISCOVERY_NODES", " a:7171, b:7171,")]));
@@ -45,7 +45,7 @@ fn discovery_nodes_are_trimmed_and_stripped() {
     assert_eq!(c.nodes, ["a:1", "b:2"]);
 }
 
-/// Checklist 3: defaults without any variable; the hostname is the OS's.
+/// Defaults without any variable; the hostname is the OS's.
 #[test]
 fn defaults_without_environment() {
     let c = Config::builder().build_with(|_| None);
@@ -110,7 +110,7 @@ fn code_then_environment_then_default() {
     );
 }
 
-/// Checklist 5: `new` does no blocking IO, and `ready(3 s)` against a seed
+/// `new` does no blocking IO, and `ready(3 s)` against a seed
 /// that accepts connections but never answers returns within 3.2 s.
 #[tokio::test]
 async fn ready_against_a_silent_seed_is_bounded() {

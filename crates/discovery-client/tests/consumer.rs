@@ -1,5 +1,4 @@
-//! The consumer side against real servers (spec §4, checklist 17–20,
-//! 24–27): first resolves take one round trip, never a long-poll hold.
+//! The consumer side against real servers: first resolves take one round trip, never a long-poll hold.
 
 mod common;
 
@@ -24,7 +23,7 @@ async fn parked(s: &discovery_server::server::ServerHandle, n: usize) {
     .await;
 }
 
-/// Checklist 17: the first resolve of a registered app returns `Found` in
+/// The first resolve of a registered app returns `Found` in
 /// one round trip although the client's poll is parked for 30 s.
 #[tokio::test]
 async fn first_resolve_of_a_registered_app_is_fast() {
@@ -57,7 +56,7 @@ async fn first_resolve_of_a_registered_app_is_fast() {
     s.shutdown().await;
 }
 
-/// Checklist 18 and 21: a second appid while a poll is parked resolves at
+/// A second appid while a poll is parked resolves at
 /// once, and one polls request carries both afterwards.
 #[tokio::test]
 async fn second_appid_while_a_poll_is_parked() {
@@ -89,7 +88,7 @@ async fn second_appid_while_a_poll_is_parked() {
     s.shutdown().await;
 }
 
-/// Checklist 19 and 20: an unknown appid is `NotFound { appid, env }` at
+/// An unknown appid is `NotFound { appid, env }` at
 /// once; its first register is delivered within a second.
 #[tokio::test]
 async fn unknown_appid_is_not_found_then_found_on_register() {
@@ -134,7 +133,7 @@ async fn unknown_appid_is_not_found_then_found_on_register() {
     s.shutdown().await;
 }
 
-/// Checklist 24–27: register, set, cancel and eviction reach watchers
+/// Register, set, cancel and eviction reach watchers
 /// within a second; the last instance leaving gives `Found` with zero
 /// instances.
 #[tokio::test]

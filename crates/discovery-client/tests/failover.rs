@@ -1,5 +1,4 @@
-//! Node failover and self-discovery (spec §3.5, §4.3; checklist 11, 29,
-//! 33–35). Three independent in-process servers stand in for a cluster:
+//! Node failover and self-discovery. Three independent in-process servers stand in for a cluster:
 //! where a test needs "replicated" data it writes it into each registry.
 
 mod common;
@@ -32,7 +31,7 @@ fn take_current(d: &Discovery, servers: &mut Vec<ServerHandle>) -> ServerHandle 
     servers.remove(i)
 }
 
-/// Checklist 33 (SDK side): with the consumer's node killed, the watch keeps
+/// SDK side: with the consumer's node killed, the watch keeps
 /// updating from another node.
 #[tokio::test]
 async fn watcher_survives_its_node_dying() {
@@ -69,7 +68,7 @@ async fn watcher_survives_its_node_dying() {
     }
 }
 
-/// Checklist 11 and 33 (provider side): the provider's node dies; its next
+/// Provider side: the provider's node dies; its next
 /// renew fails over, the new node answers -404 (it never saw the instance,
 /// having no replication here) and the SDK registers there at once.
 #[tokio::test]
@@ -95,7 +94,7 @@ async fn provider_moves_to_another_node() {
     }
 }
 
-/// Checklist 34: own-zone `infra.discovery` records replace the node list,
+/// Own-zone `infra.discovery` records replace the node list,
 /// removals included; other zones are ignored.
 #[tokio::test]
 async fn self_discovery_follows_infra_discovery() {
@@ -127,7 +126,7 @@ async fn self_discovery_follows_infra_discovery() {
     b.shutdown().await;
 }
 
-/// Checklist 35: when every discovered node is down, the configured seed is
+/// When every discovered node is down, the configured seed is
 /// tried again after as many failures as there are listed nodes.
 #[tokio::test]
 async fn dead_discovered_nodes_fall_back_to_the_seed() {

@@ -1,6 +1,6 @@
 //! What the SDK sends, recorded by a scripted fake registry: headers,
 //! parameters, one poll in flight, pacing, node switches and timestamp
-//! resets (checklist 4, 6–8, 21, 23, 28, 29, 31, 32, 36).
+//! resets.
 
 mod common;
 
@@ -63,7 +63,7 @@ fn quick(nodes: &[String]) -> Config {
     c
 }
 
-/// Checklist 4, 6–8: every request announces its own timeout; register,
+/// Every request announces its own timeout; register,
 /// renew and cancel carry the identity, one `addrs` per address and
 /// `status=1`.
 #[tokio::test]
@@ -124,7 +124,7 @@ async fn provider_requests_carry_identity_and_their_timeout() {
     d.close().await.unwrap();
 }
 
-/// Checklist 4, 21, 23: the first poll asks for a 2 s hold, steady ones for
+/// The first poll asks for a 2 s hold, steady ones for
 /// 40 s; every watched appid shares one request, never two in flight; after
 /// a `-304` the next poll starts at once.
 #[tokio::test]
@@ -243,14 +243,14 @@ async fn bad_answer_moves_to_the_other_node(bad: &'static str) {
     d.close().await.unwrap();
 }
 
-/// Checklist 28 and 31: an app at `latest_timestamp` 0 is a server error.
+/// An app at `latest_timestamp` 0 is a server error.
 #[tokio::test]
 async fn zero_timestamp_answer_switches_node() {
     let bad = r#"{"code":0,"data":{"infra.discovery":{"instances":{},"latest_timestamp":0}},"error":{"-404":null},"message":"0"}"#;
     bad_answer_moves_to_the_other_node(bad).await;
 }
 
-/// Checklist 29 and 31: an undecodable answer is a transport failure.
+/// An undecodable answer is a transport failure.
 #[tokio::test]
 async fn undecodable_answer_switches_node() {
     bad_answer_moves_to_the_other_node("<html>bad gateway</html>").await;
@@ -262,7 +262,7 @@ async fn server_error_code_switches_node() {
     bad_answer_moves_to_the_other_node(r#"{"code":-500,"message":"-500","ttl":1}"#).await;
 }
 
-/// Checklist 32: the loop moves to the next node periodically without errors.
+/// The loop moves to the next node periodically without errors.
 #[tokio::test]
 async fn periodic_rotation() {
     let a = Fake::start(quiet_registry(Duration::from_millis(300))).await;
@@ -284,7 +284,7 @@ async fn periodic_rotation() {
     d.close().await.unwrap();
 }
 
-/// Checklist 36: dropping the last watch of an appid removes it from the
+/// Dropping the last watch of an appid removes it from the
 /// next poll; a remaining watch keeps its appid.
 #[tokio::test]
 async fn dropped_watch_leaves_the_poll_set() {

@@ -1,4 +1,4 @@
-//! The provider side against real servers (spec §3, checklist 6–15).
+//! The provider side against real servers.
 
 mod common;
 
@@ -10,7 +10,7 @@ use common::{
 use discovery_client::{Discovery, SetRequest};
 use naming::{Error, Instance, Registry, Status};
 
-/// Checklist 6–8: two addrs as two fields, status 1 when unset, identity
+/// Two addrs as two fields, status 1 when unset, identity
 /// from the SDK config.
 #[tokio::test]
 async fn register_sends_both_addrs_status_up_and_the_config_identity() {
@@ -68,7 +68,7 @@ async fn differing_identity_is_invalid_config() {
     s.shutdown().await;
 }
 
-/// Checklist 12 and 14: after `cancel` returns, a fetch no longer lists the
+/// After `cancel` returns, a fetch no longer lists the
 /// instance; a second register of the appid is `Duplicate` until then.
 #[tokio::test]
 async fn cancel_removes_and_frees_the_appid() {
@@ -91,7 +91,7 @@ async fn cancel_removes_and_frees_the_appid() {
     s.shutdown().await;
 }
 
-/// Checklist 15: dropping a registration sends a cancel within 1 s.
+/// Dropping a registration sends a cancel within 1 s.
 #[tokio::test]
 async fn drop_sends_a_cancel() {
     let s = server("").await;
@@ -110,7 +110,7 @@ async fn drop_sends_a_cancel() {
     s.shutdown().await;
 }
 
-/// Checklist 13: with every node down, cancel gives up with an error within
+/// With every node down, cancel gives up with an error within
 /// 5.5 s (cancel_timeout 5 s).
 #[tokio::test]
 async fn cancel_with_every_node_down_is_bounded() {
@@ -144,7 +144,7 @@ async fn register_fails_over_to_a_live_node() {
 }
 
 /// Renews keep an instance past its lease; when the server forgets it
-/// (renew answers -404) the SDK registers again at once (checklist 10).
+/// (renew answers -404) the SDK registers again at once.
 #[tokio::test]
 async fn renews_keep_it_and_minus_404_registers_again() {
     let s = server("lease = \"1s\"\nevict_interval = \"200ms\"\nrenew_interval = \"250ms\"\nself_preservation = false").await;

@@ -1,4 +1,4 @@
-//! The kratos v2-style facade (spec §9).
+//! The kratos v2-style facade.
 
 mod common;
 

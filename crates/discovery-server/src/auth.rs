@@ -1,4 +1,4 @@
-//! Optional tokens for writes (spec §11), off by default so that unmodified
+//! Optional tokens for writes (docs/protocol.md#authentication), off by default so that unmodified
 //! Go SDKs keep working.
 //!
 //! * `write_token`: register, renew, cancel from clients;

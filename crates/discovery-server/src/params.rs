@@ -1,4 +1,4 @@
-//! Parameter binding as the Go original does it (spec §2.1): form body then
+//! Parameter binding as the Go original does it (docs/protocol.md#parameters): form body then
 //! query for url-encoded POSTs, query only for GETs, repeated keys for lists,
 //! the first value for scalars.
 

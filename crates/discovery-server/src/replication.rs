@@ -20,7 +20,7 @@ pub enum Op {
     Set(SetRequest),
 }
 
-/// Where a write came from (spec §7.2).
+/// Where a write came from (docs/protocol.md#forwarding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     /// A client (`replication=false`, `from_zone=false`): same-zone peers

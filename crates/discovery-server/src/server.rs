@@ -387,7 +387,7 @@ async fn snapshot_loop(api: Arc<Api>) {
     }
 }
 
-/// Start-up sync, then init-protect, then SERVING (spec §5.4, §7.5).
+/// Start-up sync, then init-protect, then SERVING (docs/protocol.md#start-up-and-phases).
 async fn become_ready(api: Arc<Api>, cluster: Arc<Cluster>) {
     let started = tokio::time::Instant::now();
     let synced = cluster.sync().await;

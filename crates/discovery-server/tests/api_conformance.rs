@@ -1,4 +1,4 @@
-//! The single-node items of the server conformance checklist (spec §10),
+//! The single-node wire contract (docs/protocol.md), item by item,
 //! one test per item or small group, driven through `Router::oneshot`.
 
 mod common;

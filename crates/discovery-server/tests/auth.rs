@@ -1,4 +1,4 @@
-//! `[auth]` (spec §11): off by default; when on, writes without the right
+//! `[auth]` (docs/protocol.md#authentication): off by default; when on, writes without the right
 //! token get `-401` and change nothing.
 
 mod common;

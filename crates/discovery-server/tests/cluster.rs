@@ -1,4 +1,4 @@
-//! A replicated cluster in one process (checklist 50, 51, 53–58): writes on
+//! A replicated cluster in one process: writes on
 //! any node reach the others, late nodes sync before serving, nodes started
 //! together form one cluster, zones forward once.
 

@@ -1,5 +1,4 @@
-//! `kill -9` and restart of a node in a 3-process cluster (checklist 52,
-//! G2): acknowledged writes survive, the others drop the dead node after its
+//! `kill -9` and restart of a node in a 3-process cluster: acknowledged writes survive, the others drop the dead node after its
 //! lease, and it resyncs everything when it returns.
 
 use std::{

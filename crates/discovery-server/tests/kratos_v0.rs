@@ -1,4 +1,4 @@
-//! Checklist 63 without a Go toolchain: the exact request sequence of the
+//! A Go kratos v0.x client without a Go toolchain: the exact request sequence of the
 //! kratos v0.x SDK (`pkg/naming/discovery`), decoded into the shapes the Go
 //! structs declare. `New` blocks until its first `polls` on
 //! `infra.discovery` answers with the node's own record; providers register

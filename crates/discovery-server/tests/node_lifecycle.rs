@@ -1,6 +1,6 @@
 //! The `discovery` binary and a node's lifecycle: bare start, the Go
 //! original's config, env fallbacks, refusal of bad config, signals,
-//! self-registration, lease expiry (checklist 46, 57, 60–62).
+//! Self-registration, lease expiry.
 
 use std::{
     io::{BufRead, BufReader},

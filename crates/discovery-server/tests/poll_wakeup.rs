@@ -1,5 +1,5 @@
-//! Long polls over real sockets: holds, wake-ups, disconnects (spec §6,
-//! checklist 30–35).
+//! Long polls over real sockets: holds, wake-ups, disconnects
+//! (docs/protocol.md#long-poll).
 
 use std::time::{Duration, Instant};
 

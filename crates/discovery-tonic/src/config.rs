@@ -55,10 +55,10 @@ use crate::picker::{P2c, Picker, Random, RoundRobin, SmoothWrr};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BalancerKind {
-    /// Power of two choices (§6.3).
+    /// Power of two choices.
     #[default]
     P2c,
-    /// Smooth weighted round robin (§6.4).
+    /// Smooth weighted round robin.
     Wrr,
     /// Round robin ignoring weights.
     RoundRobin,

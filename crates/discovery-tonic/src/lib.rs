@@ -3,7 +3,7 @@
 //! * [`Target`], parsing `discovery://default/<appid>?subset=50&cluster=a&zone=z`
 //!   and `direct://default/host:port,host:port`.
 //! * [`pipeline`], the filter, zone scheduling and deterministic subsetting
-//!   (spec §5), as pure functions.
+//!   as pure functions.
 //! * [`Resolvers`], the scheme → [`naming::Builder`] map; `direct` is built
 //!   in, `discovery` comes from the SDK crate.
 //! * [`Balanced`], a cloneable tower service over one tonic channel per

@@ -7,7 +7,7 @@
 //! updates and disappears with it.
 //!
 //! * [`P2c`] (default): power of two choices over EWMA latency and success,
-//!   in-flight calls, the server's `cpu_usage` trailer and the weight (§6.3).
+//!   in-flight calls, the server's `cpu_usage` trailer and the weight.
 //! * [`SmoothWrr`]: nginx smooth weighted round robin; with
 //!   [`SmoothWrr::dynamic`] (the `wrr` default) each weight is scaled once a
 //!   second by the endpoint's recent success rate, mean latency and
@@ -387,7 +387,7 @@ impl P2cState {
     }
 }
 
-/// Power of two choices, exactly as kratos v0.x (§6.3).
+/// Power of two choices, exactly as kratos v0.x.
 ///
 /// `load = cpu × (⌊√lag⌋ + 1) × inflight` (or [`P2C_PENALTY`] if 0), and of
 /// two random candidates the one with the higher `success × weight / load`
@@ -508,7 +508,7 @@ impl Picker for P2c {
 
 // ---------------------------------------------------------------- wrr
 
-/// nginx smooth weighted round robin (§6.4): weights 5, 1, 1 give
+/// nginx smooth weighted round robin: weights 5, 1, 1 give
 /// `a a b a c a a`. Current weights live in the endpoints, so they survive
 /// updates of the set and vanish with departed endpoints.
 ///

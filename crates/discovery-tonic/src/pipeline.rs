@@ -1,4 +1,4 @@
-//! The resolution pipeline of spec §5: filter, zone scheduling and
+//! The resolution pipeline: filter, zone scheduling and
 //! deterministic subsetting, as pure functions over registry snapshots.
 //!
 //! Order (on a copy): [`filter`] every zone, [`schedule`] the client zone,
@@ -30,7 +30,7 @@ pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 /// FNV-1a prime (64 bit).
 pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
-/// FNV-1a 64 of the UTF-8 bytes of `s`: the client id hash of §5.4.
+/// FNV-1a 64 of the UTF-8 bytes of `s`: the client id hash.
 pub fn fnv1a64(s: &str) -> u64 {
     s.bytes().fold(FNV_OFFSET, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
@@ -60,7 +60,7 @@ impl SplitMix64 {
         mix(self.state)
     }
 
-    /// A uniform index in `0..bound` by the multiply-shift of §5.4
+    /// A uniform index in `0..bound` by the multiply-shift
     /// (`(x as u128 × bound) >> 64`); `bound` must be > 0.
     pub fn below(&mut self, bound: usize) -> usize {
         ((u128::from(self.next_u64()) * bound as u128) >> 64) as usize
@@ -75,7 +75,7 @@ pub(crate) fn mix(z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// §5.2: keeps an instance iff `clusters` is empty or lists its `cluster`
+/// keeps an instance iff `clusters` is empty or lists its `cluster`
 /// metadata, and one of its addresses has exactly `scheme`. Emptied zone keys
 /// remain.
 pub fn filter(instances: &mut BTreeMap<String, Vec<Instance>>, scheme: &str, clusters: &[String]) {
@@ -90,7 +90,7 @@ pub fn filter(instances: &mut BTreeMap<String, Vec<Instance>>, scheme: &str, clu
     }
 }
 
-/// §5.3: replaces the client zone's list with the zones its scheduler entry
+/// replaces the client zone's list with the zones its scheduler entry
 /// lists, each cut down in proportion to its weight. Scores are compared and
 /// computed by integer cross-multiplication, so the result is exact.
 ///
@@ -141,7 +141,7 @@ pub fn schedule(
     }
 }
 
-/// §5.4: a deterministic subset of `n` instances for the client `client_id`.
+/// a deterministic subset of `n` instances for the client `client_id`.
 ///
 /// Clients whose hashes fall in one round get pairwise disjoint subsets; a
 /// client's subset is stable while the backend set is, whatever its order.

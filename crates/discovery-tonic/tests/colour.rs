@@ -1,4 +1,4 @@
-//! Colour routing (spec §6.6, checklist 56).
+//! Colour routing.
 
 mod support;
 

@@ -1,4 +1,4 @@
-//! The server-side `cpu_usage` trailer (spec §6.7, checklist 57).
+//! The server-side `cpu_usage` trailer.
 
 mod support;
 

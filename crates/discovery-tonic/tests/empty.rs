@@ -1,4 +1,4 @@
-//! Empty sets fail fast and recover without a new client (checklist 51, 52).
+//! Empty sets fail fast and recover without a new client.
 
 mod support;
 
@@ -133,7 +133,7 @@ async fn unreachable_endpoints_fail_fast_with_the_count() {
 
 #[tokio::test]
 async fn no_call_outlives_its_deadline_while_pending() {
-    // Checklist 52: the grace never extends past the deadline.
+    // The grace never extends past the deadline.
     let (resolver, _tx) = fake(Resolution::Pending);
     let config = ClientConfig::default().timeout(Duration::from_millis(100));
     let channel = Balanced::new(resolver, &config).unwrap();

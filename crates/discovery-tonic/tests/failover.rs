@@ -1,4 +1,4 @@
-//! Endpoints dying and coming back under load (checklist 47–50).
+//! Endpoints dying and coming back under load.
 
 mod support;
 
@@ -85,7 +85,6 @@ async fn wrr_kill_one_of_four() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_accepting_address_gets_no_call() {
-    // Checklist 48.
     let up = [
         TestServer::start(Behaviour::default()),
         TestServer::start(Behaviour::default()),
@@ -107,7 +106,7 @@ async fn never_accepting_address_gets_no_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_server_gets_traffic_again() {
-    // Checklist 49: within 11 s (one maximal ejection plus a probe).
+    // Within 11 s (one maximal ejection plus a probe).
     let a = TestServer::start(Behaviour::default());
     let b = TestServer::start(Behaviour::default());
     let b_addr = b.addr;

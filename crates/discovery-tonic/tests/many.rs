@@ -1,4 +1,4 @@
-//! More than 1024 endpoints (checklist 58): tonic's `balance_list` panics
+//! More than 1024 endpoints: tonic's `balance_list` panics
 //! there; ours builds, connects and balances.
 
 mod support;

@@ -1,4 +1,4 @@
-//! p2c over real servers: latency and `cpu_usage` steer traffic (checklist 54).
+//! P2c over real servers: latency and `cpu_usage` steer traffic.
 
 mod support;
 

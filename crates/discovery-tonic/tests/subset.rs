@@ -1,4 +1,4 @@
-//! Deterministic subsetting (spec §5.4, checklist 39–40) with golden vectors
+//! Deterministic subsetting with golden vectors
 //! for the hash and the PRNG.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,7 +41,7 @@ fn splitmix64_golden_vectors() {
 fn subset_golden_vector() {
     // Pinned so that a change of hash, PRNG or shuffle cannot go unnoticed:
     // every client's subset would move. Cross-checked against an independent
-    // Python transcription of spec §5.4.
+    // Python transcription.
     let all = backends(10);
     let mine = subset(&all, 3, "demo-client-1");
     assert_eq!(names(&mine), GOLDEN);
@@ -58,7 +58,6 @@ fn small_sets_are_returned_unchanged() {
 
 #[test]
 fn subset_is_stable_and_order_independent() {
-    // Checklist 39.
     let all = backends(200);
     let a = subset(&all, 50, "demo-client-1");
     assert_eq!(a.len(), 50);
@@ -76,7 +75,7 @@ fn subset_is_stable_and_order_independent() {
 
 #[test]
 fn clients_of_one_round_get_disjoint_subsets() {
-    // Checklist 40: 200 backends / 50 = 4 clients per round; ids 8..12 are
+    // 200 backends / 50 = 4 clients per round; ids 8..12 are
     // round 2.
     let all = backends(200);
     let subsets: Vec<BTreeSet<String>> = (8..12)

@@ -1,4 +1,4 @@
-//! Target parsing (spec §5.5) and scheme lookup (checklist 41–44).
+//! Target parsing and scheme lookup.
 
 use std::sync::Arc;
 
@@ -44,7 +44,6 @@ fn full_discovery_target() {
 
 #[test]
 fn v2_empty_authority_equals_default() {
-    // Checklist 43.
     let a = parse("discovery:///demo.service");
     let b = parse("discovery://default/demo.service");
     assert_eq!(a.authority, "");
@@ -61,7 +60,6 @@ fn v2_empty_authority_equals_default() {
 
 #[test]
 fn subset_defaults_zero_disables_and_garbage_is_rejected() {
-    // Checklist 41.
     assert_eq!(parse("discovery://default/a").build_options().subset, 50);
     assert_eq!(
         parse("discovery://default/a?subset=0")
@@ -76,7 +74,7 @@ fn subset_defaults_zero_disables_and_garbage_is_rejected() {
 
 #[test]
 fn cluster_key_is_singular() {
-    // Checklist 42: `clusters=` filters nothing.
+    // `clusters=` filters nothing.
     assert!(
         parse("discovery://default/a?clusters=a")
             .clusters
@@ -120,7 +118,6 @@ fn config_defaults_are_added_without_overriding() {
 
 #[test]
 fn direct_resolves_without_a_registry_and_unknown_schemes_fail() {
-    // Checklist 44.
     let resolvers = Resolvers::new();
     let r = resolvers
         .build(&parse(

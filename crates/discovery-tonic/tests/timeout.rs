@@ -1,4 +1,4 @@
-//! Per-RPC deadlines (spec §7, checklist 59).
+//! Per-RPC deadlines.
 
 mod support;
 

@@ -1,4 +1,4 @@
-//! Resolver updates while calls run (spec §6.5, checklist 53).
+//! Resolver updates while calls run.
 
 mod support;
 

@@ -1,4 +1,4 @@
-//! Smooth weighted round robin over real servers (checklist 46).
+//! Smooth weighted round robin over real servers.
 
 mod support;
 

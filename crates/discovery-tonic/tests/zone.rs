@@ -1,4 +1,4 @@
-//! Filter (spec §5.2) and zone scheduling (§5.3) tables, checklist 38.
+//! Filter and zone scheduling tables.
 
 mod support;
 

@@ -155,7 +155,7 @@ impl Api {
         &self.registry
     }
 
-    /// `-500` while reads are not served (spec §7.5).
+    /// `-500` while reads are not served (docs/protocol.md#start-up-and-phases).
     fn gate(&self, fetch_all: bool) -> Option<Reply> {
         match self.phase() {
             Phase::Serving | Phase::Draining => None,
@@ -164,7 +164,7 @@ impl Api {
         }
     }
 
-    /// How long a long poll may hold (spec §2.3).
+    /// How long a long poll may hold (docs/protocol.md#deadline-header-and-hold).
     fn hold(&self, headers: &HeaderMap) -> Duration {
         let mut hold = self
             .config

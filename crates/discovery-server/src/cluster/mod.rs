@@ -1,5 +1,5 @@
 //! A node's view of its cluster: who the peers are, replication of local
-//! writes to them, and the start-up sync (spec §7).
+//! writes to them, and the start-up sync (docs/protocol.md#cluster).
 //!
 //! Membership starts from the static `nodes` and `[zones]` lists and then
 //! follows the `infra.discovery` records in the local registry: every node

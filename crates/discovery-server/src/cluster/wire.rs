@@ -1,4 +1,4 @@
-//! The peer protocol (spec §7.3): the same form POSTs a client sends, with
+//! The peer protocol (docs/protocol.md#peer-protocol): the same form POSTs a client sends, with
 //! `replication` / `from_zone` set, so that Go original nodes understand us.
 
 use naming::Instance;

@@ -1,5 +1,5 @@
 //! Configuration: the Go original's TOML, accepted unchanged, plus our
-//! `[registry]`, `[cluster]` and `[limits]` tables (spec §8).
+//! `[registry]`, `[cluster]` and `[limits]` tables (docs/protocol.md#configuration).
 //!
 //! Keys are case-insensitive (`DeployEnv` = `deployenv`), durations use Go
 //! syntax (`"40s"`, `"1m30s"`), unknown keys are reported and ignored, and
@@ -320,7 +320,7 @@ pub struct Config {
     pub nodes: Vec<String>,
     /// Static nodes of other zones.
     pub zones: BTreeMap<String, Vec<String>>,
-    /// Start in init-protect (spec §5.4).
+    /// Start in init-protect (docs/protocol.md#init-protect).
     pub enable_protect: bool,
     /// Node identity.
     pub env: Env,
@@ -385,7 +385,7 @@ impl Config {
     }
 
     /// Fills empty `[env]` values: flag, then environment variable, then
-    /// default (spec §8.1). `lookup` reads the environment.
+    /// default (docs/protocol.md#command-line-and-environment). `lookup` reads the environment.
     pub fn fill_env(&mut self, flags: &EnvFlags, lookup: impl Fn(&str) -> Option<String>) {
         let pick = |current: &mut String,
                     flag: &Option<String>,

@@ -158,7 +158,7 @@ impl Registry {
         self.watchers.notify(key);
     }
 
-    /// Registers a copy by the register rule (spec §4.3): a new key takes
+    /// Registers a copy by the register rule (docs/protocol.md#register-rule): a new key takes
     /// the copy; an existing key is replaced unless its `dirty_timestamp` is
     /// newer, keeping its `up_timestamp`. The counter is bumped and pollers
     /// are woken in every case.
@@ -248,7 +248,7 @@ impl Registry {
     }
 
     /// Renews a lease. A peer passes its copy's `dirty_timestamp` so that the
-    /// answer tells which side must repair the other (spec §3.2). Renews do
+    /// answer tells which side must repair the other (docs/protocol.md#renew). Renews do
     /// not bump the counter and wake nobody.
     pub fn renew(&self, key: &InstanceKey, peer_dirty: Option<i64>, now: i64) -> Renewed {
         let Some(mut app) = self.apps.get_mut(&key.app()) else {
@@ -366,7 +366,7 @@ impl Registry {
     }
 
     /// Changes status and metadata of existing instances, all or nothing
-    /// (spec §4.4).
+    /// (docs/protocol.md#set-and-cancel-rules).
     pub fn set(&self, req: &SetRequest, now: i64) -> Result<(), SetError> {
         if !req.status.is_empty() && req.status.len() != req.hostnames.len() {
             return Err(SetError::LengthMismatch("status"));
@@ -483,7 +483,7 @@ impl Registry {
         bytes
     }
 
-    /// Classifies one polled app for a caller at `since` (spec §6).
+    /// Classifies one polled app for a caller at `since` (docs/protocol.md#long-poll).
     pub fn poll_state(&self, key: &AppKey, zone: Option<&str>, since: i64, now: i64) -> PollState {
         let Some(app) = self.apps.get(key) else {
             return PollState::Missing;
@@ -557,7 +557,7 @@ impl Registry {
             .cloned()
     }
 
-    /// One eviction tick (spec §5.3): rolls the guard, evicts lease-expired
+    /// One eviction tick (docs/protocol.md#eviction-tick): rolls the guard, evicts lease-expired
     /// instances (all of them past `evict_ceiling`, the others only when not
     /// protected), at most `max_evict_fraction` of the registry, chosen at
     /// random; drops expired tombstones; re-bases the guard when due.

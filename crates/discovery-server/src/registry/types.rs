@@ -66,7 +66,7 @@ impl InstanceKey {
     }
 }
 
-/// Lease, eviction and protection settings (spec §5.1).
+/// Lease, eviction and protection settings (docs/protocol.md#lease-and-eviction).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RegistryParams {
     /// An instance not renewed for this long is evicted (unless protected).
@@ -178,7 +178,7 @@ pub enum MetadataPatch {
     Merge(BTreeMap<String, Option<String>>),
 }
 
-/// A `set` request (spec §3.8, §4.4).
+/// A `set` request (docs/protocol.md#set).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetRequest {
     /// Deploy env.
@@ -222,7 +222,7 @@ pub enum Fetched {
     Found(Bytes),
 }
 
-/// Classification of one polled app (spec §6).
+/// Classification of one polled app (docs/protocol.md#long-poll).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PollState {
     /// Not registered in scope, no live tombstone.
