@@ -200,15 +200,17 @@ fn self_instance(api: &Api) -> Instance {
     }
 }
 
-async fn register_self(api: &Api, replicator: &dyn Replicator) {
+fn register_self(api: &Api, replicator: &dyn Replicator) {
     let out = api.registry.register(
         self_instance(api),
         RegisterOptions::default(),
         api.clock.now(),
     );
-    replicator
-        .replicate(Op::Register(out.instance), Origin::Client)
-        .await;
+    // Queued for every peer; not waited on: a node's own record needs no
+    // acknowledgement (it renews it), and at start-up no peer may be
+    // running yet to give one, which would delay the start by
+    // `ack_timeout`.
+    drop(replicator.replicate(Op::Register(out.instance), Origin::Client));
 }
 
 async fn cancel_self(api: &Api, replicator: &dyn Replicator) {
@@ -338,7 +340,7 @@ pub async fn start_on(
     cluster.start();
     // Our own record exists before anyone can learn our address from the
     // log line below.
-    register_self(&api, replicator.as_ref()).await;
+    register_self(&api, replicator.as_ref());
     info!(
         addr = %bound,
         advertise = %advertise,
@@ -453,7 +455,7 @@ async fn self_renew_loop(api: Arc<Api>, replicator: Arc<dyn Replicator>) {
         match api.registry.renew(&key, None, api.clock.now()) {
             Renewed::NotFound => {
                 warn!("own record was gone; registering again");
-                register_self(&api, replicator.as_ref()).await;
+                register_self(&api, replicator.as_ref());
             }
             Renewed::Ok(i) | Renewed::PeerNewer(i) | Renewed::PeerOlder(i) => {
                 replicator.replicate(Op::Renew(i), Origin::Client).await;
