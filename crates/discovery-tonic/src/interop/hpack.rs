@@ -16,7 +16,8 @@ use std::{collections::VecDeque, sync::OnceLock};
 
 use super::huffman_table::{ENCODE_CODE_LENGTHS, ENCODE_CODES};
 
-/// Per-entry overhead counted in the table size (RFC 7541 §4.1).
+/// What HPACK adds to an entry's name and value lengths when it counts the
+/// dynamic table's size.
 const ENTRY_OVERHEAD: usize = 32;
 
 /// Why a header block cannot be decoded. Every variant is a
@@ -167,7 +168,8 @@ impl Decoder {
     fn insert(&mut self, name: Vec<u8>, value: Vec<u8>) {
         let size = name.len() + value.len() + ENTRY_OVERHEAD;
         if size > self.max_size {
-            // An entry larger than the table empties it (RFC 7541 §4.4).
+            // HPACK: adding an entry larger than the whole table empties it
+            // and stores nothing.
             self.table.clear();
             self.size = 0;
             return;
@@ -188,7 +190,9 @@ impl Decoder {
     }
 }
 
-/// Decodes an integer with an `prefix`-bit prefix (RFC 7541 §5.1).
+/// Decodes an HPACK integer with a `prefix`-bit prefix: values below
+/// `2^prefix - 1` fit the prefix; larger ones continue in 7-bit groups,
+/// low bits first, each byte's top bit saying another follows.
 fn decode_int(src: &mut &[u8], prefix: u8) -> Result<usize, DecodeError> {
     let mask = (1u16 << prefix) as u8 - 1;
     let (&first, rest) = src.split_first().ok_or(DecodeError::Truncated)?;
@@ -229,7 +233,7 @@ fn decode_str(src: &mut &[u8]) -> Result<Vec<u8>, DecodeError> {
 }
 
 /// Appends `value` as an integer with an `prefix`-bit prefix, the first byte
-/// OR-ed with `flags` (RFC 7541 §5.1).
+/// OR-ed with `flags` (the prefix-and-continuation form `decode_int` reads).
 pub fn encode_int(out: &mut Vec<u8>, mut value: usize, prefix: u8, flags: u8) {
     let mask = (1usize << prefix) - 1;
     if value < mask {
@@ -323,7 +327,7 @@ fn canonical() -> &'static Canonical {
     })
 }
 
-/// Decodes a Huffman string (RFC 7541 §5.2): EOS inside the string, or
+/// Decodes an HPACK Huffman string: EOS inside the string, or
 /// padding longer than 7 bits or not all 1s, is an error.
 pub fn huffman_decode(src: &[u8]) -> Result<Vec<u8>, DecodeError> {
     let t = canonical();

@@ -43,7 +43,7 @@ use tonic::transport::server::Connected;
 
 use hpack::{Decoder, encode_literal};
 
-/// The client connection preface (RFC 9113 §3.4).
+/// The 24 bytes every HTTP/2 client sends first, before its SETTINGS.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER_LEN: usize = 9;
 const HEADERS: u8 = 0x1;
