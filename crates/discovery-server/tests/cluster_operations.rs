@@ -21,14 +21,7 @@ fn operator_toml() -> String {
         .replace("probe_interval = \"500ms\"", "probe_interval = \"5s\"")
 }
 
-async fn get(base: &str, path: &str) -> Option<Value> {
-    reqwest::get(format!("{base}{path}"))
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()
-}
+use testkit::http::try_get_json as get;
 
 async fn hosts(base: &str) -> BTreeSet<String> {
     let Some(v) = get(base, "/discovery/fetch?env=dev&appid=ops.svc&status=3").await else {

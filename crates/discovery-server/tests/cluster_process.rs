@@ -6,19 +6,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
 use testkit::{FAST, Layout, ProcessTopology};
 
 use testkit::http::post_form as post;
 
-async fn get(base: &str, path: &str) -> Option<Value> {
-    reqwest::get(format!("{base}{path}"))
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()
-}
+use testkit::http::try_get_json as get;
 
 async fn hosts(base: &str) -> BTreeSet<String> {
     let Some(v) = get(base, "/discovery/fetch?env=dev&appid=demo.svc&status=3").await else {

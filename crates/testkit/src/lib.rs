@@ -691,4 +691,15 @@ pub mod http {
             .await
             .expect("JSON answer")
     }
+
+    /// GETs and decodes the JSON answer; `None` while the node is down or
+    /// answers something else (for tests that wait through restarts).
+    pub async fn try_get_json(base: &str, path: &str) -> Option<Value> {
+        reqwest::get(format!("{base}{path}"))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+    }
 }

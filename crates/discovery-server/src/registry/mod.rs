@@ -292,7 +292,7 @@ impl Registry {
     ) -> Option<Instance> {
         // Remembered before the removal, so that no stale copy slips in
         // between.
-        let remember = from_peer || self.get(key).is_some();
+        let remember = from_peer || self.contains(key);
         if remember {
             self.cancelled.insert(key, cancelled_at);
         }
@@ -544,6 +544,15 @@ impl Registry {
     pub fn instances(&self, key: &AppKey) -> Vec<Instance> {
         self.apps.get(key).map_or_else(Vec::new, |a| {
             a.zones.values().flat_map(|z| z.values().cloned()).collect()
+        })
+    }
+
+    /// Whether the instance is here, without copying it.
+    fn contains(&self, key: &InstanceKey) -> bool {
+        self.apps.get(&key.app()).is_some_and(|app| {
+            app.zones
+                .get(&key.zone)
+                .is_some_and(|z| z.contains_key(&key.hostname))
         })
     }
 
