@@ -8,124 +8,116 @@ use http::{Method, Request, header};
 
 use crate::reply::{BAD_REQUEST, Reply};
 
-/// Where a decoded key or value lives: most are plain slices of the body or
-/// the query, so binding allocates only for escaped text.
+/// Where a decoded key or value lives: most are plain slices of the
+/// request's text, so binding allocates only for escaped text.
 #[derive(Debug, Clone)]
 enum Piece {
-    Body(std::ops::Range<usize>),
-    Query(std::ops::Range<usize>),
+    At(std::ops::Range<usize>),
     Owned(String),
 }
 
 /// The bound key/value pairs of one request, in binding order.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Params {
-    body: Bytes,
-    query: String,
+    /// The form body (when it is UTF-8) followed by the query: validated
+    /// once here, so that reading a parameter is a slice, not a check.
+    text: String,
     pairs: Vec<(Piece, Piece)>,
 }
 
-/// Appends the pairs of an url-encoded text, as slices of `base` where no
-/// decoding was needed.
-fn parse_into(base: &[u8], body: bool, out: &mut Vec<(Piece, Piece)>) {
-    let start = base.as_ptr() as usize;
-    let end = start + base.len();
+/// Appends the pairs of the url-encoded `text[from..]`, as ranges of
+/// `text` where no decoding was needed.
+fn parse_at(text: &str, from: usize, out: &mut Vec<(Piece, Piece)>) {
+    let base = &text.as_bytes()[from..];
+    let start = text.as_ptr() as usize;
+    let end = start + text.len();
     let piece = |c: std::borrow::Cow<'_, str>| match c {
-        // Empty text may be a static "" outside `base`; it needs no storage.
-        std::borrow::Cow::Borrowed("") => Piece::Owned(String::new()),
         std::borrow::Cow::Borrowed(s)
             if (s.as_ptr() as usize) >= start && (s.as_ptr() as usize) + s.len() <= end =>
         {
             let at = s.as_ptr() as usize - start;
-            let r = at..at + s.len();
-            if body {
-                Piece::Body(r)
-            } else {
-                Piece::Query(r)
-            }
+            Piece::At(at..at + s.len())
         }
+        // Empty text may be a static "" outside `text`.
         c => Piece::Owned(c.into_owned()),
     };
     out.extend(form_urlencoded::parse(base).map(|(k, v)| (piece(k), piece(v))));
 }
 
+/// Appends the pairs of bytes that are not UTF-8 (decoded lossily, as
+/// the url-decoder does), every one owned.
+fn parse_owned(bytes: &[u8], out: &mut Vec<(Piece, Piece)>) {
+    out.extend(
+        form_urlencoded::parse(bytes)
+            .map(|(k, v)| (Piece::Owned(k.into_owned()), Piece::Owned(v.into_owned()))),
+    );
+}
+
 impl Params {
+    /// Parameters of the url-encoded `query`, after those already bound.
+    fn with_query(mut self, query: &str) -> Self {
+        let from = self.text.len();
+        self.text.push_str(query);
+        parse_at(&self.text, from, &mut self.pairs);
+        self
+    }
+
     /// Binds a request's parameters, reading at most `max_body` bytes.
     pub(crate) async fn bind(req: Request<Body>, max_body: usize) -> Result<Params, Reply> {
         let (parts, body) = req.into_parts();
-        let mut p = Params {
-            body: Bytes::new(),
-            query: parts.uri.query().unwrap_or("").to_string(),
-            pairs: Vec::new(),
-        };
+        let query = parts.uri.query().unwrap_or("");
         if parts.method != Method::POST {
-            let mut pairs = Vec::new();
-            parse_into(p.query.as_bytes(), false, &mut pairs);
-            p.pairs = pairs;
-            return Ok(p);
+            return Ok(Params::default().with_query(query));
         }
         let ctype = parts
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let mime = ctype
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        match mime.as_str() {
-            "application/x-www-form-urlencoded" => {
-                p.body = read_body(body, max_body).await?;
-                let mut pairs = Vec::new();
-                parse_into(&p.body, true, &mut pairs);
-                parse_into(p.query.as_bytes(), false, &mut pairs);
-                p.pairs = pairs;
+        let mime = ctype.split(';').next().unwrap_or("").trim();
+        if mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            let body = read_body(body, max_body).await?;
+            let mut p = Params::default();
+            match std::str::from_utf8(&body) {
+                Ok(text) => {
+                    p.text.reserve(text.len() + query.len());
+                    p.text.push_str(text);
+                    parse_at(&p.text, 0, &mut p.pairs);
+                }
+                Err(_) => parse_owned(&body, &mut p.pairs),
             }
-            "multipart/form-data" => {
-                let mut pairs = Vec::new();
-                parse_into(p.query.as_bytes(), false, &mut pairs);
-                p.pairs = pairs;
-                let ctype = ctype.to_string();
-                let body = read_body(body, max_body).await?;
-                let mut parts = Vec::new();
-                multipart(&ctype, body, &mut parts).await?;
-                p.pairs.extend(
-                    parts
-                        .into_iter()
-                        .map(|(k, v)| (Piece::Owned(k), Piece::Owned(v))),
-                );
-            }
-            "application/json" | "application/xml" | "text/xml" => {
-                return Err(Reply::message(BAD_REQUEST, "unsupported content type"));
-            }
-            _ => {
-                let mut pairs = Vec::new();
-                parse_into(p.query.as_bytes(), false, &mut pairs);
-                p.pairs = pairs;
-            }
+            Ok(p.with_query(query))
+        } else if mime.eq_ignore_ascii_case("multipart/form-data") {
+            let mut p = Params::default().with_query(query);
+            let ctype = ctype.to_string();
+            let body = read_body(body, max_body).await?;
+            let mut parts = Vec::new();
+            multipart(&ctype, body, &mut parts).await?;
+            p.pairs.extend(
+                parts
+                    .into_iter()
+                    .map(|(k, v)| (Piece::Owned(k), Piece::Owned(v))),
+            );
+            Ok(p)
+        } else if ["application/json", "application/xml", "text/xml"]
+            .iter()
+            .any(|m| mime.eq_ignore_ascii_case(m))
+        {
+            Err(Reply::message(BAD_REQUEST, "unsupported content type"))
+        } else {
+            Ok(Params::default().with_query(query))
         }
-        Ok(p)
     }
 
     /// Parameters of an url-encoded form (a write inside a batch).
     pub(crate) fn from_query(q: &str) -> Params {
-        let mut p = Params {
-            query: q.to_string(),
-            ..Params::default()
-        };
-        let mut pairs = Vec::new();
-        parse_into(p.query.as_bytes(), false, &mut pairs);
-        p.pairs = pairs;
-        p
+        Params::default().with_query(q)
     }
 
     fn text<'a>(&'a self, piece: &'a Piece) -> &'a str {
         match piece {
-            // Borrowed pieces were valid UTF-8 when parsed.
-            Piece::Body(r) => std::str::from_utf8(&self.body[r.clone()]).unwrap_or(""),
-            Piece::Query(r) => self.query.get(r.clone()).unwrap_or(""),
+            // Ranges were cut from `text` by the parser, on char boundaries.
+            Piece::At(r) => self.text.get(r.clone()).unwrap_or(""),
             Piece::Owned(s) => s,
         }
     }

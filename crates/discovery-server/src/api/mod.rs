@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+mod observe;
 mod ops;
 mod poll;
 mod read;
@@ -40,7 +41,7 @@ use crate::{
     clock::Clock,
     config::Config,
     membership::{Members, StaticMembers},
-    node::{NODE_ADDR_HEADER, NODE_ID_HEADER, NodeIdentity, Phase, PhaseCell},
+    node::{NodeIdentity, Phase, PhaseCell},
     params::Params,
     registry::{InstanceKey, Registry},
     replication::{Origin, Replicator},
@@ -341,29 +342,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/healthz", d(get(healthz)))
         .route("/readyz", d(get(readyz)))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&api),
-            |State(api): State<Arc<Api>>, req: Request<Body>, next: axum::middleware::Next| async move {
-                let route = crate::metrics::route_index(
-                    req.extensions()
-                        .get::<axum::extract::MatchedPath>()
-                        .map_or("unmatched", |p| p.as_str()),
-                );
-                if let Some(addr) = req.headers().get(NODE_ADDR_HEADER).and_then(|v| v.to_str().ok()) {
-                    api.members.heard_from(addr);
-                }
-                let start = tokio::time::Instant::now();
-                let mut res = next.run(req).await;
-                res.headers_mut()
-                    .insert(NODE_ID_HEADER, api.node_header.clone());
-                let seconds = start.elapsed().as_secs_f64();
-                match res.headers().get("kratos-status-code").and_then(|v| v.to_str().ok()) {
-                    Some(code) => api.metrics.request(route, code, seconds),
-                    None => api.metrics.request(route, res.status().as_str(), seconds),
-                }
-                res
-            },
-        ))
+        .layer(observe::Observe(Arc::clone(&api)))
         .with_state(api)
 }
 
