@@ -23,6 +23,7 @@
 //! ```
 
 mod guard;
+mod stored;
 mod tombstones;
 mod types;
 mod watch;
@@ -37,6 +38,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use compact_str::CompactString;
 use dashmap::DashMap;
 use naming::{Instance, Scheduler, Status};
 use parking_lot::Mutex;
@@ -48,11 +50,16 @@ pub use types::*;
 pub(crate) use watch::{Subscription, Watchers};
 
 use guard::Guard;
+use stored::Stored;
 use tombstones::Tombstones;
+
+/// An app's instances: zone → hostname → instance.
+type Zones = BTreeMap<CompactString, Hosts>;
+type Hosts = BTreeMap<CompactString, Stored>;
 
 #[derive(Debug, Default)]
 struct App {
-    zones: BTreeMap<String, BTreeMap<String, Instance>>,
+    zones: Zones,
     /// The change counter; survives the last instance as a tombstone.
     latest: i64,
     /// Set while the app has no instance.
@@ -204,30 +211,37 @@ impl Registry {
         })
     }
 
-    fn store(&self, ins: Instance, now: i64) -> Registered {
+    fn store(&self, mut ins: Instance, now: i64) -> Registered {
         let key = AppKey::new(&ins.env, &ins.appid);
         let out = {
-            let mut app = self.apps.entry(key.clone()).or_default();
+            // Most writes are to apps that exist: look up before paying for
+            // an owned key.
+            let mut app = match self.apps.get_mut(&key) {
+                Some(app) => app,
+                None => self.apps.entry(key.clone()).or_default(),
+            };
             let app = &mut *app;
-            let zone = app.zones.entry(ins.zone.clone()).or_default();
-            let out = match zone.get_mut(&ins.hostname) {
+            let zone = app
+                .zones
+                .entry(CompactString::from(ins.zone.as_str()))
+                .or_default();
+            let out = match zone.get_mut(ins.hostname.as_str()) {
                 Some(old) if ins.dirty_timestamp < old.dirty_timestamp => Registered {
-                    instance: old.clone(),
+                    instance: old.instance(&key, &ins.zone, &ins.hostname),
                     is_new: false,
                     applied: false,
                 },
                 Some(old) => {
-                    let mut ins = ins;
                     ins.up_timestamp = old.up_timestamp;
-                    *old = ins;
+                    *old = Stored::of(&ins);
                     Registered {
-                        instance: old.clone(),
+                        instance: ins,
                         is_new: false,
                         applied: true,
                     }
                 }
                 None => {
-                    zone.insert(ins.hostname.clone(), ins.clone());
+                    zone.insert(ins.hostname.as_str().into(), Stored::of(&ins));
                     Registered {
                         instance: ins,
                         is_new: true,
@@ -251,19 +265,19 @@ impl Registry {
     /// answer tells which side must repair the other (docs/protocol.md#renew). Renews do
     /// not bump the counter and wake nobody.
     pub fn renew(&self, key: &InstanceKey, peer_dirty: Option<i64>, now: i64) -> Renewed {
-        let Some(mut app) = self.apps.get_mut(&key.app()) else {
+        let Some(mut entry) = self.apps.get_mut(&key.app()) else {
             return Renewed::NotFound;
         };
-        let app = &mut *app;
+        let (app_key, app) = entry.pair_mut();
         let Some(ins) = app
             .zones
-            .get_mut(&key.zone)
-            .and_then(|z| z.get_mut(&key.hostname))
+            .get_mut(key.zone.as_str())
+            .and_then(|z| z.get_mut(key.hostname.as_str()))
         else {
             return Renewed::NotFound;
         };
         ins.renew_timestamp = now;
-        let ins = ins.clone();
+        let ins = ins.instance(app_key, &key.zone, &key.hostname);
         app.touch();
         self.guard.renewed();
         match peer_dirty {
@@ -311,10 +325,12 @@ impl Registry {
         let (removed, emptied) = {
             let mut app = self.apps.get_mut(&app_key)?;
             let app = &mut *app;
-            let zone = app.zones.get_mut(&key.zone)?;
-            let removed = zone.remove(&key.hostname)?;
+            let zone = app.zones.get_mut(key.zone.as_str())?;
+            let removed =
+                zone.remove(key.hostname.as_str())?
+                    .instance(&app_key, &key.zone, &key.hostname);
             if zone.is_empty() {
-                app.zones.remove(&key.zone);
+                app.zones.remove(key.zone.as_str());
             }
             let emptied = app.zones.is_empty();
             if emptied {
@@ -384,12 +400,16 @@ impl Registry {
             let missing = || SetError::NotFound(req.hostnames.first().cloned().unwrap_or_default());
             let mut app = self.apps.get_mut(&key).ok_or_else(missing)?;
             let app = &mut *app;
-            let zone = app.zones.get_mut(&req.zone).ok_or_else(missing)?;
-            if let Some(h) = req.hostnames.iter().find(|h| !zone.contains_key(*h)) {
+            let zone = app.zones.get_mut(req.zone.as_str()).ok_or_else(missing)?;
+            if let Some(h) = req
+                .hostnames
+                .iter()
+                .find(|h| !zone.contains_key(h.as_str()))
+            {
                 return Err(SetError::NotFound(h.clone()));
             }
             for (i, host) in req.hostnames.iter().enumerate() {
-                let Some(ins) = zone.get_mut(host) else {
+                let Some(ins) = zone.get_mut(host.as_str()) else {
                     continue;
                 };
                 if let Some(status) = req.status.get(i) {
@@ -399,14 +419,16 @@ impl Registry {
                     }
                 }
                 match req.metadata.get(i) {
-                    Some(MetadataPatch::Clear) => ins.metadata.clear(),
+                    Some(MetadataPatch::Clear) => ins.set_metadata(&BTreeMap::new()),
                     Some(MetadataPatch::Merge(patch)) => {
+                        let mut metadata = ins.metadata_map();
                         for (k, v) in patch {
                             match v {
-                                Some(v) => ins.metadata.insert(k.clone(), v.clone()),
-                                None => ins.metadata.remove(k),
+                                Some(v) => metadata.insert(k.clone(), v.clone()),
+                                None => metadata.remove(k),
                             };
                         }
+                        ins.set_metadata(&metadata);
                     }
                     None => {}
                 }
@@ -471,6 +493,7 @@ impl Registry {
         }
         let scheduler = self.schedulers.get(key);
         let view = InfoView {
+            key,
             app,
             zone,
             mask,
@@ -525,7 +548,7 @@ impl Registry {
             }
             out.entry(app.key().appid.clone())
                 .or_default()
-                .extend(app.zones.values().flat_map(|z| z.values().cloned()));
+                .extend(instances_of(app.key(), &app.zones));
         }
         for list in out.values_mut() {
             list.sort_by(|a, b| {
@@ -542,28 +565,29 @@ impl Registry {
 
     /// Every instance of an app, all zones and statuses.
     pub fn instances(&self, key: &AppKey) -> Vec<Instance> {
-        self.apps.get(key).map_or_else(Vec::new, |a| {
-            a.zones.values().flat_map(|z| z.values().cloned()).collect()
-        })
+        self.apps
+            .get(key)
+            .map_or_else(Vec::new, |a| instances_of(key, &a.zones).collect())
     }
 
     /// Whether the instance is here, without copying it.
     fn contains(&self, key: &InstanceKey) -> bool {
         self.apps.get(&key.app()).is_some_and(|app| {
             app.zones
-                .get(&key.zone)
-                .is_some_and(|z| z.contains_key(&key.hostname))
+                .get(key.zone.as_str())
+                .is_some_and(|z| z.contains_key(key.hostname.as_str()))
         })
     }
 
     /// One copy, if present.
     pub fn get(&self, key: &InstanceKey) -> Option<Instance> {
+        let app = key.app();
         self.apps
-            .get(&key.app())?
+            .get(&app)?
             .zones
-            .get(&key.zone)?
-            .get(&key.hostname)
-            .cloned()
+            .get(key.zone.as_str())?
+            .get(key.hostname.as_str())
+            .map(|s| s.instance(&app, &key.zone, &key.hostname))
     }
 
     /// One eviction tick (docs/protocol.md#eviction-tick): rolls the guard, evicts lease-expired
@@ -577,11 +601,19 @@ impl Registry {
         let mut size = 0usize;
         let mut candidates = Vec::new();
         for app in &self.apps {
-            for ins in app.zones.values().flat_map(BTreeMap::values) {
-                size += 1;
-                let age = now - ins.renew_timestamp;
-                if age > ceiling || (!guard.protected && age > lease) {
-                    candidates.push(InstanceKey::of(ins));
+            for (zone, hosts) in &app.zones {
+                for (hostname, ins) in hosts {
+                    size += 1;
+                    let age = now - ins.renew_timestamp;
+                    if age > ceiling || (!guard.protected && age > lease) {
+                        let k = app.key();
+                        candidates.push(InstanceKey::new(
+                            &k.env,
+                            &k.appid,
+                            zone.as_str(),
+                            hostname.as_str(),
+                        ));
+                    }
                 }
             }
         }
@@ -631,12 +663,22 @@ impl Registry {
     }
 }
 
+/// Every instance of an app, whole, in (zone, hostname) order.
+fn instances_of<'a>(key: &'a AppKey, zones: &'a Zones) -> impl Iterator<Item = Instance> + 'a {
+    zones.iter().flat_map(move |(zone, hosts)| {
+        hosts
+            .iter()
+            .map(move |(hostname, ins)| ins.instance(key, zone, hostname))
+    })
+}
+
 pub(crate) fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
 /// Serializes InstancesInfo straight from the stored maps.
 struct InfoView<'a> {
+    key: &'a AppKey,
     app: &'a App,
     zone: Option<&'a str>,
     mask: u32,
@@ -646,22 +688,28 @@ struct InfoView<'a> {
 impl Serialize for InfoView<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         struct Zones<'a>(&'a InfoView<'a>);
-        struct Hosts<'a>(&'a BTreeMap<String, Instance>, u32);
+        struct ZoneHosts<'a>(&'a AppKey, &'a str, &'a Hosts, u32);
         impl Serialize for Zones<'_> {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 let v = self.0;
                 let mut m = s.serialize_map(None)?;
                 for (z, hosts) in &v.app.zones {
                     if v.zone.is_none_or(|want| want == z) {
-                        m.serialize_entry(z, &Hosts(hosts, v.mask))?;
+                        m.serialize_entry(z.as_str(), &ZoneHosts(v.key, z, hosts, v.mask))?;
                     }
                 }
                 m.end()
             }
         }
-        impl Serialize for Hosts<'_> {
+        impl Serialize for ZoneHosts<'_> {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_seq(self.0.values().filter(|i| i.status.matches(self.1)))
+                let Self(key, zone, hosts, mask) = *self;
+                s.collect_seq(
+                    hosts
+                        .iter()
+                        .filter(|(_, i)| i.status.matches(mask))
+                        .map(|(h, i)| i.view(key, zone, h)),
+                )
             }
         }
         let mut m = s.serialize_map(None)?;
