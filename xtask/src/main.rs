@@ -2,10 +2,11 @@
 //!
 //! * `test`: the whole test suite (nextest when installed, then doctests);
 //! * `ci`: formatting, clippy, then `test`: what `.ci/run` runs;
-//! * `bench [--quick] [--check] [--no-cluster]`: builds the release
-//!   `discovery` and `bench` binaries, then runs `bench`, which starts the
-//!   servers as child processes, prints a table and writes
-//!   `target/bench/<time>.json`. The heavy code lives in `crates/loadgen`,
+//! * `bench [--quick] [--check] [--no-cluster] [--scaling]`: builds the
+//!   release `discovery` and `bench` binaries, then runs `bench` (flags
+//!   passed through), which starts the servers as child processes, prints a
+//!   table and writes `target/bench/<time>.json`; `--scaling` runs only the
+//!   scaling table. The heavy code lives in `crates/loadgen`,
 //!   so xtask itself stays small for `cargo xtask test`.
 //! * `chaos [--seed S] [--duration SECS]`: the randomized fault schedule
 //!   of the chaos suite, long or with a given seed;
@@ -162,7 +163,7 @@ fn bench(extra: &[String]) -> anyhow::Result<()> {
     run(cmd)
 }
 
-const USAGE: &str = "usage: cargo xtask <test [nextest args…] | ci | bench [--quick] [--check] [--no-cluster] | fuzz [seconds] [seed] | chaos [--seed S] [--duration SECS] | up [--check] [--zones] [--dev] | e2e [--no-docker] [--dev] | docker>";
+const USAGE: &str = "usage: cargo xtask <test [nextest args…] | ci | bench [--quick] [--check] [--no-cluster] [--scaling] | fuzz [seconds] [seed] | chaos [--seed S] [--duration SECS] | up [--check] [--zones] [--dev] | e2e [--no-docker] [--dev] | docker>";
 
 /// The HTTP fuzz test for longer than its CI budget (default 60 s).
 fn fuzz(args: &[String]) -> anyhow::Result<()> {

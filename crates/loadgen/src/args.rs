@@ -52,6 +52,11 @@ pub struct RunArgs {
     /// Skip the 3-node cluster scenarios.
     #[arg(long)]
     pub no_cluster: bool,
+    /// Only the scaling table: fetch per answer size, register and renew
+    /// per registry size, poll wake-up per poller count, each against its
+    /// ceiling (sizes of --quick or --check when given with them).
+    #[arg(long)]
+    pub scaling: bool,
     /// The `discovery` binary (default: next to this executable).
     #[arg(long)]
     pub discovery_bin: Option<PathBuf>,
@@ -61,6 +66,36 @@ pub struct RunArgs {
     /// Concurrent connections for throughput scenarios.
     #[arg(long, default_value_t = 64)]
     pub conns: usize,
+}
+
+impl RunArgs {
+    /// Whether the run includes the register … cluster scenarios: all but
+    /// a `--scaling` run.
+    pub fn runs_main(&self) -> bool {
+        !self.scaling
+    }
+
+    /// Whether the run includes the scaling table: a full run, `--check`
+    /// (so that CI proves it works) and `--scaling`; not `--quick`, whose
+    /// minute it would double (`--quick --scaling` runs it alone, reduced).
+    pub fn runs_scaling(&self) -> bool {
+        self.scaling || self.check || !self.quick
+    }
+}
+
+/// The sizes of the scaling table: how cost grows with work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scaling {
+    /// Instances per app of the fetch rows (one app each, one answer size).
+    pub fetch_per_app: Vec<u64>,
+    /// Registry sizes of the register and renew rows, ascending, multiples
+    /// of 100 (the instances of one app); the last is [`Scale::big`].
+    pub registry: Vec<u64>,
+    /// Parked long-poller counts of the wake-up rows.
+    pub pollers: Vec<usize>,
+    /// Measured window of each row, short so that the whole table fits in
+    /// a few minutes (a full run has 15 of them).
+    pub measure: Duration,
 }
 
 /// The sizes of one run.
@@ -82,6 +117,8 @@ pub struct Scale {
     pub repl_trials: usize,
     /// Registers through one cluster node in the cluster throughput figure.
     pub cluster_writes: u64,
+    /// The scaling table.
+    pub scaling: Scaling,
 }
 
 impl Scale {
@@ -97,6 +134,12 @@ impl Scale {
                 measure: Duration::from_millis(500),
                 repl_trials: 5,
                 cluster_writes: 200,
+                scaling: Scaling {
+                    fetch_per_app: vec![1, 10, 100, 1_000],
+                    registry: vec![100, 1_000, 4_000],
+                    pollers: vec![10, 100],
+                    measure: Duration::from_millis(200),
+                },
             }
         } else if args.quick {
             Scale {
@@ -108,6 +151,12 @@ impl Scale {
                 measure: Duration::from_secs(3),
                 repl_trials: 50,
                 cluster_writes: 5_000,
+                scaling: Scaling {
+                    fetch_per_app: vec![1, 10, 100, 1_000],
+                    registry: vec![10_000, 100_000, 250_000],
+                    pollers: vec![100, 1_000, 10_000],
+                    measure: Duration::from_secs(2),
+                },
             }
         } else {
             Scale {
@@ -119,6 +168,12 @@ impl Scale {
                 measure: Duration::from_secs(10),
                 repl_trials: 200,
                 cluster_writes: 20_000,
+                scaling: Scaling {
+                    fetch_per_app: vec![1, 10, 100, 1_000],
+                    registry: vec![10_000, 100_000, 1_000_000],
+                    pollers: vec![100, 1_000, 10_000],
+                    measure: Duration::from_secs(5),
+                },
             }
         }
     }
@@ -144,6 +199,32 @@ mod tests {
         // --check wins over --quick: CI runs `--quick --check`.
         let check = Scale::of(&parse(&["bench", "--quick", "--check"]).run);
         assert_eq!(check.mode, "check");
+        for s in [&full, &quick, &check] {
+            let sizes = &s.scaling.registry;
+            assert!(sizes.windows(2).all(|w| w[0] < w[1]), "{sizes:?}");
+            assert!(sizes.iter().all(|n| n % 100 == 0), "{sizes:?}");
+            assert_eq!(
+                sizes.last(),
+                Some(&s.big),
+                "the big size follows Scale::big"
+            );
+        }
+        assert_eq!(full.scaling.pollers, [100, 1_000, 10_000]);
+    }
+
+    #[test]
+    fn which_parts_run() {
+        let parts = |a: &[&str]| {
+            let r = parse(a).run;
+            (r.runs_main(), r.runs_scaling())
+        };
+        assert_eq!(parts(&["bench"]), (true, true));
+        assert_eq!(parts(&["bench", "--quick"]), (true, false));
+        assert_eq!(parts(&["bench", "--quick", "--check"]), (true, true));
+        assert_eq!(parts(&["bench", "--check"]), (true, true));
+        assert_eq!(parts(&["bench", "--scaling"]), (false, true));
+        assert_eq!(parts(&["bench", "--check", "--scaling"]), (false, true));
+        assert_eq!(parts(&["bench", "--quick", "--scaling"]), (false, true));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! little CPU as possible on the cores it shares with the server.
 //!
 //! [`drive`] runs `conns` workers against one address until a count of
-//! operations or a duration is reached and records every latency.
+//! operations or a duration is reached and records every latency;
+//! [`drive_sampled`] also samples something (a server's CPU time) at the
+//! edges of the measured window.
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
@@ -210,6 +212,25 @@ pub async fn drive<F>(
 where
     F: Fn(u64) -> Req + Send + Sync + 'static,
 {
+    Ok(drive_sampled(addr, conns, plan, make, || ()).await?.0)
+}
+
+/// [`drive`], plus `sample()` taken when the measured window opens and when
+/// it closes (for [`Plan::Count`]: before the first operation and after the
+/// last), e.g. a server's CPU time, so that a cost per operation covers the
+/// same operations as the summary and not the warm-up.
+pub async fn drive_sampled<F, S, T>(
+    addr: SocketAddr,
+    conns: usize,
+    plan: Plan,
+    make: F,
+    sample: S,
+) -> anyhow::Result<(Summary, T, T)>
+where
+    F: Fn(u64) -> Req + Send + Sync + 'static,
+    S: Fn() -> T + Send + 'static,
+    T: Send + 'static,
+{
     let mut connections = Vec::with_capacity(conns);
     for _ in 0..conns {
         connections.push(Conn::connect(addr).await?);
@@ -221,6 +242,20 @@ where
         Plan::Count(_) => (start, None),
         Plan::For { warmup, measure } => (start + warmup, Some(start + warmup + measure)),
     };
+    // The window's edges are sampled from their own task, on time, whatever
+    // the workers are doing; a count's end is after the last worker.
+    let sampler = tokio::spawn(async move {
+        tokio::time::sleep_until(from).await;
+        let first = sample();
+        let last = match until {
+            Some(end) => {
+                tokio::time::sleep_until(end).await;
+                Some(sample())
+            }
+            None => None,
+        };
+        (first, last, sample)
+    });
     let workers: Vec<_> = connections
         .into_iter()
         .map(|mut conn| {
@@ -267,7 +302,9 @@ where
         Plan::Count(_) => start.elapsed(),
         Plan::For { measure, .. } => measure,
     };
-    Ok(total.summary(elapsed))
+    let (first, last, sample) = sampler.await?;
+    let last = last.unwrap_or_else(sample);
+    Ok((total.summary(elapsed), first, last))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Child processes under test (discovery nodes, the ceiling), their memory
-//! (`VmRSS` from `/proc/<pid>/status`), the open-file limit, and the machine
-//! a run happened on.
+//! (`VmRSS` from `/proc/<pid>/status`) and CPU time (`utime` + `stime` from
+//! `/proc/<pid>/stat`), the open-file limit, and the machine a run happened
+//! on.
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
@@ -15,7 +16,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::{net::SocketAddr, process::Stdio};
+use std::{net::SocketAddr, process::Stdio, time::Duration};
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -65,6 +66,42 @@ pub fn rss_of(pid: u32) -> anyhow::Result<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     parse_kb_field(&text, "VmRSS:").context("no VmRSS line")
+}
+
+/// The CPU time a running child has used so far.
+pub trait CpuTime {
+    /// User plus system time of all its threads.
+    fn cpu_time(&self) -> anyhow::Result<Duration>;
+}
+
+impl CpuTime for Server {
+    fn cpu_time(&self) -> anyhow::Result<Duration> {
+        cpu_time_of(self.id().context("the process has exited")?)
+    }
+}
+
+/// `utime + stime` of a process (all its threads, not its children).
+pub fn cpu_time_of(pid: u32) -> anyhow::Result<Duration> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let ticks = parse_cpu_ticks(&text).context("no utime/stime in /proc/<pid>/stat")?;
+    // The kernel reports these in clock ticks (USER_HZ), not jiffies.
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    Ok(Duration::from_nanos(
+        u64::try_from(u128::from(ticks) * 1_000_000_000 / u128::from(hz)).unwrap_or(u64::MAX),
+    ))
+}
+
+/// `utime + stime`, in clock ticks, of a `/proc/<pid>/stat` line. The
+/// command name (field 2) is in parentheses and may itself hold spaces and
+/// parentheses, so fields are counted from the last `)`: after it come
+/// `state` (field 3) … `utime` (14) and `stime` (15).
+pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// A `Name:   1234 kB` field of a `/proc` file, in bytes.
@@ -134,5 +171,29 @@ mod tests {
     #[test]
     fn own_rss_is_readable() {
         assert!(rss_of(std::process::id()).unwrap() > 0);
+    }
+
+    #[test]
+    fn cpu_ticks_are_counted_after_the_command_name() {
+        // Fields 1–15 of a real line, with a command name that holds a
+        // space and a parenthesis: utime 250, stime 17.
+        let stat = "4242 (tokio (w) 1) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 17 0 0 20 0 9\n";
+        assert_eq!(parse_cpu_ticks(stat), Some(267));
+        assert_eq!(parse_cpu_ticks("4242 (x) S 1 2"), None);
+        assert_eq!(parse_cpu_ticks("no parenthesis"), None);
+    }
+
+    #[test]
+    fn own_cpu_time_grows() {
+        let before = cpu_time_of(std::process::id()).unwrap();
+        // Spin until the tick counter moves (a tick is 10 ms at 100 Hz).
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while cpu_time_of(std::process::id()).unwrap() == before
+            && start.elapsed() < Duration::from_secs(5)
+        {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        assert!(cpu_time_of(std::process::id()).unwrap() > before);
     }
 }

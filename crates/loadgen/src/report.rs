@@ -115,6 +115,106 @@ impl Row {
     }
 }
 
+/// Memory per unit of work: per instance, or per parked poller.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PerUnit {
+    /// `instance` or `poller`.
+    pub unit: String,
+    /// Our server's RSS growth per unit, bytes.
+    pub ours: f64,
+    /// The ceiling's, when it has one (parked pollers).
+    pub ceiling: Option<f64>,
+}
+
+/// One line of the scaling table: a figure at one size of the work, next
+/// to its ceiling at the same size, with the CPU time each process spent
+/// per operation and the server's memory at that size.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScalingRow {
+    /// The size: `100/app (36.9 kB)`, `1M instances`, `10k pollers`.
+    pub size: String,
+    /// What was measured: `fetch ops/s`, `register ops/s`, `wake-up p99`…
+    pub figure: String,
+    /// Unit of `ours` and `ceiling`.
+    pub unit: String,
+    /// Our server's figure (none on a memory-only line).
+    pub ours: Option<f64>,
+    /// The ceiling's figure.
+    pub ceiling: Option<f64>,
+    /// Which ceiling.
+    pub ceiling_name: Option<String>,
+    /// Our server's CPU time per operation, microseconds.
+    pub cpu_us_ours: Option<f64>,
+    /// The ceiling's CPU time per operation, microseconds.
+    pub cpu_us_ceiling: Option<f64>,
+    /// Our server's RSS at this size, bytes.
+    pub rss_bytes: Option<u64>,
+    /// RSS per unit of the size.
+    pub rss_per: Option<PerUnit>,
+}
+
+impl ScalingRow {
+    /// A figure at `size` without ceiling, CPU or memory yet.
+    pub fn new(size: &str, figure: &str, ours: Option<f64>, unit: &str) -> ScalingRow {
+        ScalingRow {
+            size: size.into(),
+            figure: figure.into(),
+            unit: unit.into(),
+            ours,
+            ceiling: None,
+            ceiling_name: None,
+            cpu_us_ours: None,
+            cpu_us_ceiling: None,
+            rss_bytes: None,
+            rss_per: None,
+        }
+    }
+
+    /// Our figure divided by the ceiling's.
+    pub fn ratio(&self) -> Option<f64> {
+        ratio(self.ours?, self.ceiling?)
+    }
+
+    /// The same figures as rows of the main table, under the scenario
+    /// `scaling`, so that the JSON and the table hold them too.
+    pub fn rows(&self) -> Vec<Row> {
+        let mut rows = Vec::new();
+        let at = |what: &str| format!("{what} @ {}", self.size);
+        if let Some(v) = self.ours {
+            let mut r = Row::new("scaling", &at(&self.figure), v, &self.unit);
+            if let (Some(c), Some(name)) = (self.ceiling, &self.ceiling_name) {
+                r = r.ratio(name, c);
+            }
+            rows.push(r);
+        }
+        if let Some(v) = self.cpu_us_ours {
+            let op = self.figure.trim_end_matches(" ops/s");
+            let mut r = Row::new("scaling", &at(&format!("{op} CPU/op")), v, "µs")
+                .note("utime + stime of the server process per operation");
+            if let Some(c) = self.cpu_us_ceiling {
+                r = r.ratio("ceiling CPU/op", c);
+            }
+            rows.push(r);
+        }
+        if let Some(b) = self.rss_bytes {
+            rows.push(Row::new(
+                "scaling",
+                &at("RSS"),
+                b as f64 / (1024.0 * 1024.0),
+                "MiB",
+            ));
+        }
+        if let Some(p) = &self.rss_per {
+            let mut r = Row::new("scaling", &at(&format!("RSS per {}", p.unit)), p.ours, "B");
+            if let Some(c) = p.ceiling {
+                r = r.ratio("ceiling", c);
+            }
+            rows.push(r);
+        }
+        rows
+    }
+}
+
 /// A whole run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -126,6 +226,8 @@ pub struct Report {
     pub machine: Machine,
     /// The figures.
     pub rows: Vec<Row>,
+    /// The scaling table (its figures are in `rows` too).
+    pub scaling: Vec<ScalingRow>,
     /// Remarks about the run.
     pub notes: Vec<String>,
 }
@@ -176,6 +278,55 @@ impl Report {
                 human(r.value),
                 r.unit,
                 r.note
+            );
+        }
+        out
+    }
+}
+
+impl Report {
+    /// The compact scaling table printed at the end of a run (pasted in
+    /// BENCHMARKS.md); empty when the run had none.
+    pub fn scaling_table(&self) -> String {
+        let mut out = String::new();
+        if self.scaling.is_empty() {
+            return out;
+        }
+        let _ = writeln!(
+            out,
+            "| size | figure | ours | ceiling | ratio | CPU/op ours | CPU/op ceiling | RSS |"
+        );
+        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---|");
+        let value = |v: Option<f64>, unit: &str| {
+            v.map_or_else(String::new, |v| format!("{} {unit}", human(v)))
+        };
+        for r in &self.scaling {
+            let ceiling = match (&r.ceiling, &r.ceiling_name) {
+                (Some(c), Some(name)) => format!("{} {} ({name})", human(*c), r.unit),
+                (Some(c), None) => format!("{} {}", human(*c), r.unit),
+                _ => String::new(),
+            };
+            let ratio = r.ratio().map_or_else(String::new, |x| format!("{x:.2}"));
+            let mut rss = r.rss_bytes.map_or_else(String::new, |b| {
+                format!("{} MiB", human(b as f64 / (1024.0 * 1024.0)))
+            });
+            if let Some(p) = &r.rss_per {
+                if !rss.is_empty() {
+                    rss.push_str(", ");
+                }
+                let _ = write!(rss, "{} B/{}", human(p.ours), p.unit);
+                if let Some(c) = p.ceiling {
+                    let _ = write!(rss, " (ceiling {} B)", human(c));
+                }
+            }
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {ceiling} | {ratio} | {} | {} | {rss} |",
+                r.size,
+                r.figure,
+                value(r.ours, &r.unit),
+                value(r.cpu_us_ours, "µs"),
+                value(r.cpu_us_ceiling, "µs"),
             );
         }
         out
@@ -257,8 +408,10 @@ mod tests {
                     .ratio("fetch-size", 100.0)
                     .target(Target::RatioAtLeast(0.4)),
             ],
+            scaling: vec![],
             notes: vec![],
         };
+        assert_eq!(report.scaling_table(), "");
         let t = report.table();
         assert!(
             t.contains(
@@ -266,5 +419,49 @@ mod tests {
             ),
             "{t}"
         );
+    }
+
+    #[test]
+    fn scaling_table_and_rows() {
+        let mut fetch = ScalingRow::new("100/app (36.9 kB)", "fetch ops/s", Some(40_000.0), "/s");
+        fetch.ceiling = Some(50_000.0);
+        fetch.ceiling_name = Some("36899 B".into());
+        fetch.cpu_us_ours = Some(30.0);
+        fetch.cpu_us_ceiling = Some(20.0);
+        let mut reg = ScalingRow::new("1.00M instances", "register ops/s", Some(10.0), "/s");
+        reg.rss_bytes = Some(1024 * 1024 * 1400);
+        reg.rss_per = Some(PerUnit {
+            unit: "instance".into(),
+            ours: 1400.0,
+            ceiling: None,
+        });
+        let mut empty = ScalingRow::new("0 instances", "RSS", None, "");
+        empty.rss_bytes = Some(8 * 1024 * 1024);
+        let report = Report {
+            started: utc(0),
+            mode: "check".into(),
+            machine: Machine::probe(0),
+            rows: vec![],
+            scaling: vec![fetch.clone(), reg, empty.clone()],
+            notes: vec![],
+        };
+        let t = report.scaling_table();
+        assert!(
+            t.contains("| 100/app (36.9 kB) | fetch ops/s | 40.0k /s | 50.0k /s (36899 B) | 0.80 | 30.0 µs | 20.0 µs |  |"),
+            "{t}"
+        );
+        assert!(t.contains("| 1400 MiB, 1400 B/instance |"), "{t}");
+        assert!(
+            t.contains("| 0 instances | RSS |  |  |  |  |  | 8.00 MiB |"),
+            "{t}"
+        );
+        let rows = fetch.rows();
+        assert_eq!(rows.len(), 2);
+        assert!(rows.iter().all(|r| r.scenario == "scaling"));
+        assert_eq!(rows[0].figure, "fetch ops/s @ 100/app (36.9 kB)");
+        assert_eq!(rows[0].ratio, Some(0.8));
+        assert_eq!(rows[1].figure, "fetch CPU/op @ 100/app (36.9 kB)");
+        assert_eq!(rows[1].ratio, Some(1.5));
+        assert_eq!(empty.rows().len(), 1);
     }
 }

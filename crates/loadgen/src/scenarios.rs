@@ -1,6 +1,7 @@
 //! The benchmark scenarios, run against `discovery` child processes:
-//! register, renew, fetch/fetchs, poll wake-up, memory, a cancel flood, and
-//! a 3-node cluster's replication; each throughput figure next to a ceiling
+//! register, renew, fetch/fetchs, poll wake-up, memory, a cancel flood, a
+//! 3-node cluster's replication, and the scaling table (the same figures at
+//! growing sizes of the work); each throughput figure next to a ceiling
 //! measured in the same run.
 //!
 //! One file, longer than the others on purpose: the scenarios run in order
@@ -34,9 +35,9 @@ use tokio::{
 
 use crate::{
     args::{RunArgs, Scale},
-    client::{Conn, Plan, Req, drive},
+    client::{Conn, Plan, Req, drive, drive_sampled},
     proc::{Machine, Rss as _, Server, free_addr, spawn},
-    report::{Report, Row, Target},
+    report::{PerUnit, Report, Row, ScalingRow, Target},
     stats::{Recorder, Summary},
 };
 
@@ -123,6 +124,7 @@ pub struct Bench {
     dir: PathBuf,
     machine: Machine,
     rows: Vec<Row>,
+    scaling: Vec<ScalingRow>,
     notes: Vec<String>,
 }
 
@@ -158,6 +160,7 @@ impl Bench {
             dir,
             machine: Machine::probe(nofile),
             rows: Vec::new(),
+            scaling: Vec::new(),
             notes: Vec::new(),
         })
     }
@@ -201,17 +204,53 @@ impl Bench {
     }
 
     async fn measure_ceiling(&self, body_bytes: usize) -> anyhow::Result<Summary> {
+        Ok(self
+            .measure_ceiling_cpu(body_bytes, self.scale.measure)
+            .await?
+            .0)
+    }
+
+    /// The ceiling for `body_bytes` over `window`, with its CPU time per
+    /// request in microseconds.
+    async fn measure_ceiling_cpu(
+        &self,
+        body_bytes: usize,
+        window: Duration,
+    ) -> anyhow::Result<(Summary, f64)> {
         let mut c = self.start_ceiling(body_bytes).await?;
-        let s = drive(
-            c.addr,
+        let s = self
+            .measure_cpu(&c, window, |_| {
+                Req::get("/discovery/fetch?env=dev&appid=x&status=1")
+            })
+            .await;
+        c.kill().await;
+        let s = s?;
+        check(&s.0, "ceiling")?;
+        Ok(s)
+    }
+
+    /// [`drive`] for `window` against `server`, with the CPU time the
+    /// server process spent per operation of the window, in microseconds.
+    async fn measure_cpu<F>(
+        &self,
+        server: &Server,
+        window: Duration,
+        make: F,
+    ) -> anyhow::Result<(Summary, f64)>
+    where
+        F: Fn(u64) -> Req + Send + Sync + 'static,
+    {
+        let pid = server.id().context("the server has exited")?;
+        let (s, before, after) = drive_sampled(
+            server.addr,
             self.args.conns,
-            Plan::timed(self.scale.measure),
-            |_| Req::get("/discovery/fetch?env=dev&appid=x&status=1"),
+            Plan::timed(window),
+            make,
+            move || crate::proc::cpu_time_of(pid),
         )
         .await?;
-        c.kill().await;
-        check(&s, "ceiling")?;
-        Ok(s)
+        let spent = after?.saturating_sub(before?);
+        Ok((s, spent.as_secs_f64() * 1e6 / s.ops.max(1) as f64))
     }
 
     /// Runs every scenario and returns the report.
@@ -221,9 +260,14 @@ impl Bench {
             "mode {}; load generator on the same {} cores as the servers; {} connections; server logs at RUST_LOG=warn",
             self.scale.mode, self.machine.nproc, self.args.conns
         ));
-        let single = self.single_node().await?;
-        if !self.args.no_cluster {
-            self.cluster(single).await?;
+        if self.args.runs_main() {
+            let single = self.single_node().await?;
+            if !self.args.no_cluster {
+                self.cluster(single).await?;
+            }
+        }
+        if self.args.runs_scaling() {
+            self.scaling().await?;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         Ok(Report {
@@ -231,6 +275,7 @@ impl Bench {
             mode: self.scale.mode.into(),
             machine: self.machine,
             rows: self.rows,
+            scaling: self.scaling,
             notes: self.notes,
         })
     }
@@ -407,10 +452,7 @@ impl Bench {
         // 4. Poll wake-up, with the memory of parked pollers.
         for &pollers in &scale.pollers {
             self.say(&format!("poll wake-up: {pollers} parked pollers"));
-            let mut ceiling = self.start_ceiling(renew_bytes).await?;
-            let cw = poll_wakeup(&ceiling, pollers, false).await?;
-            ceiling.kill().await;
-            let w = poll_wakeup(&node, pollers, true).await?;
+            let (cw, w) = self.wakeup_pair(&node, pollers, renew_bytes).await?;
             let name = format!("poll wake-up {pollers}");
             let cname = format!("{pollers} parked on ceiling");
             for (figure, v, c) in [
@@ -440,16 +482,14 @@ impl Bench {
             if pollers >= 10_000 {
                 self.set_target(&name, "p99", Target::AtMost(50.0));
             }
-            let per =
-                |w: &Wakeup| w.rss_parked.saturating_sub(w.rss_before) as f64 / pollers as f64;
             self.rows.push(
                 Row::new(
                     "memory",
                     &format!("RSS per parked poller ({pollers})"),
-                    per(&w),
+                    w.rss_per_poller(pollers),
                     "B",
                 )
-                .ratio(&cname, per(&cw))
+                .ratio(&cname, cw.rss_per_poller(pollers))
                 .target(Target::AtMost(8192.0))
                 .note("connection, request and waiter; kernel socket memory is not in RSS"),
             );
@@ -784,6 +824,234 @@ impl Bench {
         }
         Ok(())
     }
+
+    /// The ceiling's wake-up of `pollers` parked polls (parking on a body
+    /// of `body_bytes`), then ours on `node`.
+    async fn wakeup_pair(
+        &self,
+        node: &Server,
+        pollers: usize,
+        body_bytes: usize,
+    ) -> anyhow::Result<(Wakeup, Wakeup)> {
+        let mut ceiling = self.start_ceiling(body_bytes).await?;
+        let cw = poll_wakeup(&ceiling, pollers, false).await?;
+        ceiling.kill().await;
+        let w = poll_wakeup(node, pollers, true).await?;
+        Ok((cw, w))
+    }
+
+    fn push_scaling(&mut self, row: ScalingRow) {
+        self.rows.extend(row.rows());
+        self.scaling.push(row);
+    }
+
+    /// The scaling table: how cost grows with work. On one node, the fetch
+    /// of one app at each answer size, each against a ceiling answering a
+    /// body of that size, and the poll wake-up at each poller count against
+    /// the parking ceiling; on a second node, started empty so that its RSS
+    /// grows with the registry alone, register and renew at each registry
+    /// size against the renew-answer-size ceiling. Every throughput row
+    /// carries the CPU time each process spent per operation over the same
+    /// window, which shows where the cost goes when the ratio drops.
+    async fn scaling(&mut self) -> anyhow::Result<()> {
+        let sc = self.scale.scaling.clone();
+        let window = sc.measure;
+        let conns = self.args.conns;
+
+        self.say("scaling: starting a node for fetch and poll wake-up");
+        let mut node = self.start_nodes(1, "scaling-fetch").await?.remove(0);
+        let mut ctl = Conn::connect(node.addr).await?;
+        for &per_app in &sc.fetch_per_app {
+            // One app of `per_app` instances; every request fetches it, as
+            // the fetch scenario's apps are fetched (its answer is built
+            // once and served until the app changes).
+            let prefix = format!("scale{per_app}");
+            let p = prefix.clone();
+            let workers = usize::try_from(per_app).unwrap_or(conns).clamp(1, conns);
+            let loaded = drive(node.addr, workers, Plan::count(per_app), move |i| {
+                let (a, h) = instance(&p, 1, i);
+                register_req(&a, &h, i)
+            })
+            .await?;
+            check(&loaded, "register (scaling fetch)")?;
+            let app = instance(&prefix, 1, 0).0;
+            let answer = ctl.send(fetch_req(&app)).await?;
+            ensure!(answer.is_ok(), "fetch {app}: {:?}", answer.body);
+            let bytes = answer.body.len();
+            self.say(&format!(
+                "scaling: fetch of {per_app} instances ({bytes} B answer) and its ceiling"
+            ));
+            let (c, c_cpu) = self.measure_ceiling_cpu(bytes, window).await?;
+            let (s, cpu) = self
+                .measure_cpu(&node, window, move |_| fetch_req(&app))
+                .await?;
+            check(&s, "fetch (scaling)")?;
+            if s.mean_body_bytes != bytes as u64 {
+                self.notes.push(format!(
+                    "scaling: fetch of {per_app} answered {} B on average, its ceiling {bytes} B",
+                    s.mean_body_bytes
+                ));
+            }
+            let mut row = ScalingRow::new(
+                &format!("{per_app}/app ({})", bytes_label(bytes)),
+                "fetch ops/s",
+                Some(s.ops_per_s),
+                "/s",
+            );
+            row.ceiling = Some(c.ops_per_s);
+            row.ceiling_name = Some(format!("{bytes} B"));
+            row.cpu_us_ours = Some(cpu);
+            row.cpu_us_ceiling = Some(c_cpu);
+            self.push_scaling(row);
+        }
+
+        // The poll ceiling parks on, and the write ceiling answers, a body
+        // the size of a renew answer.
+        let (a, h) = instance("scale1", 1, 0);
+        let renew = ctl.send(renew_req(&a, &h)).await?;
+        ensure!(renew.is_ok(), "renew: {:?}", renew.body);
+        let small = renew.body.len();
+        for &pollers in &sc.pollers {
+            self.say(&format!(
+                "scaling: poll wake-up of {pollers} parked pollers"
+            ));
+            let (cw, w) = self.wakeup_pair(&node, pollers, small).await?;
+            let mut row = ScalingRow::new(
+                &format!("{} pollers", size_label(pollers as u64)),
+                "wake-up p99",
+                Some(w.wake.p99_ms),
+                "ms",
+            );
+            row.ceiling = Some(cw.wake.p99_ms);
+            row.ceiling_name = Some(format!("{pollers} parked on ceiling"));
+            row.rss_per = Some(PerUnit {
+                unit: "poller".into(),
+                ours: w.rss_per_poller(pollers),
+                ceiling: Some(cw.rss_per_poller(pollers)),
+            });
+            self.push_scaling(row);
+        }
+        drop(ctl);
+        node.kill().await;
+
+        self.say(&format!("scaling: the {small} B ceiling"));
+        let (small_c, small_cpu) = self.measure_ceiling_cpu(small, window).await?;
+        let small_name = format!("{small} B");
+
+        self.say("scaling: starting an empty node for register and renew");
+        let mut node = self.start_nodes(1, "scaling-size").await?.remove(0);
+        let addr = node.addr;
+        sleep(Duration::from_millis(500)).await;
+        let rss_empty = node.rss()?;
+        let mut empty = ScalingRow::new("0 instances", "RSS (empty)", None, "");
+        empty.rss_bytes = Some(rss_empty);
+        self.push_scaling(empty);
+        let mut have = 0u64;
+        for &n in &sc.registry {
+            self.say(&format!("scaling: growing the registry to {n} instances"));
+            let from = have;
+            let grown = drive(addr, conns, Plan::count(n - from), move |i| {
+                let k = from + sized_key(i, n - from);
+                let (a, h) = sized_instance(k);
+                register_req(&a, &h, k)
+            })
+            .await?;
+            check(&grown, "register (scaling growth)")?;
+            have = n;
+            sleep(Duration::from_millis(500)).await;
+            let rss = node.rss()?;
+
+            // Re-registers of existing keys: the registry stays at n, which
+            // is what "register at size n" means; a new key per request
+            // would grow it by the rate times the window.
+            self.say(&format!("scaling: register and renew at {n} instances"));
+            let (reg, reg_cpu) = self
+                .measure_cpu(&node, window, move |i| {
+                    let k = sized_key(i, n);
+                    let (a, h) = sized_instance(k);
+                    register_req(&a, &h, k)
+                })
+                .await?;
+            check(&reg, "re-register (scaling)")?;
+            let (ren, ren_cpu) = self
+                .measure_cpu(&node, window, move |i| {
+                    let (a, h) = sized_instance(sized_key(i, n));
+                    renew_req(&a, &h)
+                })
+                .await?;
+            check(&ren, "renew (scaling)")?;
+            let size = format!("{} instances", size_label(n));
+            for (figure, s, cpu) in [
+                ("register ops/s", &reg, reg_cpu),
+                ("renew ops/s", &ren, ren_cpu),
+            ] {
+                let mut row = ScalingRow::new(&size, figure, Some(s.ops_per_s), "/s");
+                row.ceiling = Some(small_c.ops_per_s);
+                row.ceiling_name = Some(small_name.clone());
+                row.cpu_us_ours = Some(cpu);
+                row.cpu_us_ceiling = Some(small_cpu);
+                if figure.starts_with("register") {
+                    row.rss_bytes = Some(rss);
+                    row.rss_per = Some(PerUnit {
+                        unit: "instance".into(),
+                        ours: rss.saturating_sub(rss_empty) as f64 / n as f64,
+                        ceiling: None,
+                    });
+                }
+                self.push_scaling(row);
+            }
+        }
+        node.kill().await;
+        self.notes.push(format!(
+            "scaling: {window:?} windows, {conns} conns; register rows re-register existing keys (the size stays put); \
+             RSS is the server's after the size was reached, per instance above the empty node; \
+             CPU/op is the process's utime + stime over the window divided by the operations in it"
+        ));
+        Ok(())
+    }
+}
+
+/// Instances per app of the scaling registry: as many as the register
+/// scenario's apps hold.
+const SIZED_PER_APP: u64 = 100;
+
+/// The `k`-th instance of the scaling registry: app `k / 100`, so that
+/// growing the registry adds apps and leaves the existing ones as they are.
+fn sized_instance(k: u64) -> (String, String) {
+    (
+        format!("bench.size.{:05}", k / SIZED_PER_APP),
+        format!("host-{:07}", k % SIZED_PER_APP),
+    )
+}
+
+/// The key (below `n`, a multiple of 100) that operation `i` touches:
+/// dealt round-robin over the apps, as in the register scenario, so that
+/// concurrent operations rarely meet on one app; every key once per `n`
+/// operations.
+fn sized_key(i: u64, n: u64) -> u64 {
+    let apps = (n / SIZED_PER_APP).max(1);
+    let i = i % n;
+    (i % apps) * SIZED_PER_APP + i / apps
+}
+
+/// `472` → `472 B`, `37194` → `37.2 kB`.
+fn bytes_label(n: usize) -> String {
+    if n < 1_000 {
+        format!("{n} B")
+    } else {
+        format!("{:.1} kB", n as f64 / 1_000.0)
+    }
+}
+
+/// `10000` → `10k`, `1000000` → `1M`, `250` → `250`.
+fn size_label(n: u64) -> String {
+    if n >= 1_000_000 && n % 1_000_000 == 0 {
+        format!("{}M", n / 1_000_000)
+    } else if n >= 1_000 && n % 1_000 == 0 {
+        format!("{}k", n / 1_000)
+    } else {
+        n.to_string()
+    }
 }
 
 fn renew_requests(s: &Summary, scale: &Scale) -> f64 {
@@ -953,6 +1221,13 @@ struct Wakeup {
     rss_parked: u64,
 }
 
+impl Wakeup {
+    /// RSS growth per parked poller, bytes.
+    fn rss_per_poller(&self, pollers: usize) -> f64 {
+        self.rss_parked.saturating_sub(self.rss_before) as f64 / pollers.max(1) as f64
+    }
+}
+
 /// Parks `n` long polls (one connection each) on a fresh app, registers
 /// one instance there, and times every poller's answer from the register.
 /// Against the ceiling (`discovery` false) the same requests park and wake
@@ -1040,6 +1315,30 @@ mod tests {
         assert_eq!(pop.len(), 150);
         assert_eq!(pop.get(99), instance("app", 10, 99));
         assert_eq!(pop.get(100), instance("big", 5, 0));
+    }
+
+    #[test]
+    fn sized_keys_cover_the_registry_round_robin_over_apps() {
+        for n in [100, 1_000, 4_000] {
+            let mut seen: Vec<u64> = (0..n).map(|i| sized_key(i, n)).collect();
+            // Consecutive operations land on different apps.
+            if n > 100 {
+                assert_ne!(sized_instance(seen[0]).0, sized_instance(seen[1]).0);
+            }
+            seen.sort_unstable();
+            assert_eq!(seen, (0..n).collect::<Vec<_>>(), "n = {n}");
+            assert_eq!(sized_key(n, n), sized_key(0, n));
+        }
+        assert_eq!(
+            sized_instance(1_234),
+            ("bench.size.00012".into(), "host-0000034".into())
+        );
+        assert_eq!(size_label(10_000), "10k");
+        assert_eq!(size_label(1_000_000), "1M");
+        assert_eq!(size_label(250), "250");
+        assert_eq!(size_label(1_500), "1500");
+        assert_eq!(bytes_label(472), "472 B");
+        assert_eq!(bytes_label(372_664), "372.7 kB");
     }
 
     #[test]

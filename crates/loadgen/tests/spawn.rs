@@ -1,7 +1,8 @@
 //! The bench harness starts its children through testkit's launcher: the
-//! ceiling server comes up, has a resident size, and goes away on kill.
+//! ceiling server comes up, has a resident size and a CPU time, and goes
+//! away on kill.
 
-use loadgen::proc::{Rss as _, free_addr, spawn};
+use loadgen::proc::{CpuTime as _, Rss as _, free_addr, spawn};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ceiling_starts_reports_rss_and_dies() {
@@ -16,10 +17,13 @@ async fn ceiling_starts_reports_rss_and_dies() {
     ]);
     let mut c = spawn(cmd, addr, "ceiling", "/").await.unwrap();
     assert!(c.rss().unwrap() > 0);
+    // Readable while it runs (it may not have used a whole tick yet).
+    c.cpu_time().unwrap();
     testkit::signal::send(c.id().unwrap(), "TERM").unwrap();
     tokio::time::timeout(std::time::Duration::from_secs(10), c.wait())
         .await
         .expect("exits on SIGTERM")
         .unwrap();
     assert!(c.rss().is_err(), "gone");
+    assert!(c.cpu_time().is_err(), "gone");
 }

@@ -32,6 +32,11 @@ fn main() -> anyhow::Result<()> {
             for n in &report.notes {
                 println!("* {n}");
             }
+            // Last, so that it is the part of the output to copy.
+            let scaling = report.scaling_table();
+            if !scaling.is_empty() {
+                println!("\nScaling ({} mode):\n\n{scaling}", report.mode);
+            }
             std::fs::create_dir_all(&out)?;
             let stamp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
             let path = out.join(format!(
