@@ -28,7 +28,6 @@ pub(crate) struct Params {
 /// Appends the pairs of the url-encoded `text[from..]`, as ranges of
 /// `text` where no decoding was needed.
 fn parse_at(text: &str, from: usize, out: &mut Vec<(Piece, Piece)>) {
-    let base = &text.as_bytes()[from..];
     let start = text.as_ptr() as usize;
     let end = start + text.len();
     let piece = |c: std::borrow::Cow<'_, str>| match c {
@@ -41,7 +40,30 @@ fn parse_at(text: &str, from: usize, out: &mut Vec<(Piece, Piece)>) {
         // Empty text may be a static "" outside `text`.
         c => Piece::Owned(c.into_owned()),
     };
-    out.extend(form_urlencoded::parse(base).map(|(k, v)| (piece(k), piece(v))));
+    let rest = &text[from..];
+    out.reserve(rest.bytes().filter(|b| *b == b'&').count() + 1);
+    let mut at = from;
+    for pair in rest.split('&') {
+        let here = at;
+        at += pair.len() + 1;
+        if pair.is_empty() {
+            continue;
+        }
+        if pair.bytes().any(|b| b == b'%' || b == b'+') {
+            // Escaped text: the url-decoder's rules, on this pair alone.
+            out.extend(
+                form_urlencoded::parse(pair.as_bytes())
+                    .take(1)
+                    .map(|(k, v)| (piece(k), piece(v))),
+            );
+            continue;
+        }
+        let (k, v) = match pair.find('=') {
+            Some(eq) => (here..here + eq, here + eq + 1..here + pair.len()),
+            None => (here..here + pair.len(), here + pair.len()..here + pair.len()),
+        };
+        out.push((Piece::At(k), Piece::At(v)));
+    }
 }
 
 /// Appends the pairs of bytes that are not UTF-8 (decoded lossily, as
@@ -238,6 +260,32 @@ mod tests {
         assert_eq!(p.list("appid"), ["a,b", "c"]);
         assert_eq!(p.list("addrs"), ["x://h:1"]);
         assert_eq!(p.str("appid"), "a,b");
+    }
+
+    #[test]
+    fn binding_decodes_as_the_url_decoder_does() {
+        for q in [
+            "a=1&b=2",
+            "a=1&&b=&=3&c&d=x=y",
+            "k%20ey=v+al%26ue&plain=p&e=%zz&u=%C3%A9&x=%FF",
+            "&",
+            "",
+            "only",
+            "a=b+c=d",
+        ] {
+            let p = Params::from_query(q);
+            let ours: Vec<(&str, &str)> = p
+                .pairs
+                .iter()
+                .map(|(k, v)| (p.text(k), p.text(v)))
+                .collect();
+            let theirs: Vec<(String, String)> = form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            let theirs: Vec<(&str, &str)> =
+                theirs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            assert_eq!(ours, theirs, "{q:?}");
+        }
     }
 
     #[test]

@@ -75,7 +75,10 @@ pub(super) async fn poll(
     headers: HeaderMap,
     Bound(p): Bound,
 ) -> Result<Response, Reply> {
-    let (api, headers) = (&*api, &headers);
+    // Read what the headers say before parking: a held request keeps
+    // nothing it no longer needs.
+    let (api, hold) = (&*api, api.hold(&headers));
+    drop(headers);
     let (env, appids, stamps) = poll_params(api, &p)?;
     let appid = appids[0];
     let since = if stamps.len() == appids.len() {
@@ -102,7 +105,7 @@ pub(super) async fn poll(
     }
     hold_until(
         api,
-        headers,
+        hold,
         &mut subs,
         || answer(watch.classify(api).pop().unwrap_or(PollState::Missing)),
         || Reply::code(NOT_MODIFIED).into_response(),
@@ -117,7 +120,10 @@ pub(super) async fn polls(
     headers: HeaderMap,
     Bound(p): Bound,
 ) -> Result<Response, Reply> {
-    let (api, headers) = (&*api, &headers);
+    // Read what the headers say before parking: a held request keeps
+    // nothing it no longer needs.
+    let (api, hold) = (&*api, api.hold(&headers));
+    drop(headers);
     let (env, appids, stamps) = poll_params(api, &p)?;
     api.check_appids(&appids)?;
     if stamps.len() != appids.len() {
@@ -143,7 +149,7 @@ pub(super) async fn polls(
     let newer = |states: &[PollState]| states.iter().any(PollState::is_newer);
     hold_until(
         api,
-        headers,
+        hold,
         &mut subs,
         || {
             let states = watch.classify(api);
@@ -170,14 +176,14 @@ pub(super) async fn polls(
 /// with `on_expiry` when the hold ends, and with `-304` on shutdown.
 async fn hold_until(
     api: &Api,
-    headers: &HeaderMap,
+    hold: std::time::Duration,
     subs: &mut [crate::registry::Subscription],
     mut on_change: impl FnMut() -> Option<Response>,
     on_expiry: impl FnOnce() -> Response,
 ) -> Result<Response, Reply> {
     api.check_pollers()?;
     let _parked = api.registry.watchers().park();
-    let hold = tokio::time::sleep(api.hold(headers));
+    let hold = tokio::time::sleep(hold);
     tokio::pin!(hold);
     loop {
         tokio::select! {
