@@ -244,16 +244,11 @@ async fn log_instances(discovery: Discovery, appid: String) {
 }
 
 /// Installs the SIGTERM and SIGINT handlers now; the returned future
-/// resolves at the first signal.
+/// resolves at the first signal, once it is logged.
 fn signals() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let signal = naming::signals::shutdown()?;
     Ok(async move {
-        let sig = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
+        let sig = signal.await;
         info!("{sig}: shutting down");
     })
 }

@@ -127,20 +127,6 @@ fn write_ready_file(path: &std::path::Path, addr: SocketAddr) -> anyhow::Result<
         .with_context(|| format!("writing the ready file {}", path.display()))
 }
 
-/// Installs the SIGTERM and SIGINT handlers now; the returned future
-/// resolves with the first signal's name.
-fn signals() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        }
-    })
-}
-
 /// Registers, retrying every second while the registry cannot be reached,
 /// until `stop` fires. Returns `None` when stopped first.
 async fn register(
@@ -171,7 +157,7 @@ async fn run(cli: Cli, discovery: Discovery) -> anyhow::Result<()> {
         config.appid.clone()
     };
     let color = cli.color.clone().unwrap_or_else(|| config.color.clone());
-    let signal = signals().context("installing signal handlers")?;
+    let signal = naming::signals::shutdown().context("installing signal handlers")?;
 
     let listener = tokio::net::TcpListener::bind(cli.grpc_addr)
         .await

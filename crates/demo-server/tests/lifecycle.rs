@@ -24,13 +24,11 @@ fn demo_server() -> Command {
 
 /// `GET /discovery/fetch` of demo.service on `node`: the UP instances.
 async fn instances(node: &str) -> Vec<serde_json::Value> {
-    let url = format!("{node}/discovery/fetch?zone=zone01&env=dev&appid=demo.service&status=1");
-    let body: serde_json::Value = reqwest::get(url)
-        .await
-        .expect("fetch")
-        .json()
-        .await
-        .expect("JSON");
+    let body = testkit::http::get_json(
+        node,
+        "/discovery/fetch?zone=zone01&env=dev&appid=demo.service&status=1",
+    )
+    .await;
     body["data"]["instances"]
         .as_object()
         .map(|zones| {

@@ -62,23 +62,9 @@ enum Cmd {
     },
 }
 
-/// Installs the SIGINT and SIGTERM handlers now; the returned future
-/// resolves with the first signal's name.
-fn signals() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        }
-    })
-}
-
 async fn up(check: bool, zones: bool) -> anyhow::Result<()> {
     // Handlers first: a signal during start-up stops what has started.
-    let signal = signals()?;
+    let signal = naming::signals::shutdown()?;
     // A terminal's Ctrl-C then reaches this process only, which stops the
     // children in order.
     testkit::own_process_groups();

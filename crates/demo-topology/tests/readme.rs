@@ -732,36 +732,26 @@ async fn cluster_configs_form_one_cluster() {
 
     // A write on node 1 is on node 3; node 2 lists all three members.
     let http = reqwest::Client::new();
-    let r: serde_json::Value = http
-        .post(format!("http://{}/discovery/register", addrs[0]))
-        .form(&[
-            ("zone", "sh001"),
-            ("env", "dev"),
-            ("appid", "provider"),
-            ("hostname", "myhostname"),
-            ("status", "1"),
-            ("addrs", "grpc://127.0.0.1:9000"),
-        ])
-        .send()
-        .await
-        .expect("register")
-        .json()
-        .await
-        .expect("JSON");
+    let r: serde_json::Value = testkit::http::send_json(
+        http.post(format!("http://{}/discovery/register", addrs[0]))
+            .form(&[
+                ("zone", "sh001"),
+                ("env", "dev"),
+                ("appid", "provider"),
+                ("hostname", "myhostname"),
+                ("status", "1"),
+                ("addrs", "grpc://127.0.0.1:9000"),
+            ]),
+    )
+    .await;
     assert_eq!(r["code"], 0, "{r}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let f: serde_json::Value = http
-            .get(format!(
-                "http://{}/discovery/fetch?zone=sh001&env=dev&appid=provider&status=1",
-                addrs[2]
-            ))
-            .send()
-            .await
-            .expect("fetch")
-            .json()
-            .await
-            .expect("JSON");
+        let f: serde_json::Value = testkit::http::send_json(http.get(format!(
+            "http://{}/discovery/fetch?zone=sh001&env=dev&appid=provider&status=1",
+            addrs[2]
+        )))
+        .await;
         if f["code"] == 0 {
             break;
         }
@@ -770,14 +760,9 @@ async fn cluster_configs_form_one_cluster() {
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let n: serde_json::Value = http
-            .get(format!("http://{}/discovery/nodes", addrs[1]))
-            .send()
-            .await
-            .expect("nodes")
-            .json()
-            .await
-            .expect("JSON");
+        let n: serde_json::Value =
+            testkit::http::send_json(http.get(format!("http://{}/discovery/nodes", addrs[1])))
+                .await;
         let listed = n["data"].to_string();
         if addrs.iter().all(|a| listed.contains(a.as_str())) {
             break;

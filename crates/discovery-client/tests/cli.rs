@@ -89,22 +89,26 @@ struct Running {
     child: tokio::process::Child,
     stdout: Lines,
     stderr: Lines,
+    /// The tasks collecting them, done at EOF.
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 type Lines = std::sync::Arc<parking_lot::Mutex<Vec<String>>>;
 
-fn collect(r: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Lines {
+fn collect(
+    r: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+) -> (Lines, tokio::task::JoinHandle<()>) {
     use tokio::io::AsyncBufReadExt;
     let lines = Lines::default();
     let out = std::sync::Arc::clone(&lines);
-    tokio::spawn(async move {
+    let reader = tokio::spawn(async move {
         let mut r = tokio::io::BufReader::new(r).lines();
         while let Ok(Some(l)) = r.next_line().await {
             println!("[discoveryctl] {l}");
             out.lock().push(l);
         }
     });
-    lines
+    (lines, reader)
 }
 
 fn spawn_ctl(args: &[&str]) -> Running {
@@ -118,12 +122,13 @@ fn spawn_ctl(args: &[&str]) -> Running {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let stdout = collect(child.stdout.take().unwrap());
-    let stderr = collect(child.stderr.take().unwrap());
+    let (stdout, out_reader) = collect(child.stdout.take().unwrap());
+    let (stderr, err_reader) = collect(child.stderr.take().unwrap());
     Running {
         child,
         stdout,
         stderr,
+        readers: vec![out_reader, err_reader],
     }
 }
 
@@ -138,8 +143,12 @@ impl Running {
             .await
             .expect("exits within 10 s")
             .unwrap();
-        // The readers end at EOF right after the exit.
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        for r in self.readers.drain(..) {
+            tokio::time::timeout(std::time::Duration::from_secs(5), r)
+                .await
+                .expect("stdout and stderr end within 5 s of the exit")
+                .unwrap();
+        }
         st
     }
 }

@@ -62,7 +62,8 @@ async fn survives_one_of_three_nodes_dying_and_restarting() {
     let by_addr = |a: String| addrs.iter().position(|x| *x == a).unwrap();
     let victim = by_addr(provider.current_node());
     topo.stop(victim).await;
-    // Longer than the 3 s lease: renews must reach the survivors.
+    // Fixed: longer than the 3 s lease, so that only renews reaching the
+    // survivors keep the instance.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let c_node = by_addr(consumer.current_node());
     let second = if c_node == victim { None } else { Some(c_node) };

@@ -105,6 +105,20 @@ async fn seen(
     start.elapsed()
 }
 
+/// [`seen`] by each of `watches`; returns the slowest.
+async fn seen_by_all(
+    watches: &[&discovery_client::Watch],
+    start: Instant,
+    what: &str,
+    pred: impl Fn(&Resolution) -> bool + Copy,
+) -> Duration {
+    let mut worst = Duration::ZERO;
+    for w in watches {
+        worst = worst.max(seen(w, start, what, pred).await);
+    }
+    worst
+}
+
 /// A watch started before its provider existed sees the provider as soon
 /// as it registers, not at the end of the 30 s hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,12 +143,10 @@ async fn consumer_before_provider(go: Node) {
     let provider = sdk(&go, "provider-1");
     let start = Instant::now();
     let reg = provider.register(instance("late.svc", 9000)).await.unwrap();
-    let mut rx = w.subscribe();
-    wait_state(&mut rx, WELL_UNDER_HOLD, "provider seen", |r| {
+    let took = seen(&w, start, "provider seen", |r| {
         hostnames(r) == ["provider-1"]
     })
     .await;
-    let took = start.elapsed();
     println!(
         "{}: consumer before provider: provider seen {took:?} after its register started",
         go.name()
@@ -182,15 +194,13 @@ async fn restarted_watch(go: Node) {
     let other = sdk(&go, "provider-2");
     let start = Instant::now();
     let _r2 = other.register(instance("app.svc", 9002)).await.unwrap();
-    let mut rx = w.subscribe();
-    wait_state(&mut rx, WELL_UNDER_HOLD, "second provider seen", |r| {
+    let took = seen(&w, start, "second provider seen", |r| {
         hostnames(r).len() == 2
     })
     .await;
     println!(
-        "{}: restarted watch: next change seen in {:?}",
-        go.name(),
-        start.elapsed()
+        "{}: restarted watch: next change seen in {took:?}",
+        go.name()
     );
     let _ = tokio::join!(second.close(), provider.close(), other.close());
     go.shutdown().await;
@@ -234,42 +244,26 @@ async fn shared_hostname(go: Node) {
     parked(&go, 3).await;
     let start = Instant::now();
     let ra = d2.register(instance("a.svc", 9101)).await.unwrap();
-    for w in [&w1a, &w3a] {
-        worst = worst.max(
-            seen(w, start, "a.svc with shared-host", |r| {
-                hostnames(r).len() == 2
-            })
-            .await,
-        );
-    }
+    let two = |r: &Resolution| hostnames(r).len() == 2;
+    let one = |r: &Resolution| hostnames(r).len() == 1;
+    worst = worst.max(seen_by_all(&[&w1a, &w3a], start, "a.svc with shared-host", two).await);
     assert_eq!(go.registered("a.svc").len(), 2);
     assert!(go.registered("a.svc").contains(&host.to_string()));
 
     parked(&go, 3).await;
     let start = Instant::now();
     let rb = d1.register(instance("b.svc", 9102)).await.unwrap();
-    for w in [&w2b, &w3b] {
-        worst = worst.max(
-            seen(w, start, "b.svc with shared-host", |r| {
-                hostnames(r).len() == 2
-            })
-            .await,
-        );
-    }
+    worst = worst.max(seen_by_all(&[&w2b, &w3b], start, "b.svc with shared-host", two).await);
 
     parked(&go, 3).await;
     let start = Instant::now();
     ra.cancel().await.unwrap();
-    for w in [&w1a, &w3a] {
-        worst = worst.max(seen(w, start, "a.svc back to one", |r| hostnames(r).len() == 1).await);
-    }
+    worst = worst.max(seen_by_all(&[&w1a, &w3a], start, "a.svc back to one", one).await);
 
     parked(&go, 3).await;
     let start = Instant::now();
     rb.cancel().await.unwrap();
-    for w in [&w2b, &w3b] {
-        worst = worst.max(seen(w, start, "b.svc back to one", |r| hostnames(r).len() == 1).await);
-    }
+    worst = worst.max(seen_by_all(&[&w2b, &w3b], start, "b.svc back to one", one).await);
     println!(
         "{}: shared hostname: slowest watcher saw its change in {worst:?}",
         go.name()

@@ -20,14 +20,32 @@ fn sockets() -> usize {
         .count()
 }
 
+/// The alive tasks and open sockets once the server's start-up is over:
+/// the same counts on 20 reads in a row, 5 ms apart.
+async fn settled() -> (usize, usize) {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let (mut last, mut same) = ((0, 0), 0);
+    testkit::wait_until(
+        Duration::from_secs(5),
+        "task and socket counts settle",
+        async || {
+            let now = (metrics.num_alive_tasks(), sockets());
+            same = if now == last { same + 1 } else { 0 };
+            last = now;
+            same >= 20
+        },
+    )
+    .await;
+    last
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_leaves_no_task_or_socket() {
     let _serial = SERIAL.lock().await;
     let s = server("poll_hold = \"30s\"").await;
     put(&s, "demo.svc", "p1", 9000);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (tasks0, sockets0) = settled().await;
     let metrics = tokio::runtime::Handle::current().metrics();
-    let (tasks0, sockets0) = (metrics.num_alive_tasks(), sockets());
 
     let d = client(&[addr_of(&s)]);
     let reg = d.register(instance("mine.svc", 9001)).await.unwrap();
@@ -54,8 +72,12 @@ async fn close_leaves_no_task_or_socket() {
     assert!(rx.has_changed().is_err(), "watch closed with the client");
     reg.cancel().await.unwrap();
     drop((w, ghost, d));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!((metrics.num_alive_tasks(), sockets()), (tasks0, sockets0));
+    eventually(
+        Duration::from_secs(3),
+        "tasks and sockets released after the last handle",
+        || (metrics.num_alive_tasks(), sockets()) == (tasks0, sockets0),
+    )
+    .await;
     s.shutdown().await;
 }
 
@@ -64,9 +86,8 @@ async fn close_leaves_no_task_or_socket() {
 async fn dropping_the_last_handle_stops_the_poll_loop() {
     let _serial = SERIAL.lock().await;
     let s = server("poll_hold = \"30s\"").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (tasks0, _) = settled().await;
     let metrics = tokio::runtime::Handle::current().metrics();
-    let tasks0 = metrics.num_alive_tasks();
     let d = client(&[addr_of(&s)]);
     let w = d.watch("demo.svc").unwrap();
     w.resolved(Duration::from_secs(2)).await;

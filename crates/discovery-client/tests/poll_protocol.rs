@@ -51,6 +51,7 @@ fn header(seen: &Seen) -> u64 {
     seen.headers["x1-bmspy-timeout"].parse().unwrap()
 }
 
+/// A fixed sleep: every caller says why time must pass.
 async fn sleep_ms(ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
@@ -81,7 +82,12 @@ async fn provider_requests_carry_identity_and_their_timeout() {
         })
         .await
         .unwrap();
-    sleep_ms(450).await;
+    common::eventually(
+        Duration::from_millis(450),
+        "a renew at a 300 ms period",
+        || !fake.requests("/discovery/renew").is_empty(),
+    )
+    .await;
     reg.cancel().await.unwrap();
     let c = d.config().clone();
     let register = &fake.requests("/discovery/register")[0];
@@ -98,10 +104,6 @@ async fn provider_requests_carry_identity_and_their_timeout() {
     assert_eq!(register.one("metadata"), "");
     assert_eq!(header(register), 10_000);
     let renews = fake.requests("/discovery/renew");
-    assert!(
-        !renews.is_empty(),
-        "no renew within 450 ms at a 300 ms period"
-    );
     let cancel = &fake.requests("/discovery/cancel")[0];
     for r in [register, &renews[0], cancel] {
         for (k, v) in [
@@ -139,9 +141,11 @@ async fn one_poll_for_all_apps_with_steady_headers() {
     for w in &watches {
         assert!(w.resolved(Duration::from_secs(2)).await.found().is_some());
     }
+    // Fixed: past the first, short-hold polls, whatever their number.
     sleep_ms(500).await;
     fake.max_in_flight_polls.store(0, Ordering::SeqCst);
     let steady_from = fake.requests("/discovery/polls").len();
+    // Fixed: a window of steady polls to look at.
     sleep_ms(3000).await;
     let polls = fake.requests("/discovery/polls");
     assert_eq!(header(&polls[0]), 2000, "first poll: short hold");
@@ -270,6 +274,7 @@ async fn periodic_rotation() {
     let mut c = quick(&[a.node(), b.node()]);
     c.node_rotation = Duration::from_millis(1000);
     let d = Discovery::new(c).unwrap();
+    // Fixed: the rotations of 3.5 s are what is counted.
     sleep_ms(3500).await;
     let polls = merged(&[&a, &b]);
     let switches = polls.windows(2).filter(|w| w[0].0 != w[1].0).count();
@@ -295,6 +300,7 @@ async fn dropped_watch_leaves_the_poll_set() {
     let b2 = d.watch("b.svc").unwrap();
     assert!(b.resolved(Duration::from_secs(2)).await.found().is_some());
     drop(b);
+    // Fixed: polls of 1.5 s must all still carry b.svc for b2.
     sleep_ms(1500).await;
     let n = fake.requests("/discovery/polls").len();
     assert!(
@@ -305,6 +311,7 @@ async fn dropped_watch_leaves_the_poll_set() {
     drop(b2);
     let dropped = Instant::now();
     // The poll in flight may still carry it; the one after must not.
+    // Fixed: a window of polls to look at.
     sleep_ms(2500).await;
     let polls = fake.requests("/discovery/polls");
     let after: Vec<&Seen> = polls.iter().filter(|p| p.at > dropped).collect();
@@ -333,6 +340,7 @@ async fn whole_request_not_found() {
         matches!(r, Resolution::NotFound { ref env, .. } if env == "dev"),
         "{r:?}"
     );
+    // Fixed: 2.5 s of polls must show no switch and the spacing.
     sleep_ms(2500).await;
     let polls = merged(&[&a, &b]);
     assert!(

@@ -152,6 +152,7 @@ async fn renews_keep_it_and_minus_404_registers_again() {
     c.renew_interval = Duration::from_millis(300);
     let d = Discovery::new(c).unwrap();
     let reg = d.register(instance("demo.svc", 1)).await.unwrap();
+    // Fixed: more than two leases pass, and the renews keep it.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(stored(&s, "demo.svc").len(), 1, "renewed instance evicted");
 

@@ -153,26 +153,21 @@ async fn a_cluster_with_tokens_replicates() {
         .toml(AUTH);
     let topo = testkit::Topology::start(&layout).await;
     topo.wait_ready().await;
-    let r: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/discovery/register", topo.url(0)))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .bearer_auth("w-tok")
-        .body(REG)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: serde_json::Value = testkit::http::send_json(
+        reqwest::Client::new()
+            .post(format!("{}/discovery/register", topo.url(0)))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .bearer_auth("w-tok")
+            .body(REG),
+    )
+    .await;
     assert_eq!(r["code"], 0);
     let key = discovery_server::registry::InstanceKey::new("dev", "demo.svc", "sh001", "h1");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    while topo.node(1).registry().get(&key).is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not replicated with the peer token"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    testkit::wait_until(
+        std::time::Duration::from_secs(3),
+        "replicated with the peer token",
+        async || topo.node(1).registry().get(&key).is_some(),
+    )
+    .await;
     topo.shutdown().await;
 }

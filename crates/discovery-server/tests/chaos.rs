@@ -282,6 +282,7 @@ async fn run_workload(addrs: Vec<SocketAddr>, w: Arc<Workload>) {
                     w.truth.lock().meta.insert(h, v);
                     w.writes.fetch_add(1, Ordering::Relaxed);
                 }
+                // Fixed: paces the writer.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -313,6 +314,7 @@ async fn run_workload(addrs: Vec<SocketAddr>, w: Arc<Workload>) {
                 }
             }
         }
+        // Fixed: paces the writer.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -340,10 +342,12 @@ async fn run_poller(addr: SocketAddr, w: Arc<Workload>) {
                         .unwrap_or(0);
                     w.poll_answers.fetch_add(1, Ordering::Relaxed);
                 }
+                // Fixed: a pause before the watcher polls again.
                 _ => tokio::time::sleep(Duration::from_millis(200)).await,
             },
             Err(_) => {
                 ts = 0;
+                // Fixed: a pause before the watcher polls again.
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -484,11 +488,13 @@ async fn setup(tag: &str) -> (Cluster, Arc<Workload>, Vec<tokio::task::JoinHandl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_three_nodes_lose_nothing_and_resurrect_nothing() {
     let (mut c, w, tasks) = setup("fixed").await;
+    // Fixed: load runs on a healthy cluster before the first fault.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut report = Vec::new();
 
     // 1. kill -9 node 2, keep going, restart it.
     c.nodes[2].take().unwrap().kill().await;
+    // Fixed: how long the node stays dead.
     tokio::time::sleep(Duration::from_secs(2)).await;
     c.nodes[2] = Some(c.spawn(2).await);
     c.wait_ready(2).await;
@@ -497,7 +503,8 @@ async fn chaos_three_nodes_lose_nothing_and_resurrect_nothing() {
         converge(&c, &w, "kill -9 + restart").await,
     ));
 
-    // 2. Isolate node 1 for longer than the lease, then heal.
+    // 2. Isolate node 1 for longer than the lease, then heal (fixed: the
+    // length of the fault).
     c.net.link(1, false);
     tokio::time::sleep(Duration::from_secs(8)).await;
     c.net.link(1, true);
@@ -506,7 +513,8 @@ async fn chaos_three_nodes_lose_nothing_and_resurrect_nothing() {
         converge(&c, &w, "isolation").await,
     ));
 
-    // 3. SIGSTOP node 0 past the lease, then SIGCONT.
+    // 3. SIGSTOP node 0 past the lease, then SIGCONT (fixed: the length of
+    // the fault).
     c.nodes[0].as_ref().unwrap().signal("STOP").await.unwrap();
     tokio::time::sleep(Duration::from_secs(6)).await;
     c.nodes[0].as_ref().unwrap().signal("CONT").await.unwrap();
@@ -602,6 +610,7 @@ impl Cluster {
                 if let Some(mut p) = self.nodes[i].take() {
                     p.kill().await;
                 }
+                // Fixed: `hold` is the length of the fault.
                 tokio::time::sleep(hold).await;
                 self.nodes[i] = Some(self.spawn(i).await);
                 self.wait_ready(i).await;
@@ -609,11 +618,13 @@ impl Cluster {
             Fault::Pause(i) => {
                 let p = self.nodes[i].as_ref().expect("running");
                 p.signal("STOP").await.unwrap();
+                // Fixed: `hold` is the length of the fault.
                 tokio::time::sleep(hold).await;
                 p.signal("CONT").await.unwrap();
             }
             Fault::Isolate(i) => {
                 self.net.link(i, false);
+                // Fixed: `hold` is the length of the fault.
                 tokio::time::sleep(hold).await;
                 self.net.link(i, true);
             }
@@ -676,6 +687,7 @@ async fn randomized_fault_schedule_converges_after_every_heal() {
 
     let (mut c, w, tasks) = setup(&format!("seed{seed}")).await;
     let mut rng = StdRng::seed_from_u64(seed);
+    // Fixed: load runs on a healthy cluster before the first fault.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let started = Instant::now();
     let mut times = Vec::new();
@@ -688,6 +700,7 @@ async fn randomized_fault_schedule_converges_after_every_heal() {
         let t = converge(&c, &w, &format!("{fault:?}")).await;
         faults.push((fault, hold, t));
         times.push(t);
+        // Fixed: a random healthy gap between faults.
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..1500))).await;
     }
     w.stop.store(true, Ordering::Relaxed);

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use testkit::{FAST, Layout, Topology};
+use testkit::{FAST, Layout, Topology, wait_until};
 
 use testkit::http::{get_json as get, post_form as post};
 
@@ -26,18 +26,30 @@ async fn instance(base: &str, host: &str) -> Option<Value> {
         .cloned()
 }
 
-async fn eventually<F, Fut>(what: &str, within: Duration, mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if f().await {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
+/// Waits until every node holds the `infra.discovery` record of each of
+/// the `topo.len()` nodes: the writes of the start-up have landed.
+async fn wait_node_records(topo: &Topology) {
+    for i in 0..topo.len() {
+        let url = topo.url(i);
+        wait_until(
+            Duration::from_secs(5),
+            "every node record everywhere",
+            async || {
+                let v = get(
+                    &url,
+                    "/discovery/fetch?env=dev&appid=infra.discovery&status=3",
+                )
+                .await;
+                v["data"]["instances"].as_object().map_or(0, |zones| {
+                    zones
+                        .values()
+                        .filter_map(Value::as_array)
+                        .map(Vec::len)
+                        .sum::<usize>()
+                }) == topo.len()
+            },
+        )
+        .await;
     }
 }
 
@@ -58,7 +70,7 @@ async fn c50_c51_writes_on_any_node_reach_the_others_intact() {
         let written = Instant::now();
         for other in (0..3).filter(|o| *o != origin) {
             let url = topo.url(other);
-            eventually("register replicated", Duration::from_secs(2), || {
+            wait_until(Duration::from_secs(2), "register replicated", || {
                 let (url, host) = (url.clone(), host.clone());
                 async move { instance(&url, &host).await.is_some() }
             })
@@ -94,6 +106,7 @@ async fn c50_c51_writes_on_any_node_reach_the_others_intact() {
     let before = instance(&topo.url(2), "h1").await.unwrap()["renew_timestamp"]
         .as_i64()
         .unwrap();
+    // Fixed: the clock must move past `before` for the renew to show.
     tokio::time::sleep(Duration::from_millis(5)).await;
     post(
         &topo.url(0),
@@ -102,7 +115,7 @@ async fn c50_c51_writes_on_any_node_reach_the_others_intact() {
     )
     .await;
     let url2 = topo.url(2);
-    eventually("renew replicated", Duration::from_secs(2), || {
+    wait_until(Duration::from_secs(2), "renew replicated", || {
         let url = url2.clone();
         async move {
             instance(&url, "h1").await.unwrap()["renew_timestamp"]
@@ -122,7 +135,7 @@ async fn c50_c51_writes_on_any_node_reach_the_others_intact() {
     .await;
     for n in [0, 2] {
         let url = topo.url(n);
-        eventually("cancel replicated", Duration::from_secs(2), || {
+        wait_until(Duration::from_secs(2), "cancel replicated", || {
             let url = url.clone();
             async move { instance(&url, "h2").await.is_none() }
         })
@@ -138,7 +151,7 @@ async fn set_replicates_and_wakes_pollers_on_every_node() {
     post(&topo.url(0), "/discovery/register", &reg_form("s1")).await;
     for n in 0..3 {
         let url = topo.url(n);
-        eventually("registered", Duration::from_secs(2), || {
+        wait_until(Duration::from_secs(2), "registered", || {
             let url = url.clone();
             async move { instance(&url, "s1").await.is_some() }
         })
@@ -157,7 +170,12 @@ async fn set_replicates_and_wakes_pollers_on_every_node() {
             .await
         }));
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    for n in 0..3 {
+        wait_until(Duration::from_secs(3), "the poll parked", async || {
+            topo.node(n).registry().parked_polls() == 1
+        })
+        .await;
+    }
     let r = post(
         &topo.url(1),
         "/discovery/set",
@@ -199,17 +217,19 @@ async fn c53_a_late_node_syncs_everything_before_it_serves() {
     topo.restart(2).await;
     // From its first served read, the new node has everything.
     let url = topo.url(2);
-    loop {
-        let v = get(&url, "/discovery/fetch?env=dev&appid=demo.svc&status=3").await;
-        if v["code"] == -500 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            continue;
-        }
-        assert_eq!(v["code"], 0);
-        let n = v["data"]["instances"]["sh001"].as_array().unwrap().len();
-        assert_eq!(n, 50, "first served read holds every instance");
-        break;
-    }
+    let mut v = Value::Null;
+    wait_until(
+        Duration::from_secs(10),
+        "the late node serves reads",
+        async || {
+            v = get(&url, "/discovery/fetch?env=dev&appid=demo.svc&status=3").await;
+            v["code"] != -500
+        },
+    )
+    .await;
+    assert_eq!(v["code"], 0);
+    let n = v["data"]["instances"]["sh001"].as_array().unwrap().len();
+    assert_eq!(n, 50, "first served read holds every instance");
     topo.wait_ready().await;
     let all = |v: Value| {
         let mut keys: Vec<(String, i64)> = v["data"]["demo.svc"]
@@ -239,7 +259,7 @@ async fn c56_c57_three_nodes_started_at_once_form_one_cluster() {
     topo.wait_ready().await;
     for n in 0..3 {
         let url = topo.url(n);
-        eventually("three UP nodes", Duration::from_secs(5), || {
+        wait_until(Duration::from_secs(5), "three UP nodes", || {
             let url = url.clone();
             async move {
                 let v = get(&url, "/discovery/nodes").await;
@@ -295,7 +315,7 @@ async fn c54_renew_repairs_a_missing_copy_and_adopts_a_newer_one() {
     )
     .await;
     let url1 = topo.url(1);
-    eventually("repaired by register", Duration::from_secs(3), || {
+    wait_until(Duration::from_secs(3), "repaired by register", || {
         let url = url1.clone();
         async move { instance(&url, "only-a").await.is_some() }
     })
@@ -320,7 +340,7 @@ async fn c54_renew_repairs_a_missing_copy_and_adopts_a_newer_one() {
     .await;
     let key = InstanceKey::new("dev", "demo.svc", "sh001", "only-a");
     let n0 = topo.node(0);
-    eventually("newer copy adopted", Duration::from_secs(3), || {
+    wait_until(Duration::from_secs(3), "newer copy adopted", || {
         let v = n0.registry().get(&key).map(|i| i.version);
         async move { v.as_deref() == Some("v2") }
     })
@@ -339,19 +359,20 @@ fn now() -> i64 {
 async fn c55_a_write_crosses_to_another_zone_once() {
     let topo = Topology::start(&Layout::zones(&[("sh001", 2), ("sh002", 2)]).toml(FAST)).await;
     topo.wait_ready().await;
-    // Let start-up traffic settle, then count registers per node.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Let start-up traffic land, then count registers per node.
+    wait_node_records(&topo).await;
     let count = |i: usize| topo.node(i).api().requests("/discovery/register");
     let before: Vec<u64> = (0..4).map(count).collect();
     post(&topo.url(0), "/discovery/register", &reg_form("x1")).await;
     for n in 0..4 {
         let url = topo.url(n);
-        eventually("visible in both zones", Duration::from_secs(3), || {
+        wait_until(Duration::from_secs(3), "visible in both zones", || {
             let url = url.clone();
             async move { instance(&url, "x1").await.is_some() }
         })
         .await;
     }
+    // Fixed: time for a second, wrong copy of the write to arrive.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let deltas: Vec<u64> = (0..4).map(|i| count(i) - before[i]).collect();
     assert_eq!(deltas, [1, 1, 1, 1], "each node got the write exactly once");
@@ -373,7 +394,7 @@ async fn c58_c59_membership_follows_infra_discovery_and_shutdown_cancels_only_ow
     topo.wait_ready().await;
     post(&topo.url(2), "/discovery/register", &reg_form("client1")).await;
     let url0 = topo.url(0);
-    eventually("client replicated", Duration::from_secs(2), || {
+    wait_until(Duration::from_secs(2), "client replicated", || {
         let url = url0.clone();
         async move { instance(&url, "client1").await.is_some() }
     })
@@ -383,7 +404,7 @@ async fn c58_c59_membership_follows_infra_discovery_and_shutdown_cancels_only_ow
     for n in 0..2 {
         let url = topo.url(n);
         let gone = gone.clone();
-        eventually("stopped node leaves /nodes", Duration::from_secs(3), || {
+        wait_until(Duration::from_secs(3), "stopped node leaves /nodes", || {
             let (url, gone) = (url.clone(), gone.clone());
             async move {
                 let v = get(&url, "/discovery/nodes").await;
@@ -403,9 +424,9 @@ async fn c58_c59_membership_follows_infra_discovery_and_shutdown_cancels_only_ow
     topo.restart(2).await;
     topo.wait_ready().await;
     let url0 = topo.url(0);
-    let t = eventually(
-        "restarted node listed again",
+    let t = wait_until(
         Duration::from_secs(3),
+        "restarted node listed again",
         || {
             let (url, back) = (url0.clone(), gone.clone());
             async move {
@@ -431,9 +452,9 @@ async fn a_dead_node_of_another_zone_is_replaced_by_its_sibling() {
     topo.stop(2).await;
     post(&topo.url(0), "/discovery/register", &reg_form("across")).await;
     let url3 = topo.url(3);
-    eventually(
-        "reached the surviving node of sh002",
+    wait_until(
         Duration::from_secs(5),
+        "reached the surviving node of sh002",
         || {
             let url = url3.clone();
             async move { instance(&url, "across").await.is_some() }
@@ -458,7 +479,7 @@ async fn bursts_are_replicated_in_batches_between_our_nodes() {
     let topo = Topology::start(&Layout::zones(&[("sh001", 3)]).toml(FAST)).await;
     topo.wait_ready().await;
     // Peers learn that the others take batches from their records.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    wait_node_records(&topo).await;
     let n = 400;
     let writes: Vec<_> = (0..n)
         .map(|i| {
@@ -473,7 +494,7 @@ async fn bursts_are_replicated_in_batches_between_our_nodes() {
     }
     for peer in 1..3 {
         let url = topo.url(peer);
-        eventually("every write replicated", Duration::from_secs(10), || {
+        wait_until(Duration::from_secs(10), "every write replicated", || {
             let url = url.clone();
             async move {
                 let v = get(&url, "/discovery/fetch?env=dev&appid=demo.svc&status=3").await;

@@ -136,12 +136,7 @@ async fn launch(url: &str) -> (tokio::process::Child, Page, PathBuf) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let targets: Value = reqwest::get(format!("http://127.0.0.1:{port}/json/list"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let targets = testkit::http::get_json(&format!("http://127.0.0.1:{port}"), "/json/list").await;
     let ws_url = targets
         .as_array()
         .unwrap()
@@ -158,29 +153,26 @@ async fn launch(url: &str) -> (tokio::process::Child, Page, PathBuf) {
     (browser, page, profile)
 }
 
-async fn register(base: &str, zone: &str, host: &str, status: u8) {
-    let r: Value = reqwest::Client::new()
-        .post(format!("{base}/discovery/register"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("zone={zone}&env=dev&appid=demo.svc&hostname={host}&status={status}&addrs=grpc://10.0.0.9:9000&version=v7&metadata=%7B%22weight%22%3A%2220%22%7D"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(r["code"], 0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn console_shows_registered_instances_in_a_real_browser() {
+/// A node on loopback with the config `toml`, and its base URL.
+async fn start(toml: &str) -> (server::ServerHandle, String) {
     let node = server::start(
-        Config::parse("").unwrap().0,
+        Config::parse(toml).unwrap().0,
         Some("127.0.0.1:0".parse().unwrap()),
     )
     .await
     .unwrap();
     let base = format!("http://{}", node.addr());
+    (node, base)
+}
+
+async fn register(base: &str, zone: &str, host: &str, status: u8) {
+    let r = testkit::http::post_form(base, "/discovery/register", &format!("zone={zone}&env=dev&appid=demo.svc&hostname={host}&status={status}&addrs=grpc://10.0.0.9:9000&version=v7&metadata=%7B%22weight%22%3A%2220%22%7D")).await;
+    assert_eq!(r["code"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_shows_registered_instances_in_a_real_browser() {
+    let (node, base) = start("").await;
     register(&base, "sh001", "web-1", 1).await;
     register(&base, "sh001", "web-2", 1).await;
     register(&base, "sh002", "web-3", 2).await;
@@ -247,13 +239,7 @@ async fn console_shows_registered_instances_in_a_real_browser() {
 
 #[tokio::test]
 async fn metrics_are_served_in_prometheus_text() {
-    let node = server::start(
-        Config::parse("").unwrap().0,
-        Some("127.0.0.1:0".parse().unwrap()),
-    )
-    .await
-    .unwrap();
-    let base = format!("http://{}", node.addr());
+    let (node, base) = start("").await;
     register(&base, "sh001", "m-1", 1).await;
     let res = reqwest::get(format!("{base}/metrics")).await.unwrap();
     assert!(
@@ -281,13 +267,7 @@ async fn metrics_are_served_in_prometheus_text() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_works_with_auth_on_after_the_admin_token_is_entered_once() {
-    let cfg = Config::parse("[auth]\nwrite_token = \"w\"\nadmin_token = \"adm\"\npeer_token = \"p\"\ntrusted_cidrs = [\"127.0.0.0/8\"]\n")
-        .unwrap()
-        .0;
-    let node = server::start(cfg, Some("127.0.0.1:0".parse().unwrap()))
-        .await
-        .unwrap();
-    let base = format!("http://{}", node.addr());
+    let (node, base) = start("[auth]\nwrite_token = \"w\"\nadmin_token = \"adm\"\npeer_token = \"p\"\ntrusted_cidrs = [\"127.0.0.0/8\"]\n").await;
     register(&base, "sh001", "secure-1", 1).await;
     let (mut browser, mut page, profile) = launch(&format!("{base}/")).await;
     // Without a token the registry listing is refused and the form shows.

@@ -31,7 +31,10 @@ use std::{
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::Value;
-use testkit::{Layout, ProcessTopology};
+use testkit::{
+    Layout, ProcessTopology,
+    http::{get_text, metric},
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -238,17 +241,11 @@ impl Hostile {
 
         // The registry itself holds every witness instance, UP, as last set.
         let http = reqwest::Client::new();
-        let r: Value = http
-            .get(format!(
-                "{}/discovery/fetch?env=dev&appid={APPID}&status=3",
-                self.base
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value = testkit::http::send_json(http.get(format!(
+            "{}/discovery/fetch?env=dev&appid={APPID}&status=3",
+            self.base
+        )))
+        .await;
         assert_eq!(r["code"], 0, "{r}");
         let (stored, statuses) = instances(&r["data"]);
         assert_eq!(stored, model, "stored instances");
@@ -265,12 +262,7 @@ impl Hostile {
 
     /// The node's `/metrics` text.
     async fn metrics(&self) -> String {
-        reqwest::get(format!("{}/metrics", self.base))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        get_text(&self.base, "/metrics").await
     }
 }
 
@@ -355,6 +347,7 @@ async fn watcher(
             },
             Err(_) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
+                // Fixed: a pause before the watcher retries.
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
@@ -369,6 +362,7 @@ async fn watcher(
             _ => {
                 stats.refused.fetch_add(1, Ordering::Relaxed);
                 eprintln!("watch answered {v}");
+                // Fixed: a pause before the watcher retries.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -462,6 +456,7 @@ async fn changer(
             stats.missed.fetch_add(1, Ordering::Relaxed);
             eprintln!("the watch did not see change {rev} of {host}");
         }
+        // Fixed: paces the changes.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -675,12 +670,7 @@ async fn forged_peers() {
         serde_json::json!([]),
         "no forged replication target"
     );
-    let text = reqwest::get(format!("{}/metrics", node.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = node.metrics().await;
     assert!(metric(&text, "discovery_peer_candidates") <= 16.0);
     node.finish("forged_peers").await;
 }
@@ -709,15 +699,7 @@ async fn cancel_floods() {
     })
     .await;
     println!("random cancels answered: {random:?}");
-    let metrics = async || {
-        reqwest::get(format!("{}/metrics", node.base))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
-    assert_eq!(metric(&metrics().await, "discovery_tombstones"), 0.0);
+    assert_eq!(metric(&node.metrics().await, "discovery_tombstones"), 0.0);
     let peer = flood(&node.base, 8, 250, 5, |rng, http, base| {
         let appid = format!("p.{}", random_word(rng));
         let mut pairs = vec![
@@ -752,7 +734,7 @@ async fn cancel_floods() {
         .await;
         post(&http, &node.base, "/discovery/cancel", &key).await;
     }
-    let text = metrics().await;
+    let text = node.metrics().await;
     assert_eq!(metric(&text, "discovery_tombstones"), 1000.0);
     // 1,500 cancels of existing instances, plus about 1,000 peer cancels,
     // into a set of 1,000.
@@ -767,7 +749,7 @@ async fn fetch_latencies(http: &reqwest::Client, base: &str, n: usize) -> Vec<f6
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        let v: Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+        let v: Value = testkit::http::send_json(http.get(&url)).await;
         out.push(t.elapsed().as_secs_f64() * 1000.0);
         assert_eq!(v["code"], 0, "{v}");
     }
@@ -783,6 +765,7 @@ async fn trickle(mut s: TcpStream, give_up: Duration) -> Option<Duration> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut buf = [0u8; 512];
     let mut sent = 0;
+    // Fixed: the longest the trickle goes on before it gives up.
     let end = tokio::time::sleep(give_up);
     tokio::pin!(end);
     loop {
@@ -803,13 +786,6 @@ async fn trickle(mut s: TcpStream, give_up: Duration) -> Option<Duration> {
             () = &mut end => return None,
         }
     }
-}
-
-/// A counter's value in a `/metrics` text.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} in\n{text}"))
 }
 
 // More attacks go here, each a test of the same shape as those around it
@@ -988,10 +964,10 @@ async fn malformed_bodies() {
     let node = Hostile::start("").await;
     let key = "zone=sh001&env=dev&appid=x.junk&hostname=h";
     let huge_meta = format!(r#"{{"k":"{}"}}"#, "v".repeat(64 << 10));
+    let url_form = |path, body| ("application/x-www-form-urlencoded", path, body);
     let cases: Vec<(&str, &str, Vec<u8>)> = vec![
         // (content type, path, body)
-        (
-            "application/x-www-form-urlencoded",
+        url_form(
             "register",
             format!(
                 "{key}&status=1&addrs=grpc://a:1&metadata={}",
@@ -999,51 +975,33 @@ async fn malformed_bodies() {
             )
             .into_bytes(),
         ),
-        (
-            "application/x-www-form-urlencoded",
+        url_form(
             "register",
             format!("{key}&status=abc&addrs=grpc://a:1").into_bytes(),
         ),
-        (
-            "application/x-www-form-urlencoded",
+        url_form(
             "register",
             format!("{key}&status=99999999999&addrs=grpc://a:1").into_bytes(),
         ),
-        (
-            "application/x-www-form-urlencoded",
+        url_form(
             "register",
             format!("{key}&status=1&addrs=grpc://a:1&dirty_timestamp=1e9").into_bytes(),
         ),
-        (
-            "application/x-www-form-urlencoded",
+        url_form(
             "register",
             format!("{key}&status=1&addrs=grpc://a:1&metadata=%7B%22a%22").into_bytes(),
         ),
-        (
-            "application/x-www-form-urlencoded",
+        url_form(
             "register",
             format!("{key}&status=1&addrs=grpc%3A%2F%2Fa%3A1%0A").into_bytes(),
         ),
-        (
-            "application/x-www-form-urlencoded",
+        url_form(
             "set",
             format!("{key}&set_timestamp=--1&status=1").into_bytes(),
         ),
-        (
-            "application/x-www-form-urlencoded",
-            "set",
-            format!("{key}&status=7").into_bytes(),
-        ),
-        (
-            "application/x-www-form-urlencoded",
-            "renew",
-            b"zone=\xff\xfe&env=\xc3".to_vec(),
-        ),
-        (
-            "application/x-www-form-urlencoded",
-            "cancel",
-            b"\xff\xff\xff=\xfe".to_vec(),
-        ),
+        url_form("set", format!("{key}&status=7").into_bytes()),
+        url_form("renew", b"zone=\xff\xfe&env=\xc3".to_vec()),
+        url_form("cancel", b"\xff\xff\xff=\xfe".to_vec()),
         (
             "multipart/form-data; boundary=XYZ",
             "register",
@@ -1154,12 +1112,7 @@ async fn connection_cap() {
             .expect("closed at the read deadline");
         assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
     }
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&format!("http://{addr}"), "/metrics").await;
     assert!(
         metric(&text, "discovery_connections_refused_total") >= 1.0,
         "{text}"

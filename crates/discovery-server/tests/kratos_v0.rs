@@ -50,6 +50,30 @@ struct GoSdk {
 }
 
 impl GoSdk {
+    fn new(node: &str, host: &str, apps: Vec<(String, i64)>) -> Self {
+        GoSdk {
+            http: reqwest::Client::new(),
+            node: node.into(),
+            host: host.into(),
+            apps,
+        }
+    }
+
+    /// `Register` of demo.service at `addr` with `metadata`; the code.
+    async fn register(&self, addr: &str, metadata: &str) -> i64 {
+        self.post(
+            "register",
+            vec![
+                ("appid", "demo.service".into()),
+                ("addrs", addr.into()),
+                ("version", "".into()),
+                ("status", "1".into()),
+                ("metadata", metadata.into()),
+            ],
+        )
+        .await
+    }
+
     fn params(&self) -> Vec<(&'static str, String)> {
         vec![
             ("region", "region01".into()),
@@ -65,18 +89,17 @@ impl GoSdk {
         let body = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
             .finish();
-        let r: GoCode = self
-            .http
-            .post(format!("http://{}/discovery/{route}", self.node))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("x1-bmspy-timeout", "40000")
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: GoCode = serde_json::from_value(
+            testkit::http::send_json(
+                self.http
+                    .post(format!("http://{}/discovery/{route}", self.node))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .header("x1-bmspy-timeout", "40000")
+                    .body(body),
+            )
+            .await,
+        )
+        .unwrap();
         r.code
     }
 
@@ -92,16 +115,10 @@ impl GoSdk {
         for (_, t) in &self.apps {
             url.push_str(&format!("&latest_timestamp={t}"));
         }
-        let res: GoPolls = self
-            .http
-            .get(url)
-            .header("x1-bmspy-timeout", "40000")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let res: GoPolls = serde_json::from_value(
+            testkit::http::send_json(self.http.get(url).header("x1-bmspy-timeout", "40000")).await,
+        )
+        .unwrap();
         if res.code != 0 {
             assert_eq!(res.code, -304);
             return HashMap::new();
@@ -126,6 +143,14 @@ impl GoSdk {
     }
 }
 
+/// Waits until the watcher's poll is held by the node.
+async fn parked(node: &server::ServerHandle) {
+    testkit::wait_until(Duration::from_secs(3), "the poll parked", async || {
+        node.registry().parked_polls() == 1
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c63_kratos_v0_sdk_registers_watches_and_cancels() {
     let node = server::start(
@@ -137,12 +162,7 @@ async fn c63_kratos_v0_sdk_registers_watches_and_cancels() {
     let addr = node.addr().to_string();
 
     // Discovery.New: watch infra.discovery and block on its first event.
-    let mut consumer = GoSdk {
-        http: reqwest::Client::new(),
-        node: addr.clone(),
-        host: "consumer-1".into(),
-        apps: vec![("infra.discovery".into(), 0)],
-    };
+    let mut consumer = GoSdk::new(&addr, "consumer-1", vec![("infra.discovery".into(), 0)]);
     let started = Instant::now();
     let first = consumer.polls().await;
     let me = &first["infra.discovery"].instances["zone01"];
@@ -157,23 +177,9 @@ async fn c63_kratos_v0_sdk_registers_watches_and_cancels() {
     );
 
     // A provider registers (one addrs field per address, metadata JSON).
-    let provider = GoSdk {
-        http: reqwest::Client::new(),
-        node: addr.clone(),
-        host: "provider-1".into(),
-        apps: vec![],
-    };
+    let provider = GoSdk::new(&addr, "provider-1", vec![]);
     let code = provider
-        .post(
-            "register",
-            vec![
-                ("appid", "demo.service".into()),
-                ("addrs", "grpc://127.0.0.1:9000".into()),
-                ("version", "".into()),
-                ("status", "1".into()),
-                ("metadata", r#"{"weight":"10"}"#.into()),
-            ],
-        )
+        .register("grpc://127.0.0.1:9000", r#"{"weight":"10"}"#)
         .await;
     assert_eq!(code, 0);
 
@@ -189,34 +195,13 @@ async fn c63_kratos_v0_sdk_registers_watches_and_cancels() {
 
     // A second provider: the parked poll sees it within a second.
     let poll = {
-        let mut c = GoSdk {
-            http: reqwest::Client::new(),
-            node: addr.clone(),
-            host: consumer.host.clone(),
-            apps: consumer.apps.clone(),
-        };
+        let mut c = GoSdk::new(&addr, &consumer.host, consumer.apps.clone());
         tokio::spawn(async move { (c.polls().await, c) })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let provider2 = GoSdk {
-        http: reqwest::Client::new(),
-        node: addr.clone(),
-        host: "provider-2".into(),
-        apps: vec![],
-    };
+    parked(&node).await;
+    let provider2 = GoSdk::new(&addr, "provider-2", vec![]);
     let changed = Instant::now();
-    provider2
-        .post(
-            "register",
-            vec![
-                ("appid", "demo.service".into()),
-                ("addrs", "grpc://127.0.0.1:9001".into()),
-                ("version", "".into()),
-                ("status", "1".into()),
-                ("metadata", "".into()),
-            ],
-        )
-        .await;
+    provider2.register("grpc://127.0.0.1:9001", "").await;
     let (got, c) = poll.await.unwrap();
     consumer = c;
     println!(
@@ -234,15 +219,10 @@ async fn c63_kratos_v0_sdk_registers_watches_and_cancels() {
         0
     );
     let poll = {
-        let mut c = GoSdk {
-            http: reqwest::Client::new(),
-            node: addr.clone(),
-            host: consumer.host.clone(),
-            apps: consumer.apps.clone(),
-        };
+        let mut c = GoSdk::new(&addr, &consumer.host, consumer.apps.clone());
         tokio::spawn(async move { c.polls().await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    parked(&node).await;
     let cancelled = Instant::now();
     assert_eq!(
         provider

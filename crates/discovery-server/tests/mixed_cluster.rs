@@ -4,38 +4,26 @@
 //! what it sends to us is written the way a Go node writes it (one form per
 //! write, `replication=true`, comma-joined addresses, its own timestamps).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use discovery_server::{config::Config, server};
-use serde_json::Value;
 use testkit::{
     FAST,
     go_double::{GoDouble, GoDoubleConfig},
-    http::post_form as post,
+    http::{get_json, post_form as post},
 };
 use tokio::net::TcpListener;
 
-async fn until(what: &str, mut ok: impl AsyncFnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !ok().await {
-        assert!(
-            start.elapsed() < Duration::from_secs(3),
-            "{what} within 3 s"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    start.elapsed()
+async fn until(what: &str, ok: impl AsyncFnMut() -> bool) -> Duration {
+    testkit::wait_until(Duration::from_secs(3), what, ok).await
 }
 
 async fn hosts(base: &str, appid: &str) -> Vec<String> {
-    let v: Value = reqwest::get(format!(
-        "{base}/discovery/fetch?env=dev&appid={appid}&status=3"
-    ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let v = get_json(
+        base,
+        &format!("/discovery/fetch?env=dev&appid={appid}&status=3"),
+    )
+    .await;
     v["data"]["instances"]["sh001"]
         .as_array()
         .into_iter()
@@ -92,14 +80,7 @@ async fn our_node_and_a_go_node_replicate_both_ways() {
         0
     );
     assert_eq!(hosts(&base, "mixed.svc").await, ["g1"]);
-    let v: Value = reqwest::get(format!(
-        "{base}/discovery/fetch?env=dev&appid=mixed.svc&status=1"
-    ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let v = get_json(&base, "/discovery/fetch?env=dev&appid=mixed.svc&status=1").await;
     assert_eq!(
         v["data"]["instances"]["sh001"][0]["addrs"],
         serde_json::json!(["grpc://g1:1", "http://g1:2"]),
@@ -116,12 +97,7 @@ async fn our_node_and_a_go_node_replicate_both_ways() {
     assert!(hosts(&base, "mixed.svc").await.is_empty());
 
     // The Go node's own record made it a member of ours.
-    let nodes: Value = reqwest::get(format!("{base}/discovery/nodes"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let nodes = get_json(&base, "/discovery/nodes").await;
     assert!(
         nodes["data"]
             .as_array()

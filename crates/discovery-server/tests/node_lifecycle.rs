@@ -103,12 +103,7 @@ fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
 }
 
 async fn get(addr: &str, path: &str) -> Value {
-    reqwest::get(format!("http://{addr}{path}"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    testkit::http::get_json(&format!("http://{addr}"), path).await
 }
 
 /// The node's own `infra.discovery` record.
@@ -302,6 +297,7 @@ async fn c46_unrenewed_instances_expire_and_renewing_ones_stay() {
                         .send()
                         .await;
                 }
+                // Fixed: the renew period of this stand-in client.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
@@ -316,6 +312,7 @@ async fn c46_unrenewed_instances_expire_and_renewing_ones_stay() {
         registered.elapsed()
     );
     assert!(registered.elapsed() >= Duration::from_secs(1));
+    // Fixed: two more leases in which the renewed ones must not go.
     tokio::time::sleep(Duration::from_secs(2)).await;
     renewer.abort();
     assert_eq!(
@@ -344,6 +341,20 @@ fn rand_suffix() -> u64 {
         .into()
 }
 
+/// Starts a node with `cfg`, fetches the app `kept` from it, stops it.
+async fn fetch_after_start(cfg: Config) -> Value {
+    let node = server::start(cfg, Some("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let v = get(
+        &node.addr().to_string(),
+        "/discovery/fetch?env=dev&appid=kept&status=1",
+    )
+    .await;
+    node.shutdown().await;
+    v
+}
+
 #[tokio::test]
 async fn snapshot_keeps_a_lone_node_registry_across_restarts() {
     let dir = tempdir("snapshot");
@@ -357,49 +368,27 @@ async fn snapshot_keeps_a_lone_node_registry_across_restarts() {
         .await
         .unwrap();
     let base = format!("http://{}", node.addr());
-    let r: Value = reqwest::Client::new()
-        .post(format!("{base}/discovery/register"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(
-            "zone=sh001&env=dev&appid=kept&hostname=h1&status=1&addrs=grpc://a:1&addrs=http://a:2",
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = testkit::http::post_form(
+        &base,
+        "/discovery/register",
+        "zone=sh001&env=dev&appid=kept&hostname=h1&status=1&addrs=grpc://a:1&addrs=http://a:2",
+    )
+    .await;
     assert_eq!(r["code"], 0);
     node.shutdown().await;
     assert!(snap.exists());
 
-    let node = server::start(cfg(), Some("127.0.0.1:0".parse().unwrap()))
-        .await
-        .unwrap();
-    let v = get(
-        &node.addr().to_string(),
-        "/discovery/fetch?env=dev&appid=kept&status=1",
-    )
-    .await;
+    let v = fetch_after_start(cfg()).await;
     assert_eq!(v["code"], 0, "{v}");
     assert_eq!(
         v["data"]["instances"]["sh001"][0]["addrs"],
         serde_json::json!(["grpc://a:1", "http://a:2"])
     );
-    node.shutdown().await;
 
     // A corrupt snapshot is reported and ignored.
     std::fs::write(&snap, b"{\"version\":1,\"inst").unwrap();
-    let node = server::start(cfg(), Some("127.0.0.1:0".parse().unwrap()))
-        .await
-        .unwrap();
-    let v = get(
-        &node.addr().to_string(),
-        "/discovery/fetch?env=dev&appid=kept&status=1",
-    )
-    .await;
+    let v = fetch_after_start(cfg()).await;
     assert_eq!(v["code"], -404);
-    node.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -415,12 +404,10 @@ async fn dropping_the_handle_stops_the_node() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_ok());
     drop(node);
     // The graceful shutdown runs in the background; the listener closes.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(addr).await.is_ok() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the node still listens after its handle was dropped"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    testkit::wait_until(
+        std::time::Duration::from_secs(10),
+        "the listener closed after the handle was dropped",
+        async || tokio::net::TcpStream::connect(addr).await.is_err(),
+    )
+    .await;
 }

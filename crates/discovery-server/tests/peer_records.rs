@@ -6,7 +6,7 @@
 //! peer-marked record is used only once its address has proven to be a
 //! discovery node holding that record.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::{Router, extract::Query, routing::get};
 use discovery_server::{
@@ -14,7 +14,11 @@ use discovery_server::{
     server::{self, ServerHandle},
 };
 use serde_json::{Value, json};
-use testkit::{FAST, http::post_form as post};
+use testkit::{
+    FAST,
+    http::{get_json, get_metric, post_form as post},
+    wait_until,
+};
 use tokio::net::TcpListener;
 
 async fn node(extra: &str, nodes: &[&str], listener: TcpListener) -> ServerHandle {
@@ -37,15 +41,12 @@ async fn lone(extra: &str) -> ServerHandle {
     node(extra, &[&a], l).await
 }
 
-async fn get_json(url: &str) -> Value {
-    reqwest::get(url).await.unwrap().json().await.unwrap()
-}
-
 /// Addresses in the node's `infra.discovery` records, as SDKs see them.
 async fn served_nodes(base: &str) -> Vec<String> {
-    let v = get_json(&format!(
-        "{base}/discovery/fetch?env=dev&appid=infra.discovery&status=3"
-    ))
+    let v = get_json(
+        base,
+        "/discovery/fetch?env=dev&appid=infra.discovery&status=3",
+    )
     .await;
     let mut out: Vec<String> = v["data"]["instances"]
         .as_object()
@@ -61,24 +62,12 @@ async fn served_nodes(base: &str) -> Vec<String> {
 }
 
 async fn listed_nodes(base: &str) -> Vec<String> {
-    get_json(&format!("{base}/discovery/nodes")).await["data"]
+    get_json(base, "/discovery/nodes").await["data"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|n| n["addr"].as_str().unwrap().to_string())
         .collect()
-}
-
-async fn metric(base: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name}"))
 }
 
 fn record(host: &str, addrs: &[String], marker: &str) -> String {
@@ -128,7 +117,7 @@ async fn a_marked_record_of_no_node_is_never_served_and_is_dropped_after_a_lease
     )
     .await;
     assert_eq!(r["code"], 0, "held, as the sending peer expects");
-    assert_eq!(metric(&base, "discovery_peer_candidates").await, 1.0);
+    assert_eq!(get_metric(&base, "discovery_peer_candidates").await, 1.0);
     // Never served, never a replication target.
     for _ in 0..10 {
         assert_eq!(
@@ -136,16 +125,18 @@ async fn a_marked_record_of_no_node_is_never_served_and_is_dropped_after_a_lease
             vec![format!("http://{}", n.addr())]
         );
         assert_eq!(listed_nodes(&base).await, vec![n.addr().to_string()]);
-        let status = get_json(&format!("{base}/status")).await;
+        let status = get_json(&base, "/status").await;
         assert_eq!(status["peers"], json!([]), "{status}");
+        // Fixed: a second of checks that it stays out.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Dropped once its lease (3 s here) passed without a handshake.
-    let deadline = Instant::now() + Duration::from_secs(8);
-    while metric(&base, "discovery_peer_candidates").await != 0.0 {
-        assert!(Instant::now() < deadline, "the failed record was kept");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        Duration::from_secs(8),
+        "the failed record dropped",
+        async || get_metric(&base, "discovery_peer_candidates").await == 0.0,
+    )
+    .await;
     n.shutdown().await;
 }
 
@@ -188,25 +179,19 @@ async fn a_node_missing_from_the_static_list_is_verified_then_learned() {
     let a = node("", &[&aa], la).await;
     let b = node("", &[&aa, &ab], lb).await;
     let base = format!("http://{aa}");
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !listed_nodes(&base).await.contains(&ab) {
-        assert!(Instant::now() < deadline, "A never learned B");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(Duration::from_secs(3), "A learns B", async || {
+        listed_nodes(&base).await.contains(&ab)
+    })
+    .await;
     assert!(served_nodes(&base).await.contains(&format!("http://{ab}")));
     // And A now replicates to B.
     let w = "zone=sh001&env=dev&appid=p.svc&hostname=h&status=1&addrs=grpc://h:1";
     assert_eq!(post(&base, "/discovery/register", w).await["code"], 0);
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while get_json(&format!(
-        "http://{ab}/discovery/fetch?env=dev&appid=p.svc&status=1"
-    ))
-    .await["code"]
-        != 0
-    {
-        assert!(Instant::now() < deadline, "A did not replicate to B");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let b_url = format!("http://{ab}");
+    wait_until(Duration::from_secs(2), "A replicates to B", async || {
+        get_json(&b_url, "/discovery/fetch?env=dev&appid=p.svc&status=1").await["code"] == 0
+    })
+    .await;
     b.shutdown().await;
     a.shutdown().await;
 }
@@ -268,11 +253,10 @@ async fn a_go_node_passes_the_handshake_unmodified_and_an_impostor_does_not() {
     )
     .await;
     assert_eq!(r["code"], 0);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !listed_nodes(&base).await.contains(&go) {
-        assert!(Instant::now() < deadline, "the Go node was not learned");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(Duration::from_secs(3), "the Go node learned", async || {
+        listed_nodes(&base).await.contains(&go)
+    })
+    .await;
 
     // A server that answers like a node but holds another record.
     let other = go_node_stand_in("someone-else").await;
@@ -287,6 +271,7 @@ async fn a_go_node_passes_the_handshake_unmodified_and_an_impostor_does_not() {
     )
     .await;
     assert_eq!(r["code"], 0);
+    // Fixed: time for a (wrong) handshake to make it a peer.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!listed_nodes(&base).await.contains(&other));
     assert!(
@@ -307,16 +292,12 @@ async fn cancels_of_unknown_keys_cost_nothing_and_remembered_cancels_are_capped(
         let http = http.clone();
         let target = target.clone();
         async move {
-            let v: Value = http
-                .post(format!("{target}{path}"))
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(form)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v: Value = testkit::http::send_json(
+                http.post(format!("{target}{path}"))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(form),
+            )
+            .await;
             v["code"].as_i64().unwrap()
         }
     };
@@ -334,7 +315,7 @@ async fn cancels_of_unknown_keys_cost_nothing_and_remembered_cancels_are_capped(
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(metric(&base, "discovery_tombstones").await, 0.0);
+    assert_eq!(get_metric(&base, "discovery_tombstones").await, 0.0);
     // Instances that existed and were cancelled: remembered, up to the cap,
     // and so are the emptied apps.
     for i in 0..1500 {
@@ -349,18 +330,18 @@ async fn cancels_of_unknown_keys_cost_nothing_and_remembered_cancels_are_capped(
         );
         assert_eq!(send("/discovery/cancel", k).await, 0);
     }
-    assert_eq!(metric(&base, "discovery_tombstones").await, 500.0);
+    assert_eq!(get_metric(&base, "discovery_tombstones").await, 500.0);
     assert_eq!(
-        metric(&base, "discovery_tombstones_evicted_total").await,
+        get_metric(&base, "discovery_tombstones_evicted_total").await,
         1000.0
     );
-    assert!(metric(&base, "discovery_emptied_apps").await <= 500.0);
+    assert!(get_metric(&base, "discovery_emptied_apps").await <= 500.0);
     // A peer's cancel of an unknown key is remembered (the instance may
     // still be on its way), within the same cap.
     for i in 0..600 {
         let f = format!("zone=z&env=dev&appid=peer{i}&hostname=h&replication=true");
         send("/discovery/cancel", f).await;
     }
-    assert_eq!(metric(&base, "discovery_tombstones").await, 500.0);
+    assert_eq!(get_metric(&base, "discovery_tombstones").await, 500.0);
     n.shutdown().await;
 }

@@ -37,27 +37,17 @@ impl Node {
     }
 
     async fn post(&self, path: &str, form: &str) -> Value {
-        self.http
-            .post(format!("{}{path}", self.base))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form.to_string())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        testkit::http::send_json(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form.to_string()),
+        )
+        .await
     }
 
     async fn get(&self, path: &str) -> Value {
-        self.http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        testkit::http::send_json(self.http.get(format!("{}{path}", self.base))).await
     }
 
     async fn register(&self, appid: &str, host: &str) {
@@ -92,15 +82,11 @@ impl Node {
         let http = client();
         tokio::spawn(async move {
             let start = Instant::now();
-            let v: Value = http
-                .get(url)
-                .header("x1-bmspy-timeout", timeout_ms.to_string())
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v: Value = testkit::http::send_json(
+                http.get(url)
+                    .header("x1-bmspy-timeout", timeout_ms.to_string()),
+            )
+            .await;
             (v, start.elapsed())
         })
     }
@@ -119,14 +105,34 @@ async fn parked(n: &ServerHandle, count: usize) {
     }
 }
 
-#[tokio::test]
-async fn c30_register_during_a_hold_answers_at_once() {
-    let s = node("").await;
+/// A node holding one instance (`h1`) of app `a`, and the app's latest
+/// timestamp.
+async fn with_app(toml: &str) -> (ServerHandle, Node, i64) {
+    let s = node(toml).await;
     let n = Node::new(&s);
     n.register("a", "h1").await;
     let t = n.latest("a").await;
-    let poll = n.polls("c", &[("a", t)], 30_000);
+    (s, n, t)
+}
+
+/// [`with_app`], and a poll of `host` on app `a` parked on the node.
+async fn parked_poll(
+    host: &str,
+) -> (
+    ServerHandle,
+    Node,
+    i64,
+    tokio::task::JoinHandle<(Value, Duration)>,
+) {
+    let (s, n, t) = with_app("").await;
+    let poll = n.polls(host, &[("a", t)], 30_000);
     parked(&s, 1).await;
+    (s, n, t, poll)
+}
+
+#[tokio::test]
+async fn c30_register_during_a_hold_answers_at_once() {
+    let (s, n, _, poll) = parked_poll("c").await;
     let woke = Instant::now();
     n.register("a", "h2").await;
     let (v, _) = poll.await.unwrap();
@@ -166,10 +172,7 @@ async fn c31_two_polls_from_one_hostname_wake_for_their_own_app() {
 
 #[tokio::test]
 async fn c32_an_abandoned_poll_is_dropped_and_absorbs_nothing() {
-    let s = node("").await;
-    let n = Node::new(&s);
-    n.register("a", "h1").await;
-    let t = n.latest("a").await;
+    let (s, n, t) = with_app("").await;
     let abandoned = n.polls("same", &[("a", t)], 30_000);
     parked(&s, 1).await;
     abandoned.abort();
@@ -186,12 +189,7 @@ async fn c32_an_abandoned_poll_is_dropped_and_absorbs_nothing() {
 
 #[tokio::test]
 async fn c33_c34_cancelling_the_last_instance_pushes_an_empty_app() {
-    let s = node("").await;
-    let n = Node::new(&s);
-    n.register("a", "h1").await;
-    let t = n.latest("a").await;
-    let poll = n.polls("c", &[("a", t)], 30_000);
-    parked(&s, 1).await;
+    let (s, n, t, poll) = parked_poll("c").await;
     n.post(
         "/discovery/cancel",
         "zone=sh001&env=dev&appid=a&hostname=h1",
@@ -211,12 +209,7 @@ async fn c33_c34_cancelling_the_last_instance_pushes_an_empty_app() {
 
 #[tokio::test]
 async fn c35_set_wakes_pollers_and_old_timestamps_answer_at_once() {
-    let s = node("").await;
-    let n = Node::new(&s);
-    n.register("a", "h1").await;
-    let t = n.latest("a").await;
-    let poll = n.polls("c", &[("a", t)], 30_000);
-    parked(&s, 1).await;
+    let (s, n, t, poll) = parked_poll("c").await;
     n.post(
         "/discovery/set",
         "zone=sh001&env=dev&appid=a&hostname=h1&metadata=%7B%22x%22%3A%221%22%7D",
@@ -235,9 +228,7 @@ async fn c35_set_wakes_pollers_and_old_timestamps_answer_at_once() {
 
 #[tokio::test]
 async fn c35_eviction_wakes_pollers() {
-    let s = node("[registry]\nlease = \"1s\"\nevict_interval = \"200ms\"\nrenew_interval = \"100ms\"\nself_preservation = false\n").await;
-    let n = Node::new(&s);
-    n.register("a", "h1").await;
+    let (s, n, _) = with_app("[registry]\nlease = \"1s\"\nevict_interval = \"200ms\"\nrenew_interval = \"100ms\"\nself_preservation = false\n").await;
     n.register("a", "h2").await;
     let t = n.latest("a").await;
     // Keep h2 alive; h1 expires.
@@ -252,6 +243,7 @@ async fn c35_eviction_wakes_pollers() {
                     .body("zone=sh001&env=dev&appid=a&hostname=h2")
                     .send()
                     .await;
+                // Fixed: the renew period of this stand-in client.
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
@@ -272,10 +264,7 @@ async fn c35_eviction_wakes_pollers() {
 
 #[tokio::test]
 async fn many_pollers_on_one_app_are_all_woken_by_one_register() {
-    let s = node("").await;
-    let n = Node::new(&s);
-    n.register("a", "h1").await;
-    let t = n.latest("a").await;
+    let (s, n, t) = with_app("").await;
     let pollers: Vec<_> = (0..500)
         .map(|i| n.polls(&format!("c{i}"), &[("a", t)], 30_000))
         .collect();
@@ -293,24 +282,12 @@ async fn many_pollers_on_one_app_are_all_woken_by_one_register() {
 
 #[tokio::test]
 async fn poll_of_an_app_removed_while_held_is_answered() {
-    let s = node("").await;
-    let n = Node::new(&s);
-    n.register("a", "h1").await;
-    let t = n.latest("a").await;
+    let (s, n, t) = with_app("").await;
     let url = format!(
         "{}/discovery/poll?env=dev&hostname=c&appid=a&latest_timestamp={t}",
         n.base
     );
-    let held = tokio::spawn(async move {
-        client()
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()
-    });
+    let held = tokio::spawn(async move { testkit::http::send_json(client().get(url)).await });
     parked(&s, 1).await;
     n.post(
         "/discovery/cancel",
@@ -325,12 +302,7 @@ async fn poll_of_an_app_removed_while_held_is_answered() {
 
 #[tokio::test]
 async fn shutdown_answers_held_polls_with_304() {
-    let s = node("").await;
-    let n = Node::new(&s);
-    n.register("a", "h1").await;
-    let t = n.latest("a").await;
-    let poll = n.polls("c", &[("a", t)], 30_000);
-    parked(&s, 1).await;
+    let (s, _, _, poll) = parked_poll("c").await;
     let start = Instant::now();
     s.shutdown().await;
     let (v, _) = poll.await.unwrap();

@@ -19,9 +19,23 @@ async fn unary_responses_carry_a_nonzero_cpu_usage_trailer() {
     // No trailer before the first 500 ms interval has been measured…
     let first = client.say_hello(hello()).await.unwrap();
     assert!(first.metadata().get("cpu_usage").is_none());
-    // …then always a positive integer (tonic merges unary trailers into the
-    // response metadata).
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // …then, once the first interval has been measured, always a positive
+    // integer (tonic merges unary trailers into the response metadata).
+    let t = tokio::time::Instant::now();
+    while client
+        .say_hello(hello())
+        .await
+        .unwrap()
+        .metadata()
+        .get("cpu_usage")
+        .is_none()
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "no cpu_usage trailer within 3 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for _ in 0..5 {
         let reply = client.say_hello(hello()).await.unwrap();
         let v: u64 = reply

@@ -62,7 +62,7 @@ async fn idle_silent_peer_is_ejected_before_any_call() {
     assert!(took.is_some(), "never ejected: {:?}", channel.pool());
     assert_eq!(picks(&channel, &silent), 0, "found without a call");
     // The probe's fresh connection is accepted but never answered, so the
-    // endpoint stays out.
+    // endpoint stays out. Fixed: a second in which it must not come back.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
         channel.ejected_endpoints().contains(&silent),
@@ -153,10 +153,13 @@ async fn fault_under_load(kind: BalancerKind, kill: bool) {
                         0
                     }
                 };
+                // Fixed: paces the load.
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }));
     }
+    // Fixed: a second of steady load, for the picker's statistics, before
+    // the fault.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = picks(&channel, &victim);
     assert!(before > 0, "the victim took no calls before the fault");
@@ -167,6 +170,7 @@ async fn fault_under_load(kind: BalancerKind, kill: bool) {
     }
     let ejected = until_ejected(&channel, &victim, Duration::from_secs(10)).await;
     let picks_at_ejection = picks(&channel, &victim);
+    // Fixed: 2 s of load in which the ejected victim must get no pick.
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {

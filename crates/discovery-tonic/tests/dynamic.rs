@@ -42,6 +42,7 @@ async fn shares(kind: BalancerKind, fault: Fault) -> Vec<f64> {
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let _ = client.say_hello(hello()).await;
+                // Fixed: paces the load.
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }));

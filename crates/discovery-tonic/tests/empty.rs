@@ -7,7 +7,7 @@ use std::time::Duration;
 use demo_proto::helloworld::greeter_client::GreeterClient;
 use discovery_tonic::{Balanced, ClientConfig};
 use naming::{InstancesInfo, Resolution};
-use support::{APPID, Behaviour, TestServer, dead_addr, ep, fake, found, hello};
+use support::{APPID, Behaviour, TestServer, dead_addr, ep, eventually, fake, found, hello};
 use tokio::time::Instant;
 use tonic::Code;
 
@@ -19,7 +19,12 @@ async fn empty_set_fails_fast_then_recovers() {
     let config = ClientConfig::default().env("uat");
     let channel = Balanced::new(resolver, &config).unwrap();
     let mut client = GreeterClient::new(channel.clone());
-    tokio::time::sleep(Duration::from_millis(20)).await; // let the updater see it
+    eventually(
+        Duration::from_secs(2),
+        "the updater saw the empty set",
+        || channel.pool().phase == "found",
+    )
+    .await;
 
     let t = Instant::now();
     let err = client.say_hello(hello()).await.unwrap_err();
@@ -63,8 +68,11 @@ async fn not_found_names_the_registry_env() {
         env: "fat".into(),
     });
     let channel = Balanced::new(resolver, &ClientConfig::default()).unwrap();
-    let mut client = GreeterClient::new(channel);
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut client = GreeterClient::new(channel.clone());
+    eventually(Duration::from_secs(2), "the updater saw not-found", || {
+        channel.pool().phase == "not_found"
+    })
+    .await;
     let t = Instant::now();
     let err = client.say_hello(hello()).await.unwrap_err();
     assert!(t.elapsed() < Duration::from_millis(50));
@@ -102,6 +110,7 @@ async fn pending_waits_for_the_grace_then_says_so() {
     let channel = Balanced::new(resolver, &config).unwrap();
     let mut client = GreeterClient::new(channel);
     let push = tokio::spawn(async move {
+        // Fixed: the resolution must come while the call already waits.
         tokio::time::sleep(Duration::from_millis(50)).await;
         tx.send_replace(found(&[ep(addr)]));
         tx
@@ -119,7 +128,8 @@ async fn unreachable_endpoints_fail_fast_with_the_count() {
     let (resolver, _tx) = fake(found(&[ep(dead_addr()), ep(dead_addr())]));
     let channel = Balanced::new(resolver, &ClientConfig::default()).unwrap();
     let mut client = GreeterClient::new(channel);
-    // Let the first connect attempts fail.
+    // Let the first connect attempts fail. Fixed: no public signal says a
+    // dial failed; a refused loopback connect takes far less than 300 ms.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t = Instant::now();
     let err = client.say_hello(hello()).await.unwrap_err();
@@ -155,6 +165,7 @@ async fn an_empty_snapshot_never_replaces_a_working_set() {
     tx.send_replace(Resolution::Found(std::sync::Arc::new(
         InstancesInfo::default(),
     )));
+    // Fixed: time for the updater to (wrongly) apply the empty snapshot.
     tokio::time::sleep(Duration::from_millis(20)).await;
     client
         .say_hello(hello())

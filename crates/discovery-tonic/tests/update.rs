@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use demo_proto::helloworld::greeter_client::GreeterClient;
 use discovery_tonic::{Balanced, BalancerKind, ClientConfig};
-use support::{Behaviour, TestServer, ep, fake, found, hello, wait_ready};
+use support::{Behaviour, TestServer, ep, eventually, fake, found, hello, wait_ready};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_backend_mid_call_lets_the_call_finish() {
@@ -21,12 +21,17 @@ async fn removing_a_backend_mid_call_lets_the_call_finish() {
     wait_ready(&channel, 1).await;
     let mut client = GreeterClient::new(channel.clone());
     let call = tokio::spawn(async move { client.say_hello(hello()).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(slow.hits(), 1, "the call is in flight");
+    eventually(Duration::from_secs(2), "the call in flight", || {
+        slow.hits() == 1
+    })
+    .await;
     tx.send_replace(found(&[ep(other.addr)]));
-    wait_ready(&channel, 1).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(channel.ready_endpoints(), [other.addr.to_string()]);
+    eventually(
+        Duration::from_secs(2),
+        "only the other backend ready",
+        || channel.ready_endpoints() == [other.addr.to_string()],
+    )
+    .await;
     let reply = call.await.unwrap().expect("the in-flight call completes");
     assert_eq!(
         reply.metadata().get("x-served-by").unwrap(),

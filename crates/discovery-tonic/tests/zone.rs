@@ -258,9 +258,12 @@ mod balancer {
         // A scheduler sending sh001's clients to sh002 only.
         let s = Scheduler::from_json(r#"[{"src":"sh001","dst":{"sh002":1}}]"#).unwrap();
         tx.send_replace(snapshot(&zones, Some(s)));
-        while channel.ready_endpoints() != [c.addr.to_string()] {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        crate::support::eventually(
+            std::time::Duration::from_secs(5),
+            "the scheduler moved the client to sh002",
+            || channel.ready_endpoints() == [c.addr.to_string()],
+        )
+        .await;
         for _ in 0..20 {
             client.say_hello(hello()).await.unwrap();
         }
@@ -301,23 +304,7 @@ mod balancer {
         .unwrap();
         // Nothing listens on those addresses: once every first dial has
         // failed, the subset shows in the error.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let err = loop {
-            let err = GreeterClient::new(channel.clone())
-                .say_hello(hello())
-                .await
-                .unwrap_err();
-            if err.message().contains("(30 endpoints unreachable)")
-                || std::time::Instant::now() > deadline
-            {
-                break err;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        };
-        assert!(
-            err.message().contains("(30 endpoints unreachable)"),
-            "{err:?}"
-        );
+        until_unreachable(&channel, "(30 endpoints unreachable)").await;
 
         let direct = addrs
             .iter()
@@ -327,14 +314,23 @@ mod balancer {
         let channel =
             Balanced::from_target(&format!("direct://default/{direct}"), &resolvers, &config)
                 .unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-        let err = GreeterClient::new(channel)
-            .say_hello(hello())
-            .await
-            .unwrap_err();
-        assert!(
-            err.message().contains("(80 endpoints unreachable)"),
-            "{err:?}"
-        );
+        until_unreachable(&channel, "(80 endpoints unreachable)").await;
+    }
+
+    /// Calls until the error names `count` (once every first dial has
+    /// failed), at most 10 s.
+    async fn until_unreachable(channel: &Balanced, count: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let err = GreeterClient::new(channel.clone())
+                .say_hello(hello())
+                .await
+                .unwrap_err();
+            if err.message().contains(count) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{err:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 }

@@ -5,9 +5,11 @@
 //!
 //! The same small things every crate needs are said here once: the answer
 //! [`code`]s, the [`env`](mod@env) variable names, the [`host`]'s name and address,
-//! retry [`backoff`], and (feature `logs`) the binaries' log set-up.
+//! retry [`backoff`], and (features `logs`, `signals`) the binaries' log
+//! set-up and shutdown signals.
 //!
-//! Apart from [`host`]'s lookups, this crate does no IO. The JSON produced
+//! Apart from [`host`]'s lookups (and the `signals` feature's handlers),
+//! this crate does no IO. The JSON produced
 //! and accepted by its types is the wire format of bilibili/discovery, byte
 //! for byte.
 //!
@@ -35,6 +37,8 @@ mod instance;
 #[cfg(feature = "logs")]
 pub mod logs;
 mod scheduler;
+#[cfg(feature = "signals")]
+pub mod signals;
 mod traits;
 
 pub use duration::parse_go_duration;

@@ -658,6 +658,26 @@ impl Drop for ProcessTopology {
     }
 }
 
+/// Polls `cond` every 5 ms until it holds, and returns how long that took.
+///
+/// # Panics
+/// When `cond` still does not hold after `within`, with `what` (what was
+/// awaited) in the message.
+pub async fn wait_until(
+    within: Duration,
+    what: &str,
+    mut cond: impl AsyncFnMut() -> bool,
+) -> Duration {
+    let start = tokio::time::Instant::now();
+    loop {
+        if cond().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < within, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Small HTTP helpers for talking to a node in tests.
 pub mod http {
     use serde_json::Value;
@@ -667,11 +687,22 @@ pub mod http {
     /// # Panics
     /// When the node does not answer with JSON.
     pub async fn post_form(base: &str, path: &str, form: &str) -> Value {
-        reqwest::Client::new()
-            .post(format!("{base}{path}"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form.to_string())
-            .send()
+        send_json(
+            reqwest::Client::new()
+                .post(format!("{base}{path}"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form.to_string()),
+        )
+        .await
+    }
+
+    /// Sends `req` (a request with headers of its own) and decodes the JSON
+    /// answer.
+    ///
+    /// # Panics
+    /// When the node does not answer with JSON.
+    pub async fn send_json(req: reqwest::RequestBuilder) -> Value {
+        req.send()
             .await
             .expect("node answers")
             .json()
@@ -701,5 +732,35 @@ pub mod http {
             .json()
             .await
             .ok()
+    }
+
+    /// GETs and returns the body as text.
+    ///
+    /// # Panics
+    /// When the node does not answer.
+    pub async fn get_text(base: &str, path: &str) -> String {
+        reqwest::get(format!("{base}{path}"))
+            .await
+            .expect("node answers")
+            .text()
+            .await
+            .expect("text answer")
+    }
+
+    /// The value of the sample `name` in Prometheus text: `name` is the
+    /// metric name with its labels as written (`x_total{a="b"}`).
+    ///
+    /// # Panics
+    /// When `text` has no such sample.
+    pub fn metric(text: &str, name: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+    }
+
+    /// The value of the sample `name` in the node's `/metrics`; see
+    /// [`metric`].
+    pub async fn get_metric(base: &str, name: &str) -> f64 {
+        metric(&get_text(base, "/metrics").await, name)
     }
 }

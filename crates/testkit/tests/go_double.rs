@@ -69,11 +69,7 @@ async fn latest(go: &GoDouble, appid: &str) -> i64 {
 }
 
 async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(5), "{what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    testkit::wait_until(Duration::from_secs(5), what, async || cond()).await;
 }
 
 #[tokio::test]
@@ -140,15 +136,12 @@ async fn a_smaller_timeout_header_shortens_the_hold() {
         base(&go)
     );
     let start = Instant::now();
-    let v: Value = reqwest::Client::new()
-        .get(url)
-        .header("x1-bmspy-timeout", "200")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = testkit::http::send_json(
+        reqwest::Client::new()
+            .get(url)
+            .header("x1-bmspy-timeout", "200"),
+    )
+    .await;
     assert_eq!(v["code"], -304);
     assert!(start.elapsed() < Duration::from_secs(5));
     go.shutdown().await;

@@ -157,12 +157,7 @@ pub fn stored(s: &ServerHandle, appid: &str) -> Vec<Instance> {
 
 /// Polls `cond` every 5 ms until it holds or `within` passes.
 pub async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < within, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    start.elapsed()
+    testkit::wait_until(within, what, async || cond()).await
 }
 
 /// Waits until the watch state satisfies `pred`.
@@ -359,6 +354,7 @@ async fn serve_conn(
         // Detect a client that gives up during the delay.
         let mut probe = [0u8; 1];
         tokio::select! {
+            // Fixed: the scripted delay before the answer.
             () = tokio::time::sleep(delay) => {}
             r = sock.peek(&mut probe) => if matches!(r, Ok(0) | Err(_)) { return },
         }

@@ -68,10 +68,12 @@ impl Greeter for Hello {
     async fn say_hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
         self.hits.fetch_add(1, Ordering::SeqCst);
         if !self.delay.is_zero() {
+            // Fixed: the server's configured latency.
             tokio::time::sleep(self.delay).await;
         }
         let extra = self.control.delay_ms.load(Ordering::SeqCst);
         if extra > 0 {
+            // Fixed: latency added by the test while the server runs.
             tokio::time::sleep(Duration::from_millis(extra)).await;
         }
         if self.control.fail.load(Ordering::SeqCst) {
@@ -279,6 +281,16 @@ pub fn found(eps: &[Ep]) -> Resolution {
 pub fn dead_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
+}
+
+/// Polls `cond` every 5 ms until it holds; fails the test with `what` after
+/// `within`.
+pub async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let t = tokio::time::Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < within, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Waits until `n` endpoints are connected.
