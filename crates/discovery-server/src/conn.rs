@@ -189,6 +189,9 @@ async fn serve_one(
     let _ = stream.set_nodelay(true);
     let app = shared.app.clone();
     let read_deadline = shared.read_deadline;
+    // The peer address matters only to `[auth]` rules; without them a
+    // request carries no extensions map at all.
+    let auth_remote = (!shared.api.config.auth.is_open()).then_some(remote);
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let deadline = Instant::now() + read_deadline;
         let mut req = req.map(|b| {
@@ -199,7 +202,9 @@ async fn serve_one(
                 sleep: None,
             })
         });
-        req.extensions_mut().insert(ConnectInfo(remote));
+        if let Some(remote) = auth_remote {
+            req.extensions_mut().insert(ConnectInfo(remote));
+        }
         tower::ServiceExt::oneshot(app.clone(), req)
     });
     let mut conn = shared

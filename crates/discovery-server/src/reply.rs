@@ -81,7 +81,10 @@ impl Reply {
 
     /// Attaches a serializable `data`.
     pub(crate) fn json<T: serde::Serialize>(self, value: &T) -> Self {
-        let json = serde_json::to_vec(value).expect("serializing to memory");
+        // Sized for an instance, the common case, so that it is written
+        // without regrowing.
+        let mut json = Vec::with_capacity(512);
+        serde_json::to_writer(&mut json, value).expect("serializing to memory");
         self.data(Bytes::from(json))
     }
 }
