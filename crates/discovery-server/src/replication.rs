@@ -3,6 +3,8 @@
 //! Handlers apply a write locally, then hand it to a [`Replicator`]; a lone
 //! node uses [`Standalone`], which has no one to tell.
 
+use std::sync::Arc;
+
 use naming::{BoxFuture, Instance};
 
 use crate::registry::SetRequest;
@@ -10,12 +12,13 @@ use crate::registry::SetRequest;
 /// A write to propagate, as applied locally.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// The stored copy after a register.
-    Register(Instance),
+    /// The stored copy after a register. Shared: one write is queued for
+    /// every peer, and a queue hands it to a batch without copying it.
+    Register(Arc<Instance>),
     /// The stored copy after a renew.
-    Renew(Instance),
+    Renew(Arc<Instance>),
     /// The copy that was cancelled, with the cancel's time.
-    Cancel(Instance, i64),
+    Cancel(Arc<Instance>, i64),
     /// A set, with its effective `set_timestamp`.
     Set(SetRequest),
 }

@@ -210,7 +210,7 @@ fn register_self(api: &Api, replicator: &dyn Replicator) {
     // acknowledgement (it renews it), and at start-up no peer may be
     // running yet to give one, which would delay the start by
     // `ack_timeout`.
-    drop(replicator.replicate(Op::Register(out.instance), Origin::Client));
+    drop(replicator.replicate(Op::Register(out.instance.into()), Origin::Client));
 }
 
 async fn cancel_self(api: &Api, replicator: &dyn Replicator) {
@@ -219,7 +219,7 @@ async fn cancel_self(api: &Api, replicator: &dyn Replicator) {
     if let Some(gone) = api.registry.cancel(&key, now) {
         info!(appid = DISCOVERY_APPID, host = %key.hostname, "cancelled own record");
         replicator
-            .replicate(Op::Cancel(gone, now), Origin::Client)
+            .replicate(Op::Cancel(gone.into(), now), Origin::Client)
             .await;
     }
 }
@@ -458,7 +458,9 @@ async fn self_renew_loop(api: Arc<Api>, replicator: Arc<dyn Replicator>) {
                 register_self(&api, replicator.as_ref());
             }
             Renewed::Ok(i) | Renewed::PeerNewer(i) | Renewed::PeerOlder(i) => {
-                replicator.replicate(Op::Renew(i), Origin::Client).await;
+                replicator
+                    .replicate(Op::Renew(i.into()), Origin::Client)
+                    .await;
             }
         }
     }

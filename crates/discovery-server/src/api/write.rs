@@ -140,7 +140,7 @@ async fn register_apply(api: &Api, p: &Params) -> Result<Reply, Reply> {
     );
     if let Some(origin) = origin(p) {
         api.replicator
-            .replicate(Op::Register(out.instance), origin)
+            .replicate(Op::Register(out.instance.into()), origin)
             .await;
     }
     Ok(Reply::ok())
@@ -227,7 +227,7 @@ async fn renew_apply(api: &Api, p: &Params) -> Result<Reply, Reply> {
     if let (Some(origin), Renewed::Ok(i) | Renewed::PeerNewer(i) | Renewed::PeerOlder(i)) =
         (origin(p), out)
     {
-        api.replicator.replicate(Op::Renew(i), origin).await;
+        api.replicator.replicate(Op::Renew(i.into()), origin).await;
     }
     Ok(reply)
 }
@@ -259,7 +259,7 @@ async fn cancel_apply(api: &Api, p: &Params) -> Result<Reply, Reply> {
     tracing::info!(appid = %key.appid, env = %key.env, zone = %key.zone, hostname = %key.hostname, "cancel");
     if let Some(origin) = origin(p) {
         api.replicator
-            .replicate(Op::Cancel(gone, now), origin)
+            .replicate(Op::Cancel(gone.into(), now), origin)
             .await;
     }
     Ok(Reply::ok())

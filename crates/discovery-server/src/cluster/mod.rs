@@ -334,7 +334,7 @@ impl Cluster {
         for (addr, slot) in self.same.lock().iter() {
             if addr != from {
                 slot.peer
-                    .push(Op::Register(out.instance.clone()), flags, None);
+                    .push(Op::Register(out.instance.clone().into()), flags, None);
             }
         }
     }

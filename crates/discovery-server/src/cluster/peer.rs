@@ -609,7 +609,7 @@ async fn catch_up(cluster: &Cluster, peer: &Peer, target: &str) {
         .into_values()
         .flatten()
         .filter(|i| mine(&i.zone))
-        .map(|i| (0, Op::Register(i), flags))
+        .map(|i| (0, Op::Register(i.into()), flags))
         .collect();
     ops.extend(
         cluster
@@ -625,7 +625,7 @@ async fn catch_up(cluster: &Cluster, peer: &Peer, target: &str) {
                     hostname: k.hostname,
                     ..Default::default()
                 };
-                (0, Op::Cancel(gone, at), flags)
+                (0, Op::Cancel(gone.into(), at), flags)
             }),
     );
     let batching = peer.batch.load(Ordering::Relaxed);
@@ -692,7 +692,7 @@ fn handle_answer(
             if peer.may_repair(&key, now, every) {
                 if let Some(ours) = cluster.registry.get(&key) {
                     debug!(peer = %peer.name, hostname = %key.hostname, "repair: registering our copy");
-                    repairs.push((Op::Register(ours), flags));
+                    repairs.push((Op::Register(ours.into()), flags));
                 }
             }
             Outcome::Done
@@ -747,31 +747,31 @@ mod tests {
     #[test]
     fn a_newer_renew_replaces_a_queued_one_in_place() {
         let p = Peer::new("p".into(), vec!["p".into()], true, 10);
-        p.push(Op::Renew(ins("a", 1)), F, None);
-        p.push(Op::Register(ins("b", 0)), F, None);
-        p.push(Op::Renew(ins("a", 2)), F, None);
+        p.push(Op::Renew(ins("a", 1).into()), F, None);
+        p.push(Op::Register(ins("b", 0).into()), F, None);
+        p.push(Op::Renew(ins("a", 2).into()), F, None);
         assert_eq!(ops(&p), ["renew a 2", "reg b"]);
         // After a register of the key, a renew goes behind it.
-        p.push(Op::Register(ins("a", 0)), F, None);
-        p.push(Op::Renew(ins("a", 3)), F, None);
+        p.push(Op::Register(ins("a", 0).into()), F, None);
+        p.push(Op::Renew(ins("a", 3).into()), F, None);
         assert_eq!(ops(&p), ["renew a 2", "reg b", "reg a", "renew a 3"]);
     }
 
     #[test]
     fn overflow_drops_renews_first() {
         let p = Peer::new("p".into(), vec!["p".into()], true, 2);
-        p.push(Op::Renew(ins("a", 1)), F, None);
-        p.push(Op::Register(ins("b", 0)), F, None);
-        p.push(Op::Renew(ins("c", 1)), F, None);
+        p.push(Op::Renew(ins("a", 1).into()), F, None);
+        p.push(Op::Register(ins("b", 0).into()), F, None);
+        p.push(Op::Renew(ins("c", 1).into()), F, None);
         assert_eq!(
             ops(&p),
             ["renew a 1", "reg b"],
             "a renew arriving at a full queue is dropped"
         );
-        p.push(Op::Register(ins("d", 0)), F, None);
+        p.push(Op::Register(ins("d", 0).into()), F, None);
         assert_eq!(ops(&p), ["reg b", "reg d"], "the queued renew made room");
         assert!(p.is_up());
-        p.push(Op::Register(ins("e", 0)), F, None);
+        p.push(Op::Register(ins("e", 0).into()), F, None);
         assert_eq!(ops(&p), ["reg d", "reg e"]);
         assert!(!p.is_up(), "dropping a write marks the peer Lost");
         assert_eq!(p.dropped.load(Ordering::Relaxed), 3);
@@ -780,9 +780,9 @@ mod tests {
     #[test]
     fn pop_only_removes_the_expected_head() {
         let p = Peer::new("p".into(), vec!["p".into()], true, 10);
-        p.push(Op::Register(ins("a", 0)), F, None);
+        p.push(Op::Register(ins("a", 0).into()), F, None);
         let (seq, _, _) = p.head(1).pop().unwrap();
-        p.push_front(Op::Register(ins("repair", 0)), F);
+        p.push_front(Op::Register(ins("repair", 0).into()), F);
         assert!(p.pop(seq).is_none(), "the head changed");
         let (s2, op, _) = p.head(1).pop().unwrap();
         assert!(matches!(op, Op::Register(i) if i.hostname == "repair"));

@@ -166,7 +166,7 @@ impl Cluster {
     async fn admit(&self, c: Candidate) {
         let out = self.registry.register(c.ins, c.opts, self.clock.now());
         if let (true, Some(Origin::OtherZone)) = (out.applied, c.origin) {
-            self.replicate(Op::Register(out.instance), Origin::OtherZone)
+            self.replicate(Op::Register(out.instance.into()), Origin::OtherZone)
                 .await;
         }
     }

@@ -13,23 +13,26 @@ pub(crate) struct Flags {
     pub(crate) from_zone: bool,
 }
 
-fn b(v: bool) -> String {
-    v.to_string()
+/// The url-encoded form of a forwarded write, written field by field.
+type Form = form_urlencoded::Serializer<'static, String>;
+
+fn b(v: bool) -> &'static str {
+    if v { "true" } else { "false" }
 }
 
-fn key_fields(form: &mut Vec<(&'static str, String)>, i: &Instance, flags: Flags) {
-    form.push(("region", i.region.clone()));
-    form.push(("zone", i.zone.clone()));
-    form.push(("env", i.env.clone()));
-    form.push(("appid", i.appid.clone()));
-    form.push(("hostname", i.hostname.clone()));
-    form.push(("from_zone", b(flags.from_zone)));
-    form.push(("replication", b(flags.replication)));
+fn key_fields(form: &mut Form, i: &Instance, flags: Flags) {
+    form.append_pair("region", &i.region);
+    form.append_pair("zone", &i.zone);
+    form.append_pair("env", &i.env);
+    form.append_pair("appid", &i.appid);
+    form.append_pair("hostname", &i.hostname);
+    form.append_pair("from_zone", b(flags.from_zone));
+    form.append_pair("replication", b(flags.replication));
 }
 
 /// Path and url-encoded body of one forwarded write.
 pub(crate) fn encode(op: &Op, flags: Flags) -> (&'static str, String) {
-    let mut form: Vec<(&'static str, String)> = Vec::with_capacity(16);
+    let mut form = Form::new(String::with_capacity(256));
     let path = match op {
         Op::Register(i) => {
             register_fields(&mut form, i, flags);
@@ -37,27 +40,27 @@ pub(crate) fn encode(op: &Op, flags: Flags) -> (&'static str, String) {
         }
         Op::Renew(i) => {
             key_fields(&mut form, i, flags);
-            form.push(("dirty_timestamp", i.dirty_timestamp.to_string()));
+            form.append_pair("dirty_timestamp", &i.dirty_timestamp.to_string());
             "/discovery/renew"
         }
         Op::Cancel(i, at) => {
             key_fields(&mut form, i, flags);
-            form.push(("latest_timestamp", at.to_string()));
+            form.append_pair("latest_timestamp", &at.to_string());
             "/discovery/cancel"
         }
         Op::Set(s) => {
-            form.push(("region", String::new()));
-            form.push(("zone", s.zone.clone()));
-            form.push(("env", s.env.clone()));
-            form.push(("appid", s.appid.clone()));
-            form.push(("from_zone", b(flags.from_zone)));
-            form.push(("replication", b(flags.replication)));
-            form.push(("set_timestamp", s.set_timestamp.to_string()));
+            form.append_pair("region", "");
+            form.append_pair("zone", &s.zone);
+            form.append_pair("env", &s.env);
+            form.append_pair("appid", &s.appid);
+            form.append_pair("from_zone", b(flags.from_zone));
+            form.append_pair("replication", b(flags.replication));
+            form.append_pair("set_timestamp", &s.set_timestamp.to_string());
             for h in &s.hostnames {
-                form.push(("hostname", h.clone()));
+                form.append_pair("hostname", h);
             }
             for st in &s.status {
-                form.push(("status", st.as_u32().to_string()));
+                form.append_pair("status", &st.as_u32().to_string());
             }
             for m in &s.metadata {
                 let text = match m {
@@ -66,33 +69,30 @@ pub(crate) fn encode(op: &Op, flags: Flags) -> (&'static str, String) {
                         serde_json::to_string(map).expect("map serializes")
                     }
                 };
-                form.push(("metadata", text));
+                form.append_pair("metadata", &text);
             }
             "/discovery/set"
         }
     };
-    let body = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
-        .finish();
-    (path, body)
+    (path, form.finish())
 }
 
-fn register_fields(form: &mut Vec<(&'static str, String)>, i: &Instance, flags: Flags) {
+fn register_fields(form: &mut Form, i: &Instance, flags: Flags) {
     key_fields(form, i, flags);
     // One field per address: the Go original's comma-joining corrupted
     // multi-address instances.
     for a in &i.addrs {
-        form.push(("addrs", a.clone()));
+        form.append_pair("addrs", a);
     }
-    form.push(("status", i.status.as_u32().to_string()));
-    form.push(("version", i.version.clone()));
-    form.push((
+    form.append_pair("status", &i.status.as_u32().to_string());
+    form.append_pair("version", &i.version);
+    form.append_pair(
         "metadata",
-        serde_json::to_string(&i.metadata).expect("map serializes"),
-    ));
-    form.push(("reg_timestamp", i.reg_timestamp.to_string()));
-    form.push(("dirty_timestamp", i.dirty_timestamp.to_string()));
-    form.push(("latest_timestamp", i.latest_timestamp.to_string()));
+        &serde_json::to_string(&i.metadata).expect("map serializes"),
+    );
+    form.append_pair("reg_timestamp", &i.reg_timestamp.to_string());
+    form.append_pair("dirty_timestamp", &i.dirty_timestamp.to_string());
+    form.append_pair("latest_timestamp", &i.latest_timestamp.to_string());
 }
 
 /// The part of a peer's answer we act on.
@@ -152,7 +152,7 @@ mod tests {
             ..Default::default()
         };
         let (path, body) = encode(
-            &Op::Register(i),
+            &Op::Register(i.into()),
             Flags {
                 replication: true,
                 from_zone: false,
