@@ -543,7 +543,10 @@ async fn chaos_three_nodes_lose_nothing_and_resurrect_nothing() {
     for (fault, t) in &report {
         println!("CHAOS | {fault} | converged in {t:?} |");
     }
-    assert!(w.writes.load(Ordering::Relaxed) > 50, "the workload ran");
+    // A floor, not a rate: the writer is paced and waits out failovers
+    // during each fault, so on a loaded machine it acknowledges a few
+    // dozen writes; the convergence checks above are what this test is for.
+    assert!(w.writes.load(Ordering::Relaxed) > 20, "the workload ran");
     assert!(
         w.poll_answers.load(Ordering::Relaxed) > 0,
         "pollers were answered"
