@@ -2,6 +2,8 @@
 //! query for url-encoded POSTs, query only for GETs, repeated keys for lists,
 //! the first value for scalars.
 
+use std::ops::Range;
+
 use axum::body::Body;
 use bytes::Bytes;
 use http::{Method, Request, header};
@@ -12,7 +14,7 @@ use crate::reply::{BAD_REQUEST, Reply};
 /// request's text, so binding allocates only for escaped text.
 #[derive(Debug, Clone)]
 enum Piece {
-    At(std::ops::Range<usize>),
+    At(Range<usize>),
     Owned(String),
 }
 
@@ -25,31 +27,33 @@ pub(crate) struct Params {
     pairs: Vec<(Piece, Piece)>,
 }
 
+/// The (key, value) ranges of an url-encoded text, empty pairs skipped,
+/// a pair without `=` an empty value: the url-decoder's splitting.
+fn split_pairs(bytes: &[u8]) -> impl Iterator<Item = (Range<usize>, Range<usize>)> + '_ {
+    let mut at = 0;
+    bytes.split(|b| *b == b'&').filter_map(move |pair| {
+        let here = at;
+        at += pair.len() + 1;
+        let end = here + pair.len();
+        match pair.iter().position(|b| *b == b'=') {
+            _ if pair.is_empty() => None,
+            Some(eq) => Some((here..here + eq, here + eq + 1..end)),
+            None => Some((here..end, end..end)),
+        }
+    })
+}
+
 /// Appends the pairs of the url-encoded `text[from..]`, as ranges of
 /// `text` where no decoding was needed.
 fn parse_at(text: &str, from: usize, out: &mut Vec<(Piece, Piece)>) {
-    let rest = &text[from..];
-    out.reserve(rest.bytes().filter(|b| *b == b'&').count() + 1);
-    let mut at = from;
-    for pair in rest.split('&') {
-        let here = at;
-        at += pair.len() + 1;
-        if pair.is_empty() {
-            continue;
-        }
-        let (k, v) = match pair.find('=') {
-            Some(eq) => (here..here + eq, here + eq + 1..here + pair.len()),
-            None => (
-                here..here + pair.len(),
-                here + pair.len()..here + pair.len(),
-            ),
-        };
-        out.push((piece(text, k), piece(text, v)));
-    }
+    let rest = &text.as_bytes()[from..];
+    out.reserve(rest.iter().filter(|b| **b == b'&').count() + 1);
+    let at = |r: Range<usize>| from + r.start..from + r.end;
+    out.extend(split_pairs(rest).map(|(k, v)| (piece(text, at(k)), piece(text, at(v)))));
 }
 
 /// A key or value: a range of `text` when nothing in it is escaped.
-fn piece(text: &str, r: std::ops::Range<usize>) -> Piece {
+fn piece(text: &str, r: Range<usize>) -> Piece {
     let raw = &text.as_bytes()[r.clone()];
     if raw.iter().any(|b| *b == b'%' || *b == b'+') {
         Piece::Owned(decode(raw))
@@ -85,13 +89,15 @@ fn decode(raw: &[u8]) -> String {
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-/// Appends the pairs of bytes that are not UTF-8 (decoded lossily, as
-/// the url-decoder does), every one owned.
+/// Appends the pairs of bytes that are not UTF-8, every one decoded
+/// (invalid bytes replaced).
 fn parse_owned(bytes: &[u8], out: &mut Vec<(Piece, Piece)>) {
-    out.extend(
-        form_urlencoded::parse(bytes)
-            .map(|(k, v)| (Piece::Owned(k.into_owned()), Piece::Owned(v.into_owned()))),
-    );
+    out.extend(split_pairs(bytes).map(|(k, v)| {
+        (
+            Piece::Owned(decode(&bytes[k])),
+            Piece::Owned(decode(&bytes[v])),
+        )
+    }));
 }
 
 impl Params {
@@ -309,6 +315,30 @@ mod tests {
                 .collect();
             assert_eq!(ours, theirs, "{q:?}");
         }
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_decode_as_the_url_decoder_does() {
+        let raw: &[u8] = b"a=\xff\xfe&k\xc3=v%C3%A9+x&&%zz=%4";
+        let mut pairs = Vec::new();
+        parse_owned(raw, &mut pairs);
+        let p = Params {
+            pairs,
+            ..Params::default()
+        };
+        let ours: Vec<(&str, &str)> = p
+            .pairs
+            .iter()
+            .map(|(k, v)| (p.text(k), p.text(v)))
+            .collect();
+        let theirs: Vec<(String, String)> = form_urlencoded::parse(raw)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let theirs: Vec<(&str, &str)> = theirs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(ours, theirs);
     }
 
     #[test]

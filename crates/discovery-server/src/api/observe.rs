@@ -1,9 +1,8 @@
 //! The bookkeeping around every request: the route's metrics, the node's
 //! id header on every answer, and peers heard from.
 //!
-//! A plain tower layer rather than `axum::middleware::from_fn`, whose
-//! per-request boxed future and cloned inner service cost a register
-//! about a tenth of its CPU.
+//! A plain tower layer rather than `axum::middleware::from_fn`, which
+//! boxes a future and clones the inner service for every request.
 
 use std::{
     convert::Infallible,

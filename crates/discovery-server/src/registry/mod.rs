@@ -419,7 +419,7 @@ impl Registry {
                     }
                 }
                 match req.metadata.get(i) {
-                    Some(MetadataPatch::Clear) => ins.set_metadata(&BTreeMap::new()),
+                    Some(MetadataPatch::Clear) => ins.metadata = Box::default(),
                     Some(MetadataPatch::Merge(patch)) => {
                         let mut metadata = ins.metadata_map();
                         for (k, v) in patch {

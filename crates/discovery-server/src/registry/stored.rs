@@ -67,11 +67,7 @@ impl Stored {
             hostname: hostname.to_string(),
             addrs: self.addrs.iter().map(ToString::to_string).collect(),
             version: self.version.to_string(),
-            metadata: self
-                .metadata
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            metadata: self.metadata_map(),
             status: self.status,
             reg_timestamp: self.reg_timestamp,
             up_timestamp: self.up_timestamp,
