@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// Retries of an idempotent call after transport failures, each on an
+/// endpoint not tried yet.
+const MAX_RETRIES: usize = 2;
+
 impl Shared {
     pub(super) async fn dispatch(
         self: Arc<Self>,
@@ -108,24 +112,29 @@ impl Shared {
             }
         };
         tokio::select! {
-            r = &mut a => match r {
-                Ok(resp) => Ok(resp),
-                Err(failed) if failed.retry => {
+            r = &mut a => {
+                // Endpoints often fail together (a zone drained, a rack
+                // lost): each transport failure moves on to an endpoint not
+                // tried yet, a bounded number of times.
+                let mut tried = tried.to_vec();
+                let mut r = r;
+                for _ in 0..MAX_RETRIES {
+                    if !matches!(&r, Err(failed) if failed.retry) {
+                        break;
+                    }
                     let Some(next) = self.pick_now(method, color, &tried) else {
-                        return Err(failed.status);
+                        break;
                     };
                     self.retried.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(
-                        failed = tried[0],
+                        failed = tried.last().map(String::as_str),
                         retry = next.endpoint.addr(),
                         "idempotent call retried on another endpoint"
                     );
-                    self.clone()
-                        .send_to(next, make(), method, start, deadline)
-                        .await
-                        .map_err(|f| f.status)
+                    tried.push(next.endpoint.addr().to_string());
+                    r = self.clone().send_to(next, make(), method, start, deadline).await;
                 }
-                Err(failed) => Err(failed.status),
+                r.map_err(|f| f.status)
             },
             () = timer => {
                 let Some(second) = self.pick_now(method, color, &tried) else {
