@@ -261,23 +261,29 @@ impl Flags {
     }
 }
 
-/// Splits a `DISCOVERY_NODES`-style list: items trimmed, empties dropped, a
-/// leading `http://` stripped.
+/// Splits a `DISCOVERY_NODES`-style list into canonical `host:port` node
+/// addresses: items trimmed, empties dropped, each parsed by
+/// [`naming::addr::PeerAddr`] (`http://` optional, any case; a path, query
+/// or user info is refused). Entries that are not node addresses are left
+/// out with a warning.
 ///
 /// ```
 /// assert_eq!(
-///     discovery_client::config::parse_nodes(" a:7171, b:7171,"),
+///     discovery_client::config::parse_nodes(" a:7171, HTTP://B:7171/,c:7171/x"),
 ///     ["a:7171", "b:7171"],
 /// );
 /// ```
 pub fn parse_nodes(text: &str) -> Vec<String> {
     text.split(',')
-        .map(|n| {
-            let n = n.trim();
-            n.strip_prefix("http://").unwrap_or(n).trim_end_matches('/')
-        })
+        .map(str::trim)
         .filter(|n| !n.is_empty())
-        .map(str::to_string)
+        .filter_map(|n| match naming::addr::PeerAddr::parse(n) {
+            Ok(a) => Some(a.to_string()),
+            Err(e) => {
+                tracing::warn!("discovery node list: {e}; ignored");
+                None
+            }
+        })
         .collect()
 }
 

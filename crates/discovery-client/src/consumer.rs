@@ -436,8 +436,10 @@ fn self_discovery(core: &Core, info: &InstancesInfo) {
             .get(&core.config.zone)
             .into_iter()
             .flatten()
-            .filter_map(|i| i.addr("http"))
-            .map(|a| a.trim_end_matches('/').to_string())
+            .flat_map(|i| &i.addrs)
+            .filter_map(|a| naming::addr::PeerAddr::parse(a).ok())
+            .filter(|a| !a.is_tls())
+            .map(|a| a.to_string())
             .collect();
         if found.is_empty() {
             debug!(zone = %core.config.zone, "no own-zone discovery node listed; keeping the list");

@@ -11,11 +11,18 @@
 //!   keep-alive connection is closed after it (hyper's header read timer);
 //! * a request body must arrive within the read deadline after its head
 //!   ([`TimedBody`]); a late body fails the read, answered `-400`;
+//! * at most `limits.max_connections_per_ip` come from one IP address, so
+//!   that one host cannot take every slot;
+//! * writing an answer must make progress within the write deadline: a
+//!   client that stops reading (a large `fetch/all` it never reads) is
+//!   cut off instead of pinning the answer in memory ([`Deadlined`]);
 //! * a connection closed with request bytes still unread (a body over
 //!   `limits.max_body_bytes`, a body nobody read) is closed lingeringly:
 //!   our side is shut down first and the rest of the input is read and
 //!   discarded for a bounded time and size, so that the client reads its
-//!   answer instead of a reset.
+//!   answer instead of a reset. A lingering close gives its connection slot
+//!   back at once; lingering sockets have a bound of their own
+//!   ([`MAX_LINGERING`]), past which they are closed outright.
 
 use std::{
     net::SocketAddr,
@@ -47,6 +54,9 @@ use crate::metrics::ConnMetrics;
 const LINGER_TIME: Duration = Duration::from_secs(5);
 const LINGER_BYTES: usize = 64 << 20;
 
+/// Connections closing lingeringly at once; past it, a close is abrupt.
+const MAX_LINGERING: usize = 1024;
+
 /// Descriptors kept free below the open-file limit for peers, snapshot
 /// files and logs.
 const FD_RESERVE: u64 = 256;
@@ -59,13 +69,25 @@ content-length: 78\r\n\
 \r\n\
 {\"code\":-503,\"message\":\"too many connections: limits.max_connections\",\"ttl\":1}";
 
+/// The answer to a connection over `limits.max_connections_per_ip`.
+const BUSY_IP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json; charset=utf-8\r\n\
+connection: close\r\n\
+content-length: 102\r\n\
+\r\n\
+{\"code\":-503,\"message\":\"too many connections from one address: limits.max_connections_per_ip\",\"ttl\":1}";
+
 /// How connections are served.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnLimits {
     /// Head, then body, each within this.
     pub(crate) read_deadline: Duration,
+    /// A stalled answer write, at most.
+    pub(crate) write_deadline: Duration,
     /// Open connections.
     pub(crate) max_connections: usize,
+    /// Open connections from one IP address.
+    pub(crate) max_per_ip: usize,
 }
 
 impl ConnLimits {
@@ -94,7 +116,9 @@ impl ConnLimits {
         }
         ConnLimits {
             read_deadline: config.http_server.read_deadline(),
+            write_deadline: config.http_server.write_deadline(),
             max_connections: max,
+            max_per_ip: config.limits.max_connections_per_ip,
         }
     }
 }
@@ -111,6 +135,8 @@ pub(crate) async fn serve(
     mut down: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let lingering = Arc::new(Semaphore::new(MAX_LINGERING));
+    let per_ip = Arc::new(PerIp::default());
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -119,6 +145,7 @@ pub(crate) async fn serve(
         builder,
         app,
         read_deadline: limits.read_deadline,
+        write_deadline: limits.write_deadline,
         api,
     });
     let mut conns = JoinSet::new();
@@ -153,14 +180,29 @@ pub(crate) async fn serve(
             let _ = stream.try_write(BUSY);
             continue;
         };
+        let Some(ip_slot) = PerIp::acquire(&per_ip, remote.ip(), limits.max_per_ip) else {
+            shared.metrics().refused_per_ip.inc();
+            debug!(%remote, "connection refused: limits.max_connections_per_ip open");
+            let _ = stream.try_write(BUSY_IP);
+            continue;
+        };
         let shared = Arc::clone(&shared);
         let down = down.clone();
+        let lingering = Arc::clone(&lingering);
         conns.spawn(async move {
             let open = &shared.metrics().open;
             open.inc();
-            serve_one(&shared, stream, remote, down).await;
+            let unread = serve_one(&shared, stream, remote, down).await;
             open.dec();
+            // The slots go back before the lingering close: a client that
+            // keeps sending into it must not hold a connection slot.
             drop(slot);
+            drop(ip_slot);
+            if let Some(io) = unread {
+                if let Ok(_permit) = lingering.try_acquire() {
+                    linger(io).await;
+                }
+            }
         });
     }
     drop(listener);
@@ -171,7 +213,46 @@ struct Shared {
     builder: http1::Builder,
     app: Router,
     read_deadline: Duration,
+    write_deadline: Duration,
     api: Arc<crate::api::Api>,
+}
+
+/// Open connections per IP address; an entry lives while its count is
+/// above zero, so the map is bounded by the open connections.
+#[derive(Default)]
+struct PerIp(parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One connection's place in [`PerIp`], given back on drop.
+struct IpSlot {
+    map: Arc<PerIp>,
+    ip: std::net::IpAddr,
+}
+
+impl PerIp {
+    fn acquire(map: &Arc<PerIp>, ip: std::net::IpAddr, max: usize) -> Option<IpSlot> {
+        let mut m = map.0.lock();
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            map: Arc::clone(map),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.0.lock();
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -180,18 +261,20 @@ impl Shared {
     }
 }
 
+/// Serves one connection; returns its socket when it must be closed
+/// lingeringly.
 async fn serve_one(
     shared: &Shared,
     stream: TcpStream,
     remote: SocketAddr,
     mut down: watch::Receiver<bool>,
-) {
+) -> Option<TcpStream> {
     let _ = stream.set_nodelay(true);
     let app = shared.app.clone();
     let read_deadline = shared.read_deadline;
-    // The peer address matters only to `[auth]` rules; without them a
-    // request carries no extensions map at all.
-    let auth_remote = (!shared.api.config.auth.is_open()).then_some(remote);
+    // The peer address matters to `[auth]` rules and to the audited routes;
+    // elsewhere a request carries no extensions map at all.
+    let auth_on = !shared.api.config.auth.is_open();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let deadline = Instant::now() + read_deadline;
         let mut req = req.map(|b| {
@@ -202,14 +285,15 @@ async fn serve_one(
                 sleep: None,
             })
         });
-        if let Some(remote) = auth_remote {
+        if auth_on || matches!(req.uri().path(), "/discovery/set" | "/discovery/cancel") {
             req.extensions_mut().insert(ConnectInfo(remote));
         }
         tower::ServiceExt::oneshot(app.clone(), req)
     });
-    let mut conn = shared
-        .builder
-        .serve_connection(TokioIo::new(stream), service);
+    let mut conn = shared.builder.serve_connection(
+        TokioIo::new(Deadlined::new(stream, shared.write_deadline)),
+        service,
+    );
     let mut draining = false;
     let ended = loop {
         let stop = tokio::select! {
@@ -224,12 +308,131 @@ async fn serve_one(
         }
     };
     match ended {
-        Ok(()) => linger(conn.into_parts().io.into_inner()).await,
+        Ok(()) => return Some(conn.into_parts().io.into_inner().inner),
         Err(e) if e.is_timeout() => {
             shared.metrics().timed_out.inc();
             debug!(%remote, "request head not received within the read deadline; closed");
         }
+        Err(e) if write_stalled(&e) => {
+            shared.metrics().write_timed_out.inc();
+            debug!(%remote, "answer not read within the write deadline; closed");
+        }
         Err(e) => debug!(%remote, "connection error: {e}"),
+    }
+    None
+}
+
+fn write_stalled(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        // `io::Error::source` skips the error it wraps: look inside.
+        let inner = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .is_some_and(|inner| inner.is::<WriteStalled>());
+        if inner || e.is::<WriteStalled>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// Writing an answer made no progress within the write deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("answer not read by the client within {0:?} (httpServer.writeTimeout)")]
+struct WriteStalled(Duration);
+
+pin_project_lite::pin_project! {
+    /// A socket whose writes must make progress within a deadline: the
+    /// timer is armed when a write has to wait and disarmed by any
+    /// progress, so a slow reader is fine and a stopped one is cut off.
+    struct Deadlined {
+        #[pin]
+        inner: TcpStream,
+        limit: Duration,
+        stall: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl Deadlined {
+    fn new(inner: TcpStream, limit: Duration) -> Self {
+        Deadlined {
+            inner,
+            limit,
+            stall: None,
+        }
+    }
+}
+
+/// The outcome of a write-side poll, through the stall timer.
+fn through_deadline<T>(
+    stall: &mut Option<Pin<Box<Sleep>>>,
+    limit: Duration,
+    cx: &mut Context<'_>,
+    polled: Poll<std::io::Result<T>>,
+) -> Poll<std::io::Result<T>> {
+    match polled {
+        Poll::Ready(r) => {
+            *stall = None;
+            Poll::Ready(r)
+        }
+        Poll::Pending => {
+            let timer = stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+            match timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    WriteStalled(limit),
+                ))),
+                Poll::Pending => Poll::Pending,
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Deadlined {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Deadlined {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let polled = this.inner.poll_write(cx, buf);
+        through_deadline(this.stall, *this.limit, cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let polled = this.inner.poll_write_vectored(cx, bufs);
+        through_deadline(this.stall, *this.limit, cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let polled = this.inner.poll_flush(cx);
+        through_deadline(this.stall, *this.limit, cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
     }
 }
 
@@ -314,16 +517,18 @@ pub(crate) fn body_timeout(e: &(dyn std::error::Error + 'static)) -> Option<Stri
 mod tests {
     #[test]
     fn busy_answer_is_well_formed() {
-        let text = std::str::from_utf8(super::BUSY).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length: "))
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert_eq!(len, body.len());
-        let v: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!(v["code"], -503);
+        for answer in [super::BUSY, super::BUSY_IP] {
+            let text = std::str::from_utf8(answer).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(len, body.len());
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(v["code"], -503);
+        }
     }
 }

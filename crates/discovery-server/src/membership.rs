@@ -1,13 +1,11 @@
 //! The seam between the API and whatever knows the cluster: the answer of
 //! `/discovery/nodes`, the replication targets' state, signs of life from
 //! peers, and the vetting of `infra.discovery` records (see
-//! docs/cluster.md#peer-records-clients-cannot-forge). A node with peers
+//! docs/cluster.md#who-is-a-peer). A node with peers
 //! uses [`crate::cluster::Cluster`]; a router without one uses
 //! [`StaticMembers`].
 
 use naming::Instance;
-
-use crate::{registry::RegisterOptions, replication::Origin};
 
 /// One entry of `/discovery/nodes`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -33,16 +31,9 @@ pub trait Members: Send + Sync + 'static {
     /// A request from the node at `addr` reached us.
     fn heard_from(&self, _addr: &str) {}
 
-    /// Peer records waiting for their handshake.
-    fn candidates(&self) -> usize {
-        0
-    }
-
-    /// Decides about a peer-marked `infra.discovery` record before it is
-    /// stored (see [`Vetted`]); without a cluster, stores it.
-    fn vet(&self, _ins: Instance, _opts: RegisterOptions, _origin: Option<Origin>) -> Vetted {
-        Vetted::Admit
-    }
+    /// Decides whether an `infra.discovery` record may be stored (see
+    /// [`PeerRule`]).
+    fn vet(&self, ins: &Instance, proof: Proof) -> Vetted;
 }
 
 /// Replication state of one target, for status pages and metrics.
@@ -72,15 +63,134 @@ pub struct PeerReport {
     pub last_catch_up_ms: u64,
 }
 
-/// What to do with a peer-marked `infra.discovery` record.
+/// What to do with an `infra.discovery` record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Vetted {
     /// Store it as usual.
     Admit,
-    /// Held until its handshake passes; answer the sender as if stored.
-    Held,
     /// Refused, with the reason for the `-400`.
     Refused(String),
+}
+
+/// What vouches for an `infra.discovery` record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proof {
+    /// Nothing: a write marked `replication`/`from_zone`, which any
+    /// process can send.
+    None,
+    /// The write carried a valid signature with the cluster secret.
+    Signed,
+    /// This node pulled it from a peer it chose (start-up sync, a peer's
+    /// `-409` answer): it holds only records that peer admitted.
+    Pulled,
+}
+
+/// Who may be a peer (docs/cluster.md#who-is-a-peer). The registry's
+/// `infra.discovery` records are the cluster's membership, and every SDK
+/// takes its node list from them, so a record is stored only when:
+///
+/// * every address of it is this node's or in the static `nodes` and
+///   `[zones]` lists (how Go nodes of a mixed cluster are configured); or
+/// * `[auth] peer_token` is set and the record was written with a valid
+///   signature, or pulled from a peer that admitted it.
+///
+/// Anything else is refused with a message that names the fix; no request
+/// is ever sent to a record's address to "check" it, since any process can
+/// answer like a node.
+#[derive(Debug)]
+pub struct PeerRule {
+    own: String,
+    statics: std::collections::HashSet<String>,
+    secret: bool,
+    max_peers: usize,
+    /// Addresses already logged as refused, so that a flood logs each once
+    /// (bounded: forgotten wholesale past [`MAX_LOGGED`]).
+    logged: parking_lot::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Refused addresses remembered for log de-duplication.
+const MAX_LOGGED: usize = 1024;
+
+impl PeerRule {
+    /// The rule of a node advertising `own` with `config`'s static lists.
+    pub fn new(own: &str, config: &crate::config::Config) -> Self {
+        let statics = config
+            .nodes
+            .iter()
+            .chain(config.zones.values().flatten())
+            .cloned()
+            .collect();
+        PeerRule {
+            own: canonical(own).unwrap_or_else(|| own.to_string()),
+            statics,
+            secret: config.auth.peer_token.is_some(),
+            max_peers: config.limits.max_peers,
+            logged: parking_lot::Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    /// Whether `addr` (canonical `host:port`) is this node or configured.
+    pub fn is_static(&self, addr: &str) -> bool {
+        addr == self.own || self.statics.contains(addr)
+    }
+
+    /// Decides about `ins`; `learned` counts the admitted peers beyond the
+    /// static lists, bounded by `limits.max_peers`.
+    pub fn vet(&self, ins: &Instance, proof: Proof, learned: usize) -> Vetted {
+        let mut addrs = Vec::with_capacity(ins.addrs.len());
+        for a in &ins.addrs {
+            match naming::addr::PeerAddr::parse(a) {
+                Ok(p) => addrs.push(p.to_string()),
+                Err(e) => {
+                    return Vetted::Refused(format!(
+                        "an {} record's addresses must be http(s)://host:port: {e}",
+                        naming::DISCOVERY_APPID
+                    ));
+                }
+            }
+        }
+        if addrs.is_empty() {
+            return Vetted::Refused(format!(
+                "an {} record needs an http://host:port address",
+                naming::DISCOVERY_APPID
+            ));
+        }
+        let unknown: Vec<&String> = addrs.iter().filter(|a| !self.is_static(a)).collect();
+        if unknown.is_empty() {
+            return Vetted::Admit;
+        }
+        let vouched = self.secret && matches!(proof, Proof::Signed | Proof::Pulled);
+        if vouched && learned < self.max_peers {
+            return Vetted::Admit;
+        }
+        let why = if vouched {
+            format!(
+                "too many discovery peers beyond the static lists: limits.max_peers ({})",
+                self.max_peers
+            )
+        } else {
+            format!(
+                "{} is not a configured peer: list it in `nodes` (or `[zones]`), \
+                 or set `[auth] peer_token` on every node",
+                unknown[0]
+            )
+        };
+        let mut logged = self.logged.lock();
+        if logged.len() >= MAX_LOGGED {
+            logged.clear();
+        }
+        if logged.insert(unknown[0].clone()) {
+            tracing::warn!(hostname = %ins.hostname, zone = %ins.zone, "peer record refused: {why}");
+        }
+        Vetted::Refused(why)
+    }
+}
+
+/// `host:port` of a node address, or `None` when it is not one.
+pub(crate) fn canonical(addr: &str) -> Option<String> {
+    naming::addr::PeerAddr::parse(addr)
+        .ok()
+        .map(|a| a.to_string())
 }
 
 /// `/discovery/nodes` of a node without cluster membership: itself and the
@@ -93,6 +203,8 @@ pub struct StaticMembers {
     pub zone: String,
     /// The static same-zone nodes of its config.
     pub nodes: Vec<String>,
+    /// Who may be a peer.
+    pub rule: PeerRule,
 }
 
 impl Members for StaticMembers {
@@ -108,5 +220,10 @@ impl Members for StaticMembers {
                 zone: self.zone.clone(),
             })
             .collect()
+    }
+
+    fn vet(&self, ins: &Instance, proof: Proof) -> Vetted {
+        // Without a cluster nothing is learned: only the bound applies.
+        self.rule.vet(ins, proof, 0)
     }
 }

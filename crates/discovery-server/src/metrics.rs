@@ -29,6 +29,11 @@ pub(crate) struct RouteLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PeerLabels {
     peer: String,
 }
@@ -108,7 +113,10 @@ pub struct Metrics {
     tombstones: Gauge,
     tombstones_evicted: Counter,
     emptied_apps: Gauge,
-    peer_candidates: Gauge,
+    peer_records_refused: Counter,
+    signatures_refused: Family<ReasonLabels, Counter>,
+    admin_writes: Family<RouteLabels, Counter>,
+    peer_nonces: Gauge,
     clock_lead: Gauge,
     pub(crate) conns: ConnMetrics,
 }
@@ -118,7 +126,9 @@ pub struct Metrics {
 pub(crate) struct ConnMetrics {
     pub(crate) open: Gauge,
     pub(crate) refused: Counter,
+    pub(crate) refused_per_ip: Counter,
     pub(crate) timed_out: Counter,
+    pub(crate) write_timed_out: Counter,
 }
 
 impl ConnMetrics {
@@ -134,6 +144,16 @@ impl ConnMetrics {
             "connections_timed_out",
             "Connections closed because a request head was not received within the read deadline",
             m.timed_out.clone(),
+        );
+        r.register(
+            "connections_refused_per_ip",
+            "Connections closed at once because limits.max_connections_per_ip were open from their address",
+            m.refused_per_ip.clone(),
+        );
+        r.register(
+            "connections_write_timed_out",
+            "Connections closed because an answer made no progress within the write deadline",
+            m.write_timed_out.clone(),
         );
         m
     }
@@ -223,10 +243,28 @@ impl Metrics {
             "emptied_apps",
             "Apps without instances whose counter is kept for pollers (bounded by limits.max_tombstones)",
         );
-        let peer_candidates = gauge(
+        let peer_records_refused = Counter::default();
+        r.register(
+            "peer_records_refused",
+            "infra.discovery records refused: not a configured peer and not signed",
+            peer_records_refused.clone(),
+        );
+        let signatures_refused = Family::<ReasonLabels, Counter>::default();
+        r.register(
+            "peer_signatures_refused",
+            "Requests refused for their peer signature, by reason",
+            signatures_refused.clone(),
+        );
+        let admin_writes = Family::<RouteLabels, Counter>::default();
+        r.register(
+            "admin_writes",
+            "Writes to other processes' instances (set, and cancels from another address), by route",
+            admin_writes.clone(),
+        );
+        let peer_nonces = gauge(
             &mut r,
-            "peer_candidates",
-            "infra.discovery records waiting for their handshake (bounded by limits.max_peers)",
+            "peer_nonces",
+            "Peer signature nonces remembered for the replay check (bounded by limits.max_peer_nonces)",
         );
         let clock_lead = gauge(
             &mut r,
@@ -301,7 +339,10 @@ impl Metrics {
             tombstones,
             tombstones_evicted,
             emptied_apps,
-            peer_candidates,
+            peer_records_refused,
+            signatures_refused,
+            admin_writes,
+            peer_nonces,
             clock_lead,
             conns,
         }
@@ -335,6 +376,27 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Counts a request refused for its peer signature.
+    pub(crate) fn signature_refused(&self, reason: &'static str) {
+        self.signatures_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts an `infra.discovery` record refused by the peer rule.
+    pub(crate) fn peer_record_refused(&self) {
+        self.peer_records_refused.inc();
+    }
+
+    /// Counts an operator's write to another process's instances.
+    pub(crate) fn admin_write(&self, route: &str) {
+        self.admin_writes
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+            })
+            .inc();
+    }
+
     /// Requests answered on a route since start, all codes.
     pub(crate) fn requests_on(&self, route: &str) -> u64 {
         let r = route_index(route);
@@ -350,6 +412,7 @@ impl Metrics {
         registry: &Registry,
         members: &dyn Members,
         clock: &crate::clock::Clock,
+        nonces: usize,
     ) -> String {
         let to_i64 = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
         self.instances.set(to_i64(registry.len()));
@@ -366,7 +429,7 @@ impl Metrics {
             std::sync::atomic::Ordering::Relaxed,
         );
         self.emptied_apps.set(to_i64(registry.emptied_apps()));
-        self.peer_candidates.set(to_i64(members.candidates()));
+        self.peer_nonces.set(to_i64(nonces));
         self.clock_lead
             .set(i64::try_from(clock.lead().as_millis()).unwrap_or(i64::MAX));
         // Peers come and go: only the current ones are exported.

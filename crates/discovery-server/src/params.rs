@@ -25,6 +25,9 @@ pub(crate) struct Params {
     /// once here, so that reading a parameter is a slice, not a check.
     text: String,
     pairs: Vec<(Piece, Piece)>,
+    /// The request carried a valid peer signature (see
+    /// [`crate::auth::sign`]).
+    pub(crate) signed: bool,
 }
 
 /// The (key, value) ranges of an url-encoded text, empty pairs skipped,

@@ -11,6 +11,30 @@ const AUTH: &str =
     "[auth]\nwrite_token = \"w-tok\"\nadmin_token = \"a-tok\"\npeer_token = \"p-tok\"\n";
 const REG: &str = "zone=sh001&env=dev&appid=demo.svc&hostname=h1&status=1&addrs=grpc://h1:9000";
 
+/// A peer's proof: the signature of the request with the cluster secret.
+fn signed(method: &str, path: &str, body: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    discovery_server::auth::sign(
+        &discovery_server::auth::Secret::new("p-tok"),
+        method,
+        path,
+        body.as_bytes(),
+        i64::try_from(now).unwrap(),
+        u128::from(now as u64) << 8 | u128::from(path.len() as u8),
+    )
+}
+
+async fn post_signed(h: &Harness, path: &str, form: &str) -> common::Resp {
+    let req = Request::post(path)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-discovery-signature", signed("POST", path, form));
+    h.send(req.body(Body::from(form.to_string())).unwrap())
+        .await
+}
+
 async fn post_with(h: &Harness, path: &str, form: &str, auth: Option<&str>) -> common::Resp {
     let mut req = Request::post(path).header("content-type", "application/x-www-form-urlencoded");
     if let Some(a) = auth {
@@ -79,10 +103,15 @@ async fn replication_flags_do_not_bypass_the_tokens() {
             .code(),
         -401
     );
+    // The peer secret in clear is no proof; its signature is.
     assert_eq!(
         post_with(&h, "/discovery/register", &peer, Some("Bearer p-tok"))
             .await
             .code(),
+        -401
+    );
+    assert_eq!(
+        post_signed(&h, "/discovery/register", &peer).await.code(),
         0
     );
     let z = format!("{REG}&from_zone=true");
@@ -108,10 +137,22 @@ async fn set_needs_the_admin_token_and_fetch_all_the_peer_token() {
     );
 
     assert_eq!(h.get("/discovery/fetch/all").await.code(), -401);
-    let ok = h
+    let clear = h
         .send(
             Request::get("/discovery/fetch/all")
                 .header("authorization", "Bearer p-tok")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(clear.code(), -401);
+    let ok = h
+        .send(
+            Request::get("/discovery/fetch/all")
+                .header(
+                    "x-discovery-signature",
+                    signed("GET", "/discovery/fetch/all", ""),
+                )
                 .body(Body::empty())
                 .unwrap(),
         )

@@ -51,6 +51,7 @@ poll_hold = "60s"
 [limits]
 max_instances = 2000000
 max_pollers = 50000
+max_connections_per_ip = 50000
 [cluster]
 sync_timeout = "2s"
 "#;

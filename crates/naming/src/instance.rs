@@ -140,7 +140,8 @@ impl Instance {
             .filter(|c| !c.is_empty())
     }
 
-    /// The `host:port` of the last address with the given scheme.
+    /// The `host:port` of the last address with the given scheme (compared
+    /// ignoring case, as Go's URL parser does; see [`crate::addr::Addr`]).
     ///
     /// ```
     /// let ins = naming::Instance {
@@ -152,8 +153,8 @@ impl Instance {
     /// ```
     pub fn addr(&self, scheme: &str) -> Option<&str> {
         self.addrs.iter().rev().find_map(|a| {
-            let (s, rest) = a.split_once("://")?;
-            (s == scheme).then_some(rest)
+            let a = crate::addr::Addr::parse(a).ok()?;
+            a.has_scheme(scheme).then_some(a.authority())
         })
     }
 

@@ -27,6 +27,7 @@
 //! assert_eq!(ins.grpc_addr(), Some("10.0.0.1:9000"));
 //! ```
 
+pub mod addr;
 pub mod backoff;
 pub mod code;
 mod duration;

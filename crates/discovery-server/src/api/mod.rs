@@ -38,6 +38,7 @@ use http::{HeaderMap, HeaderValue, Request, StatusCode, request::Parts};
 use tokio::sync::watch;
 
 use crate::{
+    auth::SIGNATURE_HEADER,
     clock::Clock,
     config::Config,
     membership::{Members, StaticMembers},
@@ -66,6 +67,8 @@ pub struct Api {
     pub(crate) metrics: crate::metrics::Metrics,
     /// [`NODE_ID_HEADER`]'s value, built once.
     node_header: HeaderValue,
+    /// Peer signatures' replay check.
+    verifier: crate::auth::Verifier,
 }
 
 impl std::fmt::Debug for Api {
@@ -89,6 +92,7 @@ impl Api {
         members: Arc<dyn Members>,
     ) -> Self {
         let node_header = HeaderValue::from_str(&node.id).expect("hex id is a valid header value");
+        let verifier = crate::auth::Verifier::new(config.limits.max_peer_nonces);
         Api {
             registry,
             config,
@@ -98,6 +102,7 @@ impl Api {
             shutdown,
             replicator,
             members,
+            verifier,
             metrics: crate::metrics::Metrics::new(),
             node_header,
         }
@@ -124,6 +129,7 @@ impl Api {
             own: advertise.clone(),
             zone: config.env.zone.clone(),
             nodes: config.nodes.clone(),
+            rule: crate::membership::PeerRule::new(&advertise, &config),
         });
         let registry = Arc::new(Registry::new(config.registry.params.clone()));
         let api = Api::new(
@@ -264,15 +270,63 @@ impl FromRequest<Arc<Api>> for Bound {
     type Rejection = Reply;
 
     async fn from_request(req: Request<Body>, api: &Arc<Api>) -> Result<Self, Reply> {
-        Params::bind(req, api.config.limits.max_body_bytes)
-            .await
-            .map(Bound)
+        let max = api.config.limits.max_body_bytes;
+        if !req.headers().contains_key(SIGNATURE_HEADER) {
+            return Params::bind(req, max).await.map(Bound);
+        }
+        // A signature covers the body as sent: read it, check it, then bind
+        // from the same bytes.
+        let (parts, body) = req.into_parts();
+        let bytes = crate::params::read_body(body, max).await?;
+        api.verify_signature(&parts, &bytes)?;
+        let mut p = Params::bind(Request::from_parts(parts, Body::from(bytes)), max).await?;
+        p.signed = true;
+        Ok(Bound(p))
+    }
+}
+
+impl Api {
+    /// Checks a request's [`SIGNATURE_HEADER`] against `[auth] peer_token`;
+    /// a request without one passes unsigned. A bad one is `-401`.
+    pub(crate) fn verify_signature(&self, parts: &Parts, body: &[u8]) -> Result<bool, Reply> {
+        let Some(header) = parts.headers.get(SIGNATURE_HEADER) else {
+            return Ok(false);
+        };
+        let checked = header
+            .to_str()
+            .map_err(|_| crate::auth::SignatureError::Malformed)
+            .and_then(|header| {
+                let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                self.verifier.verify(
+                    self.config.auth.peer_token.as_ref(),
+                    header,
+                    parts.method.as_str(),
+                    pq,
+                    body,
+                    self.clock.physical() / 1_000_000,
+                    self.config.cluster.max_clock_skew,
+                )
+            });
+        match checked {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                self.metrics.signature_refused(e.label());
+                tracing::warn!(reason = e.label(), "peer signature refused: {e}");
+                Err(Reply::message(UNAUTHORIZED, format!("unauthorized: {e}")))
+            }
+        }
+    }
+
+    /// Signature nonces remembered now.
+    pub fn peer_nonces(&self) -> usize {
+        self.verifier.held()
     }
 }
 
 /// Who is asking: the token presented and the peer address.
 pub(crate) struct Caller {
     token: Option<String>,
+    /// Known when `[auth]` is on, and on the routes that are audited.
     ip: Option<std::net::IpAddr>,
 }
 
@@ -292,14 +346,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 
 impl Api {
     /// Applies `[auth]`; a `token` parameter counts when no header did.
+    /// Returns the credential that let the request in.
     pub(crate) fn authorize(
         &self,
         need: crate::auth::Need,
         caller: &Caller,
         p: &Params,
-    ) -> Result<(), Reply> {
+    ) -> Result<crate::auth::Grant, Reply> {
         if self.config.auth.is_open() {
-            return Ok(());
+            return Ok(if p.signed {
+                crate::auth::Grant::Peer
+            } else {
+                crate::auth::Grant::Open
+            });
         }
         let token = caller
             .token
@@ -307,7 +366,7 @@ impl Api {
             .or(Some(p.str("token")).filter(|t| !t.is_empty()));
         self.config
             .auth
-            .check(need, token, caller.ip)
+            .check(need, token, caller.ip, p.signed)
             .map_err(|why| Reply::message(UNAUTHORIZED, format!("unauthorized: {why}")))
     }
 }

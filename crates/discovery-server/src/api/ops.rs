@@ -22,9 +22,12 @@ pub(super) async fn console() -> Response {
 
 /// `GET /metrics`: Prometheus / OpenMetrics text.
 pub(super) async fn metrics(State(api): Shared) -> Response {
-    let text = api
-        .metrics
-        .render(&api.registry, api.members.as_ref(), &api.clock);
+    let text = api.metrics.render(
+        &api.registry,
+        api.members.as_ref(),
+        &api.clock,
+        api.peer_nonces(),
+    );
     (
         StatusCode::OK,
         [(

@@ -14,7 +14,8 @@ use super::{
     Api, Bound, Caller, Shared, check_reserved, is_peer, observe_peer_clock, origin, write_need,
 };
 use crate::{
-    membership::Vetted,
+    auth::Grant,
+    membership::{Proof, Vetted},
     params::Params,
     registry::{MetadataPatch, RegisterOptions, Renewed, SetError, SetRequest},
     replication::Op,
@@ -125,10 +126,10 @@ async fn register_apply(api: &Api, p: &Params) -> Result<Reply, Reply> {
         peer,
     };
     if ins.appid == naming::DISCOVERY_APPID {
-        match api.members.vet(ins.clone(), opts, origin(p)) {
-            Vetted::Admit => {}
-            Vetted::Held => return Ok(Reply::ok()),
-            Vetted::Refused(why) => return Err(Reply::message(BAD_REQUEST, why)),
+        let proof = if p.signed { Proof::Signed } else { Proof::None };
+        if let Vetted::Refused(why) = api.members.vet(&ins, proof) {
+            api.metrics.peer_record_refused();
+            return Err(Reply::message(BAD_REQUEST, why));
         }
     }
     let out = api.registry.register(ins, opts, api.clock.now());
@@ -208,9 +209,9 @@ async fn renew_apply(api: &Api, p: &Params) -> Result<Reply, Reply> {
             for a in record
                 .addrs
                 .iter()
-                .filter_map(|a| a.strip_prefix("http://"))
+                .filter_map(|a| crate::membership::canonical(a))
             {
-                api.members.heard_from(a);
+                api.members.heard_from(&a);
             }
         }
     }
@@ -237,8 +238,41 @@ pub(super) async fn cancel(
     caller: Caller,
     Bound(p): Bound,
 ) -> Result<Reply, Reply> {
-    api.authorize(write_need(&p), &caller, &p)?;
+    let grant = api.authorize(write_need(&p), &caller, &p)?;
+    if !is_peer(&p) {
+        audit_cancel(&api, &caller, grant, &p);
+    }
     cancel_apply(&api, &p).await
+}
+
+/// A cancel from an address that is not one of the instance's own is an
+/// act on another process's registration: logged with who did it.
+fn audit_cancel(api: &Api, caller: &Caller, grant: Grant, p: &Params) {
+    let Ok(key) = api.instance_key(p) else {
+        return;
+    };
+    let Some(ins) = api.registry.get(&key) else {
+        return;
+    };
+    let own = caller.ip.is_some_and(|ip| {
+        ins.addrs.iter().any(|a| {
+            naming::addr::Addr::parse(a).is_ok_and(|a| {
+                let host = a.host().trim_start_matches('[').trim_end_matches(']');
+                host.parse::<std::net::IpAddr>().is_ok_and(|h| h == ip)
+            })
+        })
+    });
+    if !own {
+        api.metrics.admin_write("/discovery/cancel");
+        tracing::info!(
+            target: "discovery::audit",
+            route = "/discovery/cancel",
+            caller = ?caller.ip,
+            credential = grant.name(),
+            appid = %key.appid, env = %key.env, zone = %key.zone, hostname = %key.hostname,
+            "cancel of an instance from an address that is not its own"
+        );
+    }
 }
 
 /// `cancel` on bound, authorized parameters (also used for batches).
@@ -270,7 +304,19 @@ pub(super) async fn set(
     caller: Caller,
     Bound(p): Bound,
 ) -> Result<Reply, Reply> {
-    api.authorize(set_need(&p), &caller, &p)?;
+    let grant = api.authorize(set_need(&p), &caller, &p)?;
+    if !is_peer(&p) {
+        api.metrics.admin_write("/discovery/set");
+        tracing::info!(
+            target: "discovery::audit",
+            route = "/discovery/set",
+            caller = ?caller.ip,
+            credential = grant.name(),
+            appid = p.str("appid"), env = p.str("env"), zone = p.str("zone"),
+            hostnames = ?p.list("hostname"),
+            "set"
+        );
+    }
     set_apply(&api, &p).await
 }
 
@@ -366,14 +412,20 @@ pub(super) async fn replicate(
     req: Request<Body>,
 ) -> Result<Reply, Reply> {
     let api = &*api;
-    let body = crate::params::read_body(req.into_body(), api.config.limits.max_body_bytes).await?;
-    api.authorize(crate::auth::Need::PeerWrite, &caller, &Params::default())?;
+    let (parts, body) = req.into_parts();
+    let body = crate::params::read_body(body, api.config.limits.max_body_bytes).await?;
+    let signed = api.verify_signature(&parts, &body)?;
+    let mut whole = Params::default();
+    whole.signed = signed;
+    api.authorize(crate::auth::Need::PeerWrite, &caller, &whole)?;
     let batch: Batch = serde_json::from_slice(&body)
         .map_err(|e| Reply::bad_param("ops", format!("not a batch: {e}")))?;
     let mut out = Vec::with_capacity(64 * batch.ops.len() + 2);
     out.push(b'[');
     for (i, op) in batch.ops.iter().enumerate() {
-        let p = Params::from_query(&op.form);
+        let mut p = Params::from_query(&op.form);
+        // The batch's signature covers every write in it.
+        p.signed = signed;
         let result = if !is_peer(&p) {
             Err(Reply::bad_param(
                 "replication",

@@ -42,7 +42,7 @@ use tracing::{debug, info, warn};
 use crate::{
     clock::Clock,
     config::Config,
-    membership::{Members, NodeStatus, PeerReport, Vetted},
+    membership::{Members, NodeStatus, PeerReport, PeerRule, Proof, Vetted, canonical},
     node::{NODE_ADDR_HEADER, NODE_ID_HEADER, NodeIdentity},
     registry::{AppKey, Registry},
     replication::{Op, Origin, Replicator},
@@ -57,23 +57,24 @@ struct Slot {
 
 /// Membership and replication of one node.
 pub struct Cluster {
-    /// Itself, for tasks started from `&self` methods.
-    me: std::sync::Weak<Cluster>,
     pub(crate) config: Arc<Config>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) clock: Clock,
     pub(crate) node: NodeIdentity,
     pub(crate) http: reqwest::Client,
-    same: Mutex<BTreeMap<String, Slot>>,
-    zones: Mutex<BTreeMap<String, Slot>>,
+    /// Same-zone replication targets, by address.
+    same_zone: Mutex<BTreeMap<String, Slot>>,
+    /// One replication target per other zone, by zone name.
+    other_zones: Mutex<BTreeMap<String, Slot>>,
     /// Addresses that turned out to be this node.
-    selves: Mutex<HashSet<String>>,
+    own_addrs: Mutex<HashSet<String>>,
     /// Same-zone addresses currently backed by a live `infra.discovery` record.
-    learned: Mutex<BTreeSet<String>>,
-    /// Addresses that passed a handshake (see [`vet`]).
-    verified: Mutex<HashSet<String>>,
-    /// Peer records waiting for their handshake.
-    candidates: Mutex<std::collections::HashMap<crate::registry::InstanceKey, vet::Candidate>>,
+    same_zone_records: Mutex<BTreeSet<String>>,
+    /// Addresses of live records beyond the static lists (admitted by
+    /// signature), bounded by `limits.max_peers`.
+    beyond_static: Mutex<HashSet<String>>,
+    /// Who may be a peer.
+    rule: PeerRule,
     membership: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -85,10 +86,6 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-fn strip_http(addr: &str) -> Option<&str> {
-    addr.strip_prefix("http://").filter(|a| !a.is_empty())
-}
-
 impl Cluster {
     /// A cluster view; call [`Cluster::start`] to begin replicating.
     pub fn new(
@@ -98,27 +95,32 @@ impl Cluster {
         node: NodeIdentity,
     ) -> Arc<Self> {
         let hc = &config.http_client;
+        // Peers are addresses the operator configured or a secret holder
+        // announced; even so, a peer's answer never sends this node
+        // elsewhere (no redirects) and is bounded in time and size.
         let http = reqwest::Client::builder()
             .connect_timeout(hc.dial)
+            .read_timeout(hc.timeout)
             .tcp_keepalive(hc.keep_alive)
             .timeout(hc.timeout)
             .tcp_nodelay(true)
             .pool_idle_timeout(hc.keep_alive)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("a plain HTTP client builds");
-        Arc::new_cyclic(|me| Cluster {
-            me: me.clone(),
+        let rule = PeerRule::new(&node.advertise, &config);
+        Arc::new(Cluster {
             config,
             registry,
             clock,
             node,
             http,
-            same: Mutex::new(BTreeMap::new()),
-            zones: Mutex::new(BTreeMap::new()),
-            selves: Mutex::new(HashSet::new()),
-            learned: Mutex::new(BTreeSet::new()),
-            verified: Mutex::new(HashSet::new()),
-            candidates: Mutex::new(std::collections::HashMap::new()),
+            same_zone: Mutex::new(BTreeMap::new()),
+            other_zones: Mutex::new(BTreeMap::new()),
+            own_addrs: Mutex::new(HashSet::new()),
+            same_zone_records: Mutex::new(BTreeSet::new()),
+            beyond_static: Mutex::new(HashSet::new()),
+            rule,
             membership: Mutex::new(None),
         })
     }
@@ -149,29 +151,73 @@ impl Cluster {
         if let Some(t) = self.membership.lock().take() {
             t.abort();
         }
-        for (_, s) in std::mem::take(&mut *self.same.lock()) {
+        for (_, s) in std::mem::take(&mut *self.same_zone.lock()) {
             s.task.abort();
         }
-        for (_, s) in std::mem::take(&mut *self.zones.lock()) {
+        for (_, s) in std::mem::take(&mut *self.other_zones.lock()) {
             s.task.abort();
         }
     }
 
-    /// Adds the peer token, when one is configured.
-    pub(crate) fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        let req = req.header(NODE_ADDR_HEADER, &self.node.advertise);
-        match &self.config.auth.peer_token {
-            Some(t) => req.bearer_auth(t.expose()),
-            None => req,
+    /// Sends a request to a peer: stamped with our address and, with
+    /// `[auth] peer_token`, signed (the secret itself never travels).
+    pub(crate) async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let mut req = req.header(NODE_ADDR_HEADER, &self.node.advertise).build()?;
+        if let Some(secret) = &self.config.auth.peer_token {
+            let url = req.url();
+            let pq = match url.query() {
+                Some(q) => format!("{}?{q}", url.path()),
+                None => url.path().to_string(),
+            };
+            let body = req.body().and_then(reqwest::Body::as_bytes).unwrap_or(&[]);
+            let sig = crate::auth::sign(
+                secret,
+                req.method().as_str(),
+                &pq,
+                body,
+                self.clock.physical() / 1_000_000,
+                rand::random(),
+            );
+            req.headers_mut().insert(
+                crate::auth::SIGNATURE_HEADER,
+                http::HeaderValue::from_str(&sig).expect("hex and digits"),
+            );
         }
+        self.http.execute(req).await
+    }
+
+    /// A peer's answer body, read up to `limits.max_peer_answer_bytes`.
+    pub(crate) async fn read_answer(
+        &self,
+        mut res: reqwest::Response,
+    ) -> Result<bytes::Bytes, String> {
+        let max = self.config.limits.max_peer_answer_bytes;
+        if res.content_length().is_some_and(|n| n > max as u64) {
+            return Err(format!(
+                "answer exceeds limits.max_peer_answer_bytes ({max})"
+            ));
+        }
+        let mut out = bytes::BytesMut::new();
+        while let Some(chunk) = res.chunk().await.map_err(|e| e.to_string())? {
+            if out.len() + chunk.len() > max {
+                return Err(format!(
+                    "answer exceeds limits.max_peer_answer_bytes ({max})"
+                ));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.freeze())
     }
 
     /// A sign of life from the node at `addr`: its queue is flushed now.
     pub(crate) fn heard_from_addr(&self, addr: &str) {
-        if let Some(slot) = self.same.lock().get(addr) {
+        if let Some(slot) = self.same_zone.lock().get(addr) {
             slot.peer.heard_from();
         }
-        for slot in self.zones.lock().values() {
+        for slot in self.other_zones.lock().values() {
             if slot.peer.has_node(addr) {
                 slot.peer.heard_from();
             }
@@ -179,13 +225,13 @@ impl Cluster {
     }
 
     fn is_self(&self, addr: &str) -> bool {
-        addr == self.node.advertise || self.selves.lock().contains(addr)
+        addr == self.node.advertise || self.own_addrs.lock().contains(addr)
     }
 
     pub(crate) fn found_self(&self, addr: &str) {
         info!(addr, "address is this node; not a peer");
-        self.selves.lock().insert(addr.to_string());
-        if let Some(s) = self.same.lock().remove(addr) {
+        self.own_addrs.lock().insert(addr.to_string());
+        if let Some(s) = self.same_zone.lock().remove(addr) {
             s.task.abort();
         }
     }
@@ -219,7 +265,8 @@ impl Cluster {
             if now - ins.renew_timestamp > lease {
                 continue;
             }
-            for addr in ins.addrs.iter().filter_map(|a| strip_http(a)) {
+            for addr in ins.addrs.iter().filter_map(|a| canonical(a)) {
+                let addr = addr.as_str();
                 if self.is_self(addr) {
                     continue;
                 }
@@ -244,7 +291,7 @@ impl Cluster {
         let mut wanted: BTreeSet<String> = self.static_peers().into_iter().collect();
         wanted.extend(learned_same.iter().cloned());
         {
-            let mut same = self.same.lock();
+            let mut same = self.same_zone.lock();
             same.retain(|addr, slot| {
                 let keep = wanted.contains(addr);
                 if !keep {
@@ -268,13 +315,16 @@ impl Cluster {
                 }
             }
         }
-        for (addr, slot) in self.same.lock().iter() {
+        for (addr, slot) in self.same_zone.lock().iter() {
             slot.peer.set_batch(batching.contains(addr));
         }
-        self.verified
-            .lock()
-            .retain(|a| learned_same.contains(a) || learned_zones.values().any(|z| z.contains(a)));
-        *self.learned.lock() = learned_same;
+        *self.beyond_static.lock() = learned_same
+            .iter()
+            .chain(learned_zones.values().flatten())
+            .filter(|a| !self.rule.is_static(a))
+            .cloned()
+            .collect();
+        *self.same_zone_records.lock() = learned_same;
 
         let mut zones_wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (zone, nodes) in &self.config.zones {
@@ -288,7 +338,7 @@ impl Cluster {
         for (zone, nodes) in learned_zones {
             zones_wanted.entry(zone).or_default().extend(nodes);
         }
-        let mut zones = self.zones.lock();
+        let mut zones = self.other_zones.lock();
         zones.retain(|z, slot| {
             let keep = zones_wanted.contains_key(z);
             if !keep {
@@ -331,7 +381,7 @@ impl Cluster {
             replication: true,
             from_zone: false,
         };
-        for (addr, slot) in self.same.lock().iter() {
+        for (addr, slot) in self.same_zone.lock().iter() {
             if addr != from {
                 slot.peer
                     .push(Op::Register(out.instance.clone().into()), flags, None);
@@ -360,8 +410,8 @@ impl Cluster {
                 .last_catch_up_ms
                 .load(std::sync::atomic::Ordering::Relaxed),
         };
-        let mut v: Vec<PeerReport> = self.same.lock().values().map(one).collect();
-        v.extend(self.zones.lock().values().map(one));
+        let mut v: Vec<PeerReport> = self.same_zone.lock().values().map(one).collect();
+        v.extend(self.other_zones.lock().values().map(one));
         v
     }
 
@@ -386,21 +436,10 @@ impl Cluster {
         }
     }
 
-    /// Vets a peer's copy of an `infra.discovery` record before a merge;
-    /// `true` when it may be stored now.
+    /// Vets a copy of an `infra.discovery` record pulled from a peer before
+    /// a merge; `true` when it may be stored.
     fn admit_merge(&self, ins: &Instance) -> bool {
-        if ins.appid != DISCOVERY_APPID {
-            return true;
-        }
-        let Some(me) = self.me.upgrade() else {
-            return false;
-        };
-        let opts = crate::registry::RegisterOptions {
-            dirty_timestamp: ins.dirty_timestamp,
-            reg_timestamp: ins.reg_timestamp,
-            peer: true,
-        };
-        me.vet(ins.clone(), opts, None) == Vetted::Admit
+        ins.appid != DISCOVERY_APPID || self.vet(ins, Proof::Pulled) == Vetted::Admit
     }
 
     /// The start-up sync: `fetch/all` from every static same-zone peer and
@@ -508,11 +547,10 @@ impl Cluster {
     /// One `fetch/all`; `Ok(None)` when the address is this node.
     async fn fetch_all(&self, target: &str) -> Result<Option<usize>, SyncError> {
         let res = self
-            .authorized(
+            .send(
                 self.http
                     .get(format!("http://{target}/discovery/fetch/all")),
             )
-            .send()
             .await
             .map_err(|e| SyncError {
                 absent: e.is_connect(),
@@ -524,13 +562,15 @@ impl Cluster {
             .get(NODE_ID_HEADER)
             .and_then(|v| v.to_str().ok());
         if id == Some(self.node.id.as_str()) {
-            self.selves.lock().insert(target.to_string());
+            self.own_addrs.lock().insert(target.to_string());
             return Ok(None);
         }
         if !res.status().is_success() {
             return Err(present(format!("HTTP {}", res.status())));
         }
-        let all: wire::AllAnswer = res.json().await.map_err(|e| present(e.to_string()))?;
+        let body = self.read_answer(res).await.map_err(present)?;
+        let all: wire::AllAnswer =
+            serde_json::from_slice(&body).map_err(|e| present(e.to_string()))?;
         if all.code != 0 {
             return Err(present(format!("code {}", all.code)));
         }
@@ -580,7 +620,7 @@ impl Replicator for Cluster {
             from_zone: origin == Origin::OtherZone,
         };
         let mut someone_acks = false;
-        for slot in self.same.lock().values() {
+        for slot in self.same_zone.lock().values() {
             someone_acks |= slot.peer.is_up();
             slot.peer.push(op.clone(), same_flags, ack.clone());
         }
@@ -589,7 +629,7 @@ impl Replicator for Cluster {
                 replication: false,
                 from_zone: true,
             };
-            for slot in self.zones.lock().values() {
+            for slot in self.other_zones.lock().values() {
                 slot.peer.push(op.clone(), zone_flags, None);
             }
         }
@@ -609,9 +649,9 @@ impl Replicator for Cluster {
 impl Members for Cluster {
     fn nodes(&self) -> Vec<NodeStatus> {
         let zone = &self.config.env.zone;
-        let learned = self.learned.lock().clone();
+        let learned = self.same_zone_records.lock().clone();
         let mut out: Vec<NodeStatus> = self
-            .same
+            .same_zone
             .lock()
             .iter()
             .filter(|(addr, slot)| learned.contains(*addr) || slot.peer.is_up())
@@ -638,19 +678,7 @@ impl Members for Cluster {
         self.heard_from_addr(addr);
     }
 
-    fn candidates(&self) -> usize {
-        Cluster::candidates(self)
-    }
-
-    fn vet(
-        &self,
-        ins: Instance,
-        opts: crate::registry::RegisterOptions,
-        origin: Option<Origin>,
-    ) -> Vetted {
-        match self.me.upgrade() {
-            Some(me) => me.vet(ins, opts, origin),
-            None => Vetted::Refused("node is stopping".into()),
-        }
+    fn vet(&self, ins: &Instance, proof: Proof) -> Vetted {
+        Cluster::vet(self, ins, proof)
     }
 }

@@ -377,7 +377,8 @@ async fn post(
     body: String,
 ) -> Result<Answer, Failure> {
     let req = cluster
-        .authorized(cluster.http.post(format!("http://{target}{path}")))
+        .http
+        .post(format!("http://{target}{path}"))
         .header(
             http::header::CONTENT_TYPE,
             "application/x-www-form-urlencoded",
@@ -392,16 +393,16 @@ async fn exchange<T: serde::de::DeserializeOwned>(
     cluster: &Cluster,
     req: reqwest::RequestBuilder,
 ) -> Result<T, Failure> {
-    let res = req
-        .send()
+    let res = cluster
+        .send(req)
         .await
         .map_err(|e| Failure::Transport(e.to_string()))?;
     check_self(cluster, &res)?;
     if res.status().as_u16() >= 400 {
         return Err(Failure::Transport(format!("HTTP {}", res.status())));
     }
-    res.json::<T>()
-        .await
+    let body = cluster.read_answer(res).await.map_err(Failure::Transport)?;
+    serde_json::from_slice(&body)
         .map_err(|e| Failure::Transport(format!("undecodable answer: {e}")))
 }
 
@@ -426,11 +427,8 @@ async fn post_batch(
         })
         .collect();
     let req = cluster
-        .authorized(
-            cluster
-                .http
-                .post(format!("http://{target}/discovery/replicate")),
-        )
+        .http
+        .post(format!("http://{target}/discovery/replicate"))
         .json(&wire::Batch { ops });
     let answer: wire::BatchAnswer = exchange(cluster, req).await?;
     match answer.data {
@@ -456,8 +454,7 @@ fn check_self(cluster: &Cluster, res: &reqwest::Response) -> Result<(), Failure>
 /// A cheap request that tells whether a peer is alive.
 async fn probe(cluster: &Cluster, target: &str) -> Result<(), Failure> {
     let res = cluster
-        .authorized(cluster.http.get(format!("http://{target}/discovery/nodes")))
-        .send()
+        .send(cluster.http.get(format!("http://{target}/discovery/nodes")))
         .await
         .map_err(|e| Failure::Transport(e.to_string()))?;
     check_self(cluster, &res)?;

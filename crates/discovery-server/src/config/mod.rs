@@ -118,6 +118,13 @@ impl HttpServer {
     pub fn read_deadline(&self) -> Duration {
         self.read_timeout.unwrap_or(self.timeout)
     }
+
+    /// How long writing an answer may make no progress before the
+    /// connection is closed (a client that stopped reading): `writeTimeout`,
+    /// else `timeout`.
+    pub fn write_deadline(&self) -> Duration {
+        self.write_timeout.unwrap_or(self.timeout)
+    }
 }
 
 impl Default for HttpServer {
@@ -269,11 +276,22 @@ pub struct Limits {
     pub max_instances: usize,
     /// Remembered cancels (tombstones); the oldest are forgotten first.
     pub max_tombstones: usize,
-    /// Peers learned from `infra.discovery` records, verified or not.
+    /// Peers admitted from signed `infra.discovery` records, beyond the
+    /// static lists.
     pub max_peers: usize,
     /// Open client connections; more are answered 503 and closed at once
     /// (also kept below the process's open-file limit).
     pub max_connections: usize,
+    /// Open client connections from one IP address, so that one host
+    /// cannot take every slot.
+    pub max_connections_per_ip: usize,
+    /// Largest answer body a node reads from a peer (`fetch/all` included);
+    /// a longer one fails the exchange.
+    pub max_peer_answer_bytes: usize,
+    /// Signature nonces remembered for the replay check (see
+    /// [`crate::auth::sign`]); past it, signed requests are refused until
+    /// old nonces expire.
+    pub max_peer_nonces: usize,
 }
 
 impl Default for Limits {
@@ -290,6 +308,9 @@ impl Default for Limits {
             max_tombstones: 100_000,
             max_peers: 64,
             max_connections: 50_000,
+            max_connections_per_ip: 4096,
+            max_peer_answer_bytes: 512 << 20,
+            max_peer_nonces: 1 << 18,
         }
     }
 }

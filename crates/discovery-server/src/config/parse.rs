@@ -139,6 +139,9 @@ struct RawLimits {
     max_tombstones: Option<usize>,
     max_peers: Option<usize>,
     max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    max_peer_answer_bytes: Option<usize>,
+    max_peer_nonces: Option<usize>,
 }
 
 /// Keys the Go original's files carry that we accept without using.
@@ -281,7 +284,15 @@ impl Config {
 
         let c = raw.cluster;
         let cluster = Cluster {
-            advertise: c.advertise.filter(|a| !a.is_empty()),
+            advertise: c
+                .advertise
+                .filter(|a| !a.is_empty())
+                .map(|a| {
+                    naming::addr::PeerAddr::parse(&a)
+                        .map(|p| p.to_string())
+                        .map_err(|e| invalid("cluster.advertise", e.to_string()))
+                })
+                .transpose()?,
             sync_timeout: positive("cluster.sync_timeout", c.sync_timeout, dc.sync_timeout)?,
             retry_initial: positive("cluster.retry_initial", c.retry_initial, dc.retry_initial)?,
             retry_max: positive("cluster.retry_max", c.retry_max, dc.retry_max)?,
@@ -351,6 +362,21 @@ impl Config {
                 l.max_connections,
                 d.max_connections,
             )?,
+            max_connections_per_ip: nonzero(
+                "limits.max_connections_per_ip",
+                l.max_connections_per_ip,
+                d.max_connections_per_ip,
+            )?,
+            max_peer_answer_bytes: nonzero(
+                "limits.max_peer_answer_bytes",
+                l.max_peer_answer_bytes,
+                d.max_peer_answer_bytes,
+            )?,
+            max_peer_nonces: nonzero(
+                "limits.max_peer_nonces",
+                l.max_peer_nonces,
+                d.max_peer_nonces,
+            )?,
         };
 
         let hs = raw.httpserver;
@@ -375,9 +401,27 @@ impl Config {
         };
         let mut registry = registry;
         registry.params.max_tombstones = limits.max_tombstones;
+        let peer = |field: &str, a: &String| {
+            naming::addr::PeerAddr::parse(a)
+                .map(|p| p.to_string())
+                .map_err(|e| invalid(field, e.to_string()))
+        };
+        let nodes = raw
+            .nodes
+            .iter()
+            .map(|a| peer("nodes", a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut zones = BTreeMap::new();
+        for (zone, list) in &raw.zones {
+            let list = list
+                .iter()
+                .map(|a| peer("zones", a))
+                .collect::<Result<Vec<_>, _>>()?;
+            zones.insert(zone.clone(), list);
+        }
         Ok(Config {
-            nodes: raw.nodes,
-            zones: raw.zones,
+            nodes,
+            zones,
             enable_protect: raw.enableprotect,
             env: Env {
                 region: raw.env.region,

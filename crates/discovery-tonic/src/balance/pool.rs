@@ -17,12 +17,11 @@ pub(super) struct Pool {
 /// comma-joined list), so anything else is skipped.
 pub(super) fn dialable(ins: &naming::Instance) -> Option<&str> {
     ins.addrs.iter().rev().find_map(|a| {
-        let rest = a.strip_prefix("grpc://")?;
-        // kratos v2 endpoints carry `?isSecure=false`.
-        let authority = rest.split(['?', '/']).next().unwrap_or(rest);
-        let (host, port) = authority.rsplit_once(':')?;
-        let host_ok = !host.is_empty() && !host.contains([',', ' ', '@']);
-        (host_ok && port.parse::<u16>().is_ok_and(|p| p != 0)).then_some(authority)
+        // kratos v2 endpoints carry `?isSecure=false`: the rest is ignored.
+        let a = naming::addr::Addr::parse(a).ok()?;
+        let host_ok = !a.host().contains(',') && a.userinfo().is_none();
+        (a.has_scheme("grpc") && host_ok && a.port().is_some_and(|p| p != 0))
+            .then_some(a.authority())
     })
 }
 
