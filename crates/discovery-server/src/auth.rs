@@ -3,14 +3,17 @@
 //!
 //! * `write_token`: register, renew, cancel from clients;
 //! * `admin_token`: `set` (falls back to the write rule when unset);
-//! * `peer_token`: writes marked `replication`/`from_zone`, and `fetch/all`
-//!   (falls back to the write rule when unset, so that setting only
-//!   `write_token` does not leave `replication=true` as a way around it);
+//! * `peer_token`: the cluster secret. Writes marked `replication`/
+//!   `from_zone`, and `fetch/all`, must carry its [signature](sign); the
+//!   secret itself never travels (both fall back to the write rule when it
+//!   is unset, so that setting only `write_token` does not leave
+//!   `replication=true` as a way around it);
 //! * `trusted_cidrs`: clients from these networks need no `write_token`.
 //!
 //! A token is accepted as `Authorization: Bearer <token>`, as the password of
 //! `Authorization: Basic`, or (for clients that cannot set headers) as a
-//! `token` form or query parameter. Comparisons are constant-time; tokens
+//! `token` form or query parameter. Tokens are compared as SHA-256 digests
+//! in constant time, so neither their content nor their length shows; they
 //! never appear in logs or `Debug` output.
 //!
 //! ```

@@ -34,6 +34,22 @@ pub trait Members: Send + Sync + 'static {
     /// Decides whether an `infra.discovery` record may be stored (see
     /// [`PeerRule`]).
     fn vet(&self, ins: &Instance, proof: Proof) -> Vetted;
+
+    /// Anti-entropy counters since start.
+    fn anti_entropy(&self) -> EntropyReport {
+        EntropyReport::default()
+    }
+}
+
+/// Anti-entropy counters, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EntropyReport {
+    /// Comparisons made with peers.
+    pub rounds: u64,
+    /// Instances and cancels applied from peers.
+    pub repairs: u64,
+    /// Answer bytes received.
+    pub bytes: u64,
 }
 
 /// Replication state of one target, for status pages and metrics.
@@ -51,6 +67,8 @@ pub struct PeerReport {
     pub sent: u64,
     /// Writes dropped on overflow.
     pub dropped: u64,
+    /// Writes the target refused (`-400`).
+    pub rejected: u64,
     /// Failed attempts, retries included.
     pub failures: u64,
     /// Wall-clock ns of the last successful exchange (0 = never).

@@ -53,6 +53,8 @@ const ROUTES: &[&str] = &[
     "/discovery/polls",
     "/discovery/nodes",
     "/discovery/replicate",
+    "/discovery/digest",
+    "/discovery/apps",
     "/",
     "/status",
     "/metrics",
@@ -109,6 +111,10 @@ pub struct Metrics {
     sent: Family<PeerLabels, Counter>,
     dropped: Family<PeerLabels, Counter>,
     failures: Family<PeerLabels, Counter>,
+    rejected: Family<PeerLabels, Counter>,
+    entropy_rounds: Counter,
+    entropy_repairs: Counter,
+    entropy_bytes: Counter,
     last_success: Family<PeerLabels, Gauge>,
     tombstones: Gauge,
     tombstones_evicted: Counter,
@@ -301,6 +307,30 @@ impl Metrics {
             "Failed attempts towards a target (retries included)",
             failures.clone(),
         );
+        let rejected = Family::<PeerLabels, Counter>::default();
+        r.register(
+            "replication_rejected",
+            "Replicated writes a target refused (-400); anti-entropy repairs them",
+            rejected.clone(),
+        );
+        let entropy_rounds = Counter::default();
+        r.register(
+            "anti_entropy_rounds",
+            "Registry comparisons with same-zone peers of ours",
+            entropy_rounds.clone(),
+        );
+        let entropy_repairs = Counter::default();
+        r.register(
+            "anti_entropy_repairs",
+            "Instances and cancels applied from peers by anti-entropy",
+            entropy_repairs.clone(),
+        );
+        let entropy_bytes = Counter::default();
+        r.register(
+            "anti_entropy_received_bytes",
+            "Answer bytes received by anti-entropy",
+            entropy_bytes.clone(),
+        );
         let last_success = Family::<PeerLabels, Gauge>::default();
         r.register(
             "peer_last_success_timestamp_seconds",
@@ -335,6 +365,10 @@ impl Metrics {
             sent,
             dropped,
             failures,
+            rejected,
+            entropy_rounds,
+            entropy_repairs,
+            entropy_bytes,
             last_success,
             tombstones,
             tombstones_evicted,
@@ -438,6 +472,13 @@ impl Metrics {
         self.sent.clear();
         self.dropped.clear();
         self.failures.clear();
+        self.rejected.clear();
+        let e = members.anti_entropy();
+        let mirror_total =
+            |c: &Counter, v: u64| c.inner().store(v, std::sync::atomic::Ordering::Relaxed);
+        mirror_total(&self.entropy_rounds, e.rounds);
+        mirror_total(&self.entropy_repairs, e.repairs);
+        mirror_total(&self.entropy_bytes, e.bytes);
         self.last_success.clear();
         for p in members.peers() {
             let l = PeerLabels { peer: p.name };
@@ -450,6 +491,7 @@ impl Metrics {
             mirror(&self.sent.get_or_create(&l), p.sent);
             mirror(&self.dropped.get_or_create(&l), p.dropped);
             mirror(&self.failures.get_or_create(&l), p.failures);
+            mirror(&self.rejected.get_or_create(&l), p.rejected);
             self.last_success
                 .get_or_create(&l)
                 .set(p.last_success / 1_000_000_000);

@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+pub(crate) mod entropy;
 mod observe;
 mod ops;
 mod poll;
@@ -390,6 +391,8 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/discovery/set", d(post(set)))
         .route("/discovery/replicate", d(post(replicate)))
         .route("/discovery/fetch/all", d(get(fetch_all)))
+        .route("/discovery/digest", d(get(entropy::digest)))
+        .route("/discovery/apps", d(post(entropy::apps)))
         .route("/discovery/fetch", d(get(fetch)))
         .route("/discovery/fetchs", d(get(fetchs)))
         .route("/discovery/poll", d(get(poll)))

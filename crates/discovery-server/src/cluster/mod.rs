@@ -5,7 +5,9 @@
 //! follows the `infra.discovery` records in the local registry: every node
 //! registers itself there, the record is replicated like any other, so a new
 //! node announced to one member becomes known to all. A member whose record
-//! has not been renewed for a lease is dropped.
+//! has not been renewed for a lease is dropped. Only records that pass the
+//! [`PeerRule`] reach the registry: all addresses configured, or, with the
+//! cluster secret, a signed write.
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
@@ -24,6 +26,7 @@
 //! # Ok(()) }
 //! ```
 
+mod entropy;
 mod peer;
 mod vet;
 mod wire;
@@ -75,6 +78,10 @@ pub struct Cluster {
     beyond_static: Mutex<HashSet<String>>,
     /// Who may be a peer.
     rule: PeerRule,
+    /// Anti-entropy counters.
+    entropy: EntropyStats,
+    /// The anti-entropy task.
+    entropy_task: Mutex<Option<JoinHandle<()>>>,
     membership: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -121,6 +128,8 @@ impl Cluster {
             same_zone_records: Mutex::new(BTreeSet::new()),
             beyond_static: Mutex::new(HashSet::new()),
             rule,
+            entropy: EntropyStats::default(),
+            entropy_task: Mutex::new(None),
             membership: Mutex::new(None),
         })
     }
@@ -144,11 +153,15 @@ impl Cluster {
             }
         });
         *self.membership.lock() = Some(task);
+        *self.entropy_task.lock() = Some(tokio::spawn(entropy::run(Arc::clone(self))));
     }
 
     /// Stops every task.
     pub fn stop(&self) {
         if let Some(t) = self.membership.lock().take() {
+            t.abort();
+        }
+        if let Some(t) = self.entropy_task.lock().take() {
             t.abort();
         }
         for (_, s) in std::mem::take(&mut *self.same_zone.lock()) {
@@ -398,6 +411,7 @@ impl Cluster {
             queued: s.peer.queued(),
             sent: s.peer.sent.load(std::sync::atomic::Ordering::Relaxed),
             dropped: s.peer.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            rejected: s.peer.rejected.load(std::sync::atomic::Ordering::Relaxed),
             failures: s
                 .peer
                 .failures_total
@@ -438,7 +452,7 @@ impl Cluster {
 
     /// Vets a copy of an `infra.discovery` record pulled from a peer before
     /// a merge; `true` when it may be stored.
-    fn admit_merge(&self, ins: &Instance) -> bool {
+    pub(crate) fn admit_merge(&self, ins: &Instance) -> bool {
         ins.appid != DISCOVERY_APPID || self.vet(ins, Proof::Pulled) == Vetted::Admit
     }
 
@@ -587,6 +601,14 @@ impl Cluster {
     }
 }
 
+/// Anti-entropy counters (see [`entropy`]).
+#[derive(Debug, Default)]
+struct EntropyStats {
+    rounds: std::sync::atomic::AtomicU64,
+    repairs: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
 /// What one start-up sync attempt with a peer (or a zone) gave.
 enum SyncOutcome {
     /// Synced (`true`), or the address was this node (`false`).
@@ -680,5 +702,14 @@ impl Members for Cluster {
 
     fn vet(&self, ins: &Instance, proof: Proof) -> Vetted {
         Cluster::vet(self, ins, proof)
+    }
+
+    fn anti_entropy(&self) -> crate::membership::EntropyReport {
+        use std::sync::atomic::Ordering::Relaxed;
+        crate::membership::EntropyReport {
+            rounds: self.entropy.rounds.load(Relaxed),
+            repairs: self.entropy.repairs.load(Relaxed),
+            bytes: self.entropy.bytes.load(Relaxed),
+        }
     }
 }

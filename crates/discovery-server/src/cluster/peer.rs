@@ -79,6 +79,8 @@ pub(crate) struct Peer {
     failures: AtomicU32,
     pub(crate) sent: AtomicU64,
     pub(crate) dropped: AtomicU64,
+    /// Writes the target refused (`-400`): repaired by anti-entropy.
+    pub(crate) rejected: AtomicU64,
     /// Failed attempts (each retry counts).
     pub(crate) failures_total: AtomicU64,
     /// Wall-clock ns of the last successful exchange.
@@ -122,6 +124,7 @@ impl Peer {
             failures: AtomicU32::new(0),
             sent: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
             failures_total: AtomicU64::new(0),
             last_ok: std::sync::atomic::AtomicI64::new(0),
             repairs: Mutex::new(HashMap::new()),
@@ -138,6 +141,11 @@ impl Peer {
     /// Marks the target as one of ours, which takes batches.
     pub(crate) fn set_batch(&self, on: bool) {
         self.batch.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether the target is one of ours (batches, anti-entropy).
+    pub(crate) fn takes_batches(&self) -> bool {
+        self.batch.load(Ordering::Relaxed)
     }
 
     pub(crate) fn status(&self) -> u8 {
@@ -484,10 +492,10 @@ pub(crate) async fn run(cluster: Arc<Cluster>, peer: Arc<Peer>) {
         if items.is_empty() {
             // Idle: wait for work, probing now and then so that status
             // stays true (a dead target: only probes, every `retry_max`).
+            // A dead or lost target is probed as often as a live one, so
+            // that a healed partition is noticed within `probe_interval`.
             let wait = if std::mem::take(&mut probe_now) {
                 Duration::ZERO
-            } else if peer.is_dead() {
-                cfg.retry_max
             } else {
                 cfg.probe_interval
             };
@@ -556,7 +564,10 @@ pub(crate) async fn run(cluster: Arc<Cluster>, peer: Arc<Peer>) {
                 }
                 outcome => {
                     if let Outcome::Rejected(code) = outcome {
-                        warn!(peer = %peer.name, code, ?op, "peer rejected a replicated write");
+                        // A node that just started may lack the instance a
+                        // `set` names; anti-entropy brings it level.
+                        peer.rejected.fetch_add(1, Ordering::Relaxed);
+                        debug!(peer = %peer.name, code, ?op, "peer rejected a replicated write; anti-entropy repairs it");
                     }
                     peer.sent.fetch_add(1, Ordering::Relaxed);
                     if let Some(item) = peer.pop(*seq) {
@@ -661,7 +672,8 @@ async fn retry_later(peer: &Peer, cfg: &crate::config::Cluster, backoff: &mut Du
     }
     tokio::select! {
         () = tokio::time::sleep(naming::backoff::jitter(*backoff)) => {
-            *backoff = (*backoff * 2).min(cfg.retry_max);
+            // Never longer than a probe: a healed link is retried soon.
+            *backoff = (*backoff * 2).min(cfg.retry_max).min(cfg.probe_interval);
         }
         () = peer.alive.notified() => {
             debug!(peer = %peer.name, "sign of life: retrying now");

@@ -221,6 +221,9 @@ pub struct Cluster {
     pub ack_timeout: Duration,
     /// Idle peers are probed this often.
     pub probe_interval: Duration,
+    /// How often each node compares its registry with each same-zone peer
+    /// of ours and pulls what differs (anti-entropy); zero turns it off.
+    pub anti_entropy_interval: Duration,
     /// Consecutive failures that mark a peer Lost.
     pub lost_after: u32,
     /// Longest wait for queues on shutdown.
@@ -246,6 +249,7 @@ impl Default for Cluster {
             queue_capacity: 10_000,
             ack_timeout: Duration::from_secs(1),
             probe_interval: Duration::from_secs(5),
+            anti_entropy_interval: Duration::from_secs(1),
             lost_after: 3,
             drain_timeout: Duration::from_secs(5),
             dead_after: Duration::from_secs(10 * 60),

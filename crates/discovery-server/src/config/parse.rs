@@ -118,6 +118,7 @@ struct RawCluster {
     queue_capacity: Option<usize>,
     ack_timeout: Option<GoDuration>,
     probe_interval: Option<GoDuration>,
+    anti_entropy_interval: Option<GoDuration>,
     lost_after: Option<u32>,
     drain_timeout: Option<GoDuration>,
     dead_after: Option<GoDuration>,
@@ -307,6 +308,9 @@ impl Config {
                 c.probe_interval,
                 dc.probe_interval,
             )?,
+            anti_entropy_interval: c
+                .anti_entropy_interval
+                .map_or(dc.anti_entropy_interval, |d| d.0),
             lost_after: match c.lost_after {
                 Some(0) => return Err(invalid("cluster.lost_after", "must be greater than zero")),
                 v => v.unwrap_or(dc.lost_after),

@@ -67,12 +67,46 @@ struct App {
     /// InstancesInfo of UP instances of all zones at the current state,
     /// built once and shared by every poller and fetcher.
     up_cache: Mutex<Option<Bytes>>,
+    /// The anti-entropy digest at the current state (renews leave it).
+    digest: Mutex<Option<u64>>,
 }
 
 impl App {
     fn bump(&mut self, now: i64) {
         self.latest = now.max(self.latest + 1);
+        *self.digest.get_mut() = None;
         self.touch();
+    }
+
+    /// What two nodes compare: each instance's key, dirty timestamp,
+    /// status, region, version, addresses and metadata (not its renew
+    /// time, which differs between nodes by design). Hashed with FNV-1a
+    /// over explicit little-endian bytes, so that every node computes the
+    /// same value whatever its build.
+    fn digest(&self) -> u64 {
+        *self.digest.lock().get_or_insert_with(|| {
+            let mut h = digest::Fnv::default();
+            for (zone, hosts) in &self.zones {
+                for (host, s) in hosts {
+                    h.str(zone);
+                    h.str(host);
+                    h.u64(s.dirty_timestamp as u64);
+                    h.u64(u64::from(s.status.as_u32()));
+                    h.str(&s.region);
+                    h.str(&s.version);
+                    h.u64(s.addrs.len() as u64);
+                    for a in &s.addrs {
+                        h.str(a);
+                    }
+                    h.u64(s.metadata.len() as u64);
+                    for (k, v) in s.metadata.iter() {
+                        h.str(k);
+                        h.str(v);
+                    }
+                }
+            }
+            h.finish()
+        })
     }
 
     /// Invalidates the shared answer after any change, renews included
@@ -558,6 +592,49 @@ impl Registry {
         out
     }
 
+    /// Every non-empty app with its anti-entropy digest (see
+    /// [`crate::cluster`]'s anti-entropy), and a root digest over them
+    /// all: two registries that hold the same instances have the same root.
+    pub fn digests(&self) -> (u64, Vec<(AppKey, u64)>) {
+        let mut root = 0u64;
+        let mut apps = Vec::with_capacity(self.apps.len());
+        for app in &self.apps {
+            if app.zones.is_empty() {
+                continue;
+            }
+            let d = app.digest();
+            let mut h = digest::Fnv::default();
+            h.str(&app.key().env);
+            h.str(&app.key().appid);
+            h.u64(d);
+            // Order-free: the map's iteration order is not the peer's.
+            root = root.wrapping_add(h.finish());
+            apps.push((app.key().clone(), d));
+        }
+        (root, apps)
+    }
+
+    /// Remembered cancels of one app: (zone, hostname, when).
+    pub fn cancels_of(&self, key: &AppKey) -> Vec<(InstanceKey, i64)> {
+        self.cancelled
+            .snapshot()
+            .into_iter()
+            .filter(|(k, _)| k.env == key.env && k.appid == key.appid)
+            .collect()
+    }
+
+    /// Applies a cancel a peer remembers: removes our copy when it is not
+    /// newer than the cancel (a register after the cancel wins). Returns
+    /// whether an instance was removed.
+    pub fn apply_cancel(&self, key: &InstanceKey, at: i64, now: i64) -> bool {
+        match self.get(key) {
+            Some(ours) if ours.dirty_timestamp <= at => {
+                self.cancel_at(key, now, at, true).is_some()
+            }
+            _ => false,
+        }
+    }
+
     /// An app's change counter, tombstones included.
     pub fn latest(&self, key: &AppKey) -> Option<i64> {
         self.apps.get(key).map(|a| a.latest)
@@ -724,3 +801,37 @@ impl Serialize for InfoView<'_> {
 
 #[cfg(test)]
 mod tests;
+
+mod digest {
+    /// 64-bit FNV-1a: tiny, and the same on every node and platform.
+    pub(super) struct Fnv(u64);
+
+    impl Default for Fnv {
+        fn default() -> Self {
+            Fnv(0xcbf2_9ce4_8422_2325)
+        }
+    }
+
+    impl Fnv {
+        fn bytes(&mut self, b: &[u8]) {
+            for byte in b {
+                self.0 ^= u64::from(*byte);
+                self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+
+        /// A length-prefixed string, so that ("ab","c") ≠ ("a","bc").
+        pub(super) fn str(&mut self, s: &str) {
+            self.u64(s.len() as u64);
+            self.bytes(s.as_bytes());
+        }
+
+        pub(super) fn u64(&mut self, v: u64) {
+            self.bytes(&v.to_le_bytes());
+        }
+
+        pub(super) fn finish(&self) -> u64 {
+            self.0
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Anti-entropy between our nodes (docs/cluster.md#anti-entropy).
+//!
+//! Replication pushes each write once per peer; a write that a peer
+//! refused, a queue dropped for a dead peer, a batch lost in a partition or
+//! a restart between the ack and the apply leave the peer wrong until
+//! something overwrites it. So every `cluster.anti_entropy_interval` each
+//! node compares its registry with each same-zone peer of ours:
+//!
+//! 1. `GET /discovery/digest?root=<ours>`: equal roots answer in a few
+//!    bytes, which is the idle case;
+//! 2. otherwise the peer lists a digest per app, and this node pulls the
+//!    apps whose digests differ or that only one side has
+//!    (`POST /discovery/apps`): their instances, merged by the register rule
+//!    (the newer dirty timestamp wins), and their remembered cancels,
+//!    applied to copies not newer than the cancel.
+//!
+//! Each node pulls from each peer, so a difference is repaired from both
+//! sides within one interval. Go nodes do not speak it: only peers whose
+//! record says they are ours (`replication_batch`) are compared.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, atomic::Ordering},
+};
+
+use tracing::debug;
+
+use super::Cluster;
+use crate::{
+    api::entropy::{AppsRequest, AppsState, Digest, MAX_APPS_PER_PULL},
+    node::NODE_ID_HEADER,
+    registry::InstanceKey,
+};
+
+/// The envelope of our answers.
+#[derive(serde::Deserialize)]
+struct Envelope<T> {
+    code: i64,
+    data: Option<T>,
+}
+
+/// Compares with every same-zone peer of ours, forever.
+pub(super) async fn run(cluster: Arc<Cluster>) {
+    let every = cluster.config.cluster.anti_entropy_interval;
+    if every.is_zero() {
+        return;
+    }
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let targets: Vec<String> = cluster
+            .same_zone
+            .lock()
+            .iter()
+            .filter(|(_, s)| s.peer.takes_batches() && !s.peer.is_dead())
+            .map(|(addr, _)| addr.clone())
+            .collect();
+        for target in targets {
+            match reconcile(&cluster, &target).await {
+                Ok(0) => {}
+                Ok(n) => debug!(peer = %target, repaired = n, "anti-entropy repaired"),
+                Err(e) => debug!(peer = %target, "anti-entropy round failed: {e}"),
+            }
+        }
+    }
+}
+
+async fn get_json<T: serde::de::DeserializeOwned>(
+    cluster: &Cluster,
+    req: reqwest::RequestBuilder,
+) -> Result<Option<T>, String> {
+    let res = cluster.send(req).await.map_err(|e| e.to_string())?;
+    if res
+        .headers()
+        .get(NODE_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        == Some(cluster.node.id.as_str())
+    {
+        return Ok(None);
+    }
+    if !res.status().is_success() {
+        return Err(format!("HTTP {}", res.status()));
+    }
+    let body = cluster.read_answer(res).await?;
+    cluster
+        .entropy
+        .bytes
+        .fetch_add(body.len() as u64, Ordering::Relaxed);
+    let e: Envelope<T> = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    match (e.code, e.data) {
+        (0, Some(d)) => Ok(Some(d)),
+        (code, _) => Err(format!("code {code}")),
+    }
+}
+
+/// One comparison with `target`; returns how many instances and cancels
+/// were applied here.
+async fn reconcile(cluster: &Cluster, target: &str) -> Result<usize, String> {
+    cluster.entropy.rounds.fetch_add(1, Ordering::Relaxed);
+    let (root, ours) = cluster.registry.digests();
+    let url = format!("http://{target}/discovery/digest?root={root:016x}");
+    let Some(theirs) = get_json::<Digest>(cluster, cluster.http.get(url)).await? else {
+        return Ok(0);
+    };
+    if theirs.root == format!("{root:016x}") {
+        return Ok(0);
+    }
+    let mut ours: HashMap<(String, String), u64> = ours
+        .into_iter()
+        .map(|(k, d)| ((k.env, k.appid), d))
+        .collect();
+    let mut want = Vec::new();
+    for (env, appid, digest) in theirs.apps {
+        match ours.remove(&(env.clone(), appid.clone())) {
+            Some(d) if format!("{d:016x}") == digest => {}
+            _ => want.push((env, appid)),
+        }
+    }
+    // Apps only we have: the peer may hold their cancels.
+    want.extend(ours.into_keys());
+    want.sort();
+    let mut applied = 0;
+    for chunk in want.chunks(MAX_APPS_PER_PULL) {
+        let req = cluster
+            .http
+            .post(format!("http://{target}/discovery/apps"))
+            .json(&AppsRequest {
+                apps: chunk.to_vec(),
+            });
+        let Some(state) = get_json::<AppsState>(cluster, req).await? else {
+            return Ok(applied);
+        };
+        applied += apply(cluster, state);
+    }
+    cluster
+        .entropy
+        .repairs
+        .fetch_add(applied as u64, Ordering::Relaxed);
+    Ok(applied)
+}
+
+/// Takes the peer's newer copies and its cancels of older ones.
+fn apply(cluster: &Cluster, state: AppsState) -> usize {
+    let mut applied = 0;
+    for ins in state.instances {
+        let key = InstanceKey::of(&ins);
+        if cluster
+            .registry
+            .get(&key)
+            .is_some_and(|o| o.dirty_timestamp >= ins.dirty_timestamp)
+        {
+            continue;
+        }
+        cluster.clock.observe(ins.dirty_timestamp);
+        if cluster.admit_merge(&ins) && cluster.registry.merge(ins, cluster.clock.now()).applied {
+            applied += 1;
+        }
+    }
+    for (env, appid, zone, hostname, at) in state.cancels {
+        let key = InstanceKey::new(env, appid, zone, hostname);
+        if cluster.registry.apply_cancel(&key, at, cluster.clock.now()) {
+            applied += 1;
+        }
+    }
+    applied
+}
