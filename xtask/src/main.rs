@@ -60,9 +60,10 @@ fn on_path(name: &str) -> bool {
 }
 
 /// The suite drives a real headless Chromium (the web console), cuts
-/// links between network namespaces (the chaos suite) and runs the README's
-/// curl commands; on a fresh machine their Debian packages are installed
-/// first.
+/// links between network namespaces (the chaos suite), runs the README's
+/// curl commands and builds a grpc-go peer (`interop/go/greeter`, against
+/// Debian's grpc-go in `/usr/share/gocode`); on a fresh machine their
+/// Debian packages are installed first.
 fn ensure_test_tools() -> anyhow::Result<()> {
     let mut missing = Vec::new();
     if !on_path("chromium") && std::env::var_os("CHROMIUM").is_none() {
@@ -78,10 +79,18 @@ fn ensure_test_tools() -> anyhow::Result<()> {
     if !on_path("curl") {
         missing.push("curl");
     }
+    // The grpc-go interop tests build offline, as a GOPATH build, against
+    // the packaged grpc-go; they fail, not skip, without it.
+    if !on_path("go") {
+        missing.push("golang-go");
+    }
+    if !Path::new("/usr/share/gocode/src/google.golang.org/grpc").is_dir() {
+        missing.push("golang-google-grpc-dev");
+    }
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing {missing:?} for the browser, chaos and README tests");
+    eprintln!("xtask: installing {missing:?} for the browser, chaos, README and grpc-go tests");
     let root = Command::new("id")
         .arg("-u")
         .output()

@@ -1,7 +1,8 @@
 //! The `demo-client` binary: HTTP statuses before and after a provider
 //! registers, the `direct://` target, deadlines, and the exit status
 //! without discovery nodes. Providers are real tonic servers on loopback,
-//! registered with a real (in-process) discovery node.
+//! and a real grpc-go Greeter ([`testkit::grpc_go`]), registered with a
+//! real (in-process) discovery node.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -198,6 +199,40 @@ async fn served_by_is_the_picked_instance_when_the_server_does_not_say() {
 
     let _ = provider.close().await;
     drop(client);
+    topo.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_a_grpc_go_greeter_found_through_discovery() {
+    let go =
+        testkit::grpc_go::GoGreeter::build(std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))).await;
+    let topo = Topology::start(&Layout::zones(&[("zone01", 1)])).await;
+    topo.wait_ready().await;
+    let node = topo.addr(0).to_string();
+    let server = go.serve("go-greeter").await.expect("Go Greeter starts");
+    let (provider, _registration) = provide(&node, "go-greeter-2", server.addr).await;
+
+    let mut cmd = demo_client("demo-client-t5");
+    cmd.env("DISCOVERY_NODES", &node);
+    let client = Process::spawn_ready_file(cmd, "demo-client-t5")
+        .await
+        .expect("starts");
+    let hello = format!("http://{}/say_hello?name=go", client.addr);
+    // Until the client has watched the registration and connected.
+    let body = until_status(&hello, 200, Duration::from_secs(10)).await;
+    assert_eq!(body["message"], "Hello go");
+    // grpc-go sends no `x-served-by`: the picked instance names it.
+    assert_eq!(body["served_by"], "go-greeter-2");
+    // Then every call, on the established connection, succeeds.
+    for _ in 0..20 {
+        let (status, body) = get(&hello).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["message"], "Hello go", "{body}");
+    }
+
+    let _ = provider.close().await;
+    drop(client);
+    drop(server);
     topo.shutdown().await;
 }
 

@@ -3,6 +3,11 @@
 //! encoded as Go's HPACK encoder does (incremental indexing, Huffman, later
 //! requests from the dynamic table), and `:authority: demo.service?subset=50`.
 //! Malformed authorities are refused promptly, never left hanging.
+//!
+//! Then the same call from grpc-go itself: the Go client of
+//! `interop/go/greeter` ([`testkit::grpc_go`]), built against Debian's
+//! grpc-go 1.33, with the same authority. Its frames are Go's own, so a bug
+//! this file's hand-written frames share with the server cannot hide there.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -349,6 +354,25 @@ async fn malformed_authorities_are_refused_not_hung() {
         "{huge:?}"
     );
     assert!(huge.data.is_empty());
+
+    drop(server);
+    topo.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_grpc_go_client_with_warden_authority_is_served() {
+    let go =
+        testkit::grpc_go::GoGreeter::build(std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))).await;
+    let (topo, server) = demo_server("demo-server-go3").await;
+
+    // Three calls on one connection: the later ones reuse grpc-go's HPACK
+    // dynamic table, authority included.
+    let replies = go.call(server.addr, "go", 3).await;
+    assert_eq!(replies.len(), 3, "{replies:?}");
+    for reply in &replies {
+        assert_eq!(reply.message, "Hello go", "{replies:?}");
+        assert_eq!(reply.served_by, "demo-server-go3", "{replies:?}");
+    }
 
     drop(server);
     topo.shutdown().await;

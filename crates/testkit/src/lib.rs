@@ -10,6 +10,7 @@
 //! [`demo::DemoTopology`] adds demo servers and the demo client to a
 //! process topology. [`go_double::GoDouble`] stands in for a node of the Go
 //! original where its long-poll rules matter to an SDK.
+//! [`grpc_go::GoGreeter`] is a real grpc-go Greeter client and server.
 //!
 //! ```no_run
 //! # async fn run() {
@@ -25,6 +26,7 @@
 
 pub mod demo;
 pub mod go_double;
+pub mod grpc_go;
 pub mod signal;
 
 use std::{
