@@ -31,9 +31,10 @@
 //! let discovery = Discovery::new(Config::from_env())?;
 //! let watch = discovery.watch("demo.service")?;
 //! match watch.resolved(Duration::from_secs(1)).await {
-//!     Resolution::Found(info) => println!("{} instances", info.len()),
-//!     Resolution::NotFound { appid, env } => println!("{appid} not registered in env {env}"),
-//!     Resolution::Pending => println!("registry unreachable; still trying"),
+//!     Ok(Resolution::Found(info)) => println!("{} instances", info.len()),
+//!     Ok(Resolution::NotFound { appid, env }) => println!("{appid} not registered in env {env}"),
+//!     Ok(Resolution::Pending) => unreachable!("resolved waits past Pending"),
+//!     Err(e) => println!("registry unreachable ({e}); still trying"),
 //! }
 //! let mut rx = watch.subscribe();
 //! while rx.changed().await.is_ok() {
@@ -559,15 +560,20 @@ impl Watch {
         self.rx.clone()
     }
 
-    /// Waits until the state is no longer [`Resolution::Pending`], at most
-    /// `timeout`; returns the state then (still `Pending` when the registry
-    /// did not answer in time).
-    pub async fn resolved(&self, timeout: Duration) -> Resolution {
+    /// Waits until the registry has answered (the state is no longer
+    /// [`Resolution::Pending`]), at most `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`](naming::Error::Timeout) when the registry did not
+    /// answer in time (the watch keeps trying), and
+    /// [`Error::Closed`](naming::Error::Closed) when the client closed first.
+    pub async fn resolved(&self, timeout: Duration) -> Result<Resolution, naming::Error> {
         let mut rx = self.rx.clone();
         let wait = rx.wait_for(|r| !matches!(r, Resolution::Pending));
         match tokio::time::timeout(timeout, wait).await {
-            Ok(Ok(r)) => r.clone(),
-            _ => self.current(),
+            Ok(Ok(r)) => Ok(r.clone()),
+            Ok(Err(_)) => Err(naming::Error::Closed),
+            Err(_) => Err(naming::Error::Timeout(naming::Elapsed(timeout))),
         }
     }
 }

@@ -34,7 +34,7 @@
 //! // Consumer: a coalescing watch of the app; the first answer takes one
 //! // round trip, not a long-poll hold.
 //! let watch = discovery.watch("demo.service")?;
-//! let first = watch.resolved(std::time::Duration::from_secs(5)).await;
+//! let first = watch.resolved(std::time::Duration::from_secs(5)).await?;
 //! assert!(format!("{first:?}").contains("grpc://127.0.0.1:9000"), "{first:?}");
 //!
 //! registration.cancel().await?;

@@ -34,7 +34,7 @@ async fn first_resolve_of_a_registered_app_is_fast() {
     parked(&s, 1).await;
     let (r, took) = timed(async {
         let w = d.watch("demo.svc").unwrap();
-        w.resolved(Duration::from_secs(5)).await
+        w.resolved(Duration::from_secs(5)).await.expect("resolved")
     })
     .await;
     println!("first resolve of a registered app (poll parked): {took:?}");
@@ -45,7 +45,7 @@ async fn first_resolve_of_a_registered_app_is_fast() {
     let d2 = client(&[addr_of(&s)]);
     let (r, took) = timed(async {
         let w = d2.watch("demo.svc").unwrap();
-        w.resolved(Duration::from_secs(5)).await
+        w.resolved(Duration::from_secs(5)).await.expect("resolved")
     })
     .await;
     println!("first resolve of a registered app (fresh client): {took:?}");
@@ -65,11 +65,11 @@ async fn second_appid_while_a_poll_is_parked() {
     put(&s, "demo.b", "b1", 9001);
     let d = client(&[addr_of(&s)]);
     let a = d.watch("demo.a").unwrap();
-    assert_eq!(hostnames(&a.resolved(Duration::from_secs(5)).await), ["a1"]);
+    assert_eq!(hostnames(&a.resolved(Duration::from_secs(5)).await.expect("resolved")), ["a1"]);
     parked(&s, 1).await;
     let (r, took) = timed(async {
         let b = d.watch("demo.b").unwrap();
-        let r = b.resolved(Duration::from_secs(5)).await;
+        let r = b.resolved(Duration::from_secs(5)).await.expect("resolved");
         (r, b)
     })
     .await;
@@ -96,7 +96,7 @@ async fn unknown_appid_is_not_found_then_found_on_register() {
     let d = client(&[addr_of(&s)]);
     let (r, took) = timed(async {
         let w = d.watch("ghost.svc").unwrap();
-        (w.resolved(Duration::from_secs(5)).await, w)
+        (w.resolved(Duration::from_secs(5)).await.expect("resolved"), w)
     })
     .await;
     println!("unknown appid → NotFound after {took:?}");
@@ -146,7 +146,7 @@ async fn watchers_see_register_set_cancel_and_eviction() {
     let w = consumer.watch("demo.svc").unwrap();
     let mut rx = w.subscribe();
     assert!(matches!(
-        w.resolved(Duration::from_secs(2)).await,
+        w.resolved(Duration::from_secs(2)).await.expect("resolved"),
         Resolution::NotFound { .. }
     ));
 
@@ -225,7 +225,8 @@ async fn watchers_see_register_set_cancel_and_eviction() {
 }
 
 /// A registry that is down at start never blocks: the watch stays
-/// `Pending` for the caller's bound, and the loop keeps retrying until the
+/// `Pending` for the caller's bound (`resolved` then answers a timeout
+/// error), and the loop keeps retrying until the
 /// registry comes up.
 #[tokio::test]
 async fn registry_down_at_start_stays_pending_then_recovers() {
@@ -233,7 +234,11 @@ async fn registry_down_at_start_stays_pending_then_recovers() {
     let d = client(std::slice::from_ref(&node));
     let w = d.watch("demo.svc").unwrap();
     let (r, took) = timed(w.resolved(Duration::from_millis(500))).await;
-    assert_eq!(r, Resolution::Pending);
+    assert!(
+        matches!(r, Err(naming::Error::Timeout(_))),
+        "a timeout is an error, not a wait: {r:?}"
+    );
+    assert_eq!(w.current(), Resolution::Pending);
     assert!(took < Duration::from_millis(800), "{took:?}");
     let s = server_at("", node.parse().unwrap()).await;
     put(&s, "demo.svc", "late", 9000);

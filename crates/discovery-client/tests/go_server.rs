@@ -135,7 +135,7 @@ async fn consumer_before_provider(go: Node) {
     let consumer = sdk(&go, "consumer-1");
     let w = consumer.watch("late.svc").unwrap();
     assert!(matches!(
-        w.resolved(Duration::from_secs(2)).await,
+        w.resolved(Duration::from_secs(2)).await.expect("resolved"),
         Resolution::NotFound { .. }
     ));
     parked(&go, 1).await;
@@ -175,7 +175,7 @@ async fn restarted_watch(go: Node) {
     let first = sdk(&go, "consumer-1");
     let w = first.watch("app.svc").unwrap();
     assert_eq!(
-        hostnames(&w.resolved(Duration::from_secs(2)).await),
+        hostnames(&w.resolved(Duration::from_secs(2)).await.expect("resolved")),
         ["provider-1"]
     );
     parked(&go, 1).await;
@@ -186,7 +186,7 @@ async fn restarted_watch(go: Node) {
     let second = sdk(&go, "consumer-1");
     let w = second.watch("app.svc").unwrap();
     assert_eq!(
-        hostnames(&w.resolved(Duration::from_secs(2)).await),
+        hostnames(&w.resolved(Duration::from_secs(2)).await.expect("resolved")),
         ["provider-1"]
     );
     parked(&go, 1).await;
@@ -233,7 +233,7 @@ async fn shared_hostname(go: Node) {
     let w3b = d3.watch("b.svc").unwrap();
     for w in [&w1a, &w2b, &w3a, &w3b] {
         assert_eq!(
-            hostnames(&w.resolved(Duration::from_secs(2)).await).len(),
+            hostnames(&w.resolved(Duration::from_secs(2)).await.expect("resolved")).len(),
             1
         );
     }
@@ -306,7 +306,7 @@ async fn hold_ends_are_tolerated() {
     let consumer = sdk(&node, "consumer-1");
     let w = consumer.watch("app.svc").unwrap();
     assert_eq!(
-        hostnames(&w.resolved(Duration::from_secs(2)).await),
+        hostnames(&w.resolved(Duration::from_secs(2)).await.expect("resolved")),
         ["provider-1"]
     );
     let polls = || {

@@ -139,7 +139,7 @@ async fn one_poll_for_all_apps_with_steady_headers() {
         .map(|a| d.watch(a).unwrap())
         .collect();
     for w in &watches {
-        assert!(w.resolved(Duration::from_secs(2)).await.found().is_some());
+        assert!(w.resolved(Duration::from_secs(2)).await.expect("resolved").found().is_some());
     }
     // Fixed: past the first, short-hold polls, whatever their number.
     sleep_ms(500).await;
@@ -298,7 +298,7 @@ async fn dropped_watch_leaves_the_poll_set() {
     let a = d.watch("a.svc").unwrap();
     let b = d.watch("b.svc").unwrap();
     let b2 = d.watch("b.svc").unwrap();
-    assert!(b.resolved(Duration::from_secs(2)).await.found().is_some());
+    assert!(b.resolved(Duration::from_secs(2)).await.expect("resolved").found().is_some());
     drop(b);
     // Fixed: polls of 1.5 s must all still carry b.svc for b2.
     sleep_ms(1500).await;
@@ -335,7 +335,7 @@ async fn whole_request_not_found() {
     let b = Fake::start(script).await;
     let d = Discovery::new(quick(&[a.node(), b.node()])).unwrap();
     let w = d.watch("ghost.svc").unwrap();
-    let r = w.resolved(Duration::from_secs(2)).await;
+    let r = w.resolved(Duration::from_secs(2)).await.expect("resolved");
     assert!(
         matches!(r, Resolution::NotFound { ref env, .. } if env == "dev"),
         "{r:?}"
