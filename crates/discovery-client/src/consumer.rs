@@ -270,6 +270,20 @@ impl Apps {
     fn all_missing(&self, epoch: u64, appids: &[String]) -> bool {
         self.apply_poll(epoch, BTreeMap::new(), appids)
     }
+
+    /// The watched appids currently resolved as found.
+    fn found(&self, appids: &[String]) -> Vec<String> {
+        let st = self.state.lock();
+        appids
+            .iter()
+            .filter(|a| {
+                st.map
+                    .get(a.as_str())
+                    .is_some_and(|app| matches!(*app.tx.borrow(), Resolution::Found(_)))
+            })
+            .cloned()
+            .collect()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -395,7 +409,17 @@ pub(crate) async fn poll_loop(core: Arc<Core>) {
                         }
                     }
                 }
-                Some(Code::NotModified) => Outcome::Unchanged,
+                Some(Code::NotModified) => {
+                    // The Go original wakes no poller for an app's last
+                    // cancel: its polls hold and end in -304 while the app
+                    // is gone. One `fetchs` after a hold that brought
+                    // nothing tells (once per hold, so bounded).
+                    if refetch_gone(&core, apps, &node, epoch, &appids).await {
+                        Outcome::Changed
+                    } else {
+                        Outcome::Unchanged
+                    }
+                }
                 Some(Code::NotFound) => {
                     if appids.iter().any(|a| a == DISCOVERY_APPID) {
                         apps.nodes_ready.send_replace(true);
@@ -425,6 +449,58 @@ pub(crate) async fn poll_loop(core: Arc<Core>) {
             Outcome::Failed => not_before = Some(Instant::now() + backoff.next_delay()),
         }
     }
+}
+
+/// After a poll that ended with nothing, asks for the found apps once
+/// more and marks the ones the node no longer has as not found; `true`
+/// when that changed a watch.
+async fn refetch_gone(core: &Core, apps: &Apps, node: &str, epoch: u64, appids: &[String]) -> bool {
+    let found: Vec<String> = apps
+        .found(appids)
+        .into_iter()
+        .filter(|a| a != DISCOVERY_APPID)
+        .collect();
+    if found.is_empty() {
+        return false;
+    }
+    let cfg = &core.config;
+    let mut call = Call::get("/discovery/fetchs", cfg.request_timeout)
+        .param("env", &cfg.env)
+        .param("status", "3");
+    for a in &found {
+        call = call.param("appid", a);
+    }
+    let Ok(env) = core.transport.call(node, &call).await else {
+        return false;
+    };
+    if env.code != 0 {
+        return false;
+    }
+    let Ok(data) = env.data::<BTreeMap<String, serde_json::Value>>() else {
+        return false;
+    };
+    let gone: Vec<String> = found
+        .into_iter()
+        .filter(|a| !data.get(a).is_some_and(has_instances))
+        .collect();
+    if gone.is_empty() {
+        return false;
+    }
+    debug!(
+        node,
+        ?gone,
+        "apps gone without a wake-up; marking them not found"
+    );
+    apps.apply_poll(epoch, BTreeMap::new(), &gone)
+}
+
+/// Whether a `fetchs` entry lists any instance.
+fn has_instances(info: &serde_json::Value) -> bool {
+    info["instances"].as_object().is_some_and(|zones| {
+        zones
+            .values()
+            .any(|l| l.as_array().is_some_and(|l| !l.is_empty()))
+    })
 }
 
 /// Takes the own-zone `infra.discovery` instances' `http://` addresses as

@@ -131,7 +131,9 @@ async fn ready_against_a_silent_seed_is_bounded() {
     let took = start.elapsed();
     println!("ready(3s) against a silent seed returned {ready} after {took:?}");
     assert!(!ready);
-    assert!(took < Duration::from_millis(3200), "{took:?}");
+    // The bound plus scheduling slack on a loaded machine: what matters is
+    // that it returns, not to the millisecond.
+    assert!(took < Duration::from_millis(4000), "{took:?}");
     d.close().await.unwrap();
     keep.abort();
 }

@@ -65,7 +65,10 @@ async fn second_appid_while_a_poll_is_parked() {
     put(&s, "demo.b", "b1", 9001);
     let d = client(&[addr_of(&s)]);
     let a = d.watch("demo.a").unwrap();
-    assert_eq!(hostnames(&a.resolved(Duration::from_secs(5)).await.expect("resolved")), ["a1"]);
+    assert_eq!(
+        hostnames(&a.resolved(Duration::from_secs(5)).await.expect("resolved")),
+        ["a1"]
+    );
     parked(&s, 1).await;
     let (r, took) = timed(async {
         let b = d.watch("demo.b").unwrap();
@@ -96,7 +99,10 @@ async fn unknown_appid_is_not_found_then_found_on_register() {
     let d = client(&[addr_of(&s)]);
     let (r, took) = timed(async {
         let w = d.watch("ghost.svc").unwrap();
-        (w.resolved(Duration::from_secs(5)).await.expect("resolved"), w)
+        (
+            w.resolved(Duration::from_secs(5)).await.expect("resolved"),
+            w,
+        )
     })
     .await;
     println!("unknown appid → NotFound after {took:?}");

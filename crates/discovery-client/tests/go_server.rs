@@ -337,3 +337,43 @@ async fn hold_ends_are_tolerated() {
     let _ = consumer.close().await;
     node.shutdown().await;
 }
+
+/// The Go original wakes no poller when an app's last instance is
+/// cancelled: the watch learns it from one `fetchs` after the hold that
+/// brought nothing, so within the hold plus a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_cancel_of_an_app_is_seen_within_a_hold_on_a_go_server() {
+    let hold = Duration::from_secs(2);
+    let go = Node::Go(
+        GoDouble::start(GoDoubleConfig {
+            hold,
+            ..GoDoubleConfig::default()
+        })
+        .await,
+    );
+    let provider = sdk(&go, "provider-1");
+    let reg = provider.register(instance("last.svc", 9000)).await.unwrap();
+    let consumer = sdk(&go, "consumer-1");
+    let w = consumer.watch("last.svc").unwrap();
+    assert_eq!(
+        hostnames(&w.resolved(Duration::from_secs(2)).await.expect("resolved")),
+        ["provider-1"]
+    );
+    parked(&go, 1).await;
+    let start = Instant::now();
+    reg.cancel().await.unwrap();
+    let mut rx = w.subscribe();
+    wait_state(
+        &mut rx,
+        hold + Duration::from_secs(1),
+        "the last cancel seen",
+        |r| matches!(r, Resolution::NotFound { .. }),
+    )
+    .await;
+    println!(
+        "last cancel seen {:?} after it, hold {hold:?}",
+        start.elapsed()
+    );
+    let _ = tokio::join!(consumer.close(), provider.close());
+    go.shutdown().await;
+}

@@ -50,9 +50,18 @@ async fn close_leaves_no_task_or_socket() {
     let d = client(&[addr_of(&s)]);
     let reg = d.register(instance("mine.svc", 9001)).await.unwrap();
     let w = d.watch("demo.svc").unwrap();
-    assert!(w.resolved(Duration::from_secs(2)).await.expect("resolved").found().is_some());
+    assert!(
+        w.resolved(Duration::from_secs(2))
+            .await
+            .expect("resolved")
+            .found()
+            .is_some()
+    );
     let ghost = d.watch("ghost.svc").unwrap();
-    ghost.resolved(Duration::from_secs(2)).await.expect("resolved");
+    ghost
+        .resolved(Duration::from_secs(2))
+        .await
+        .expect("resolved");
     let busy = (metrics.num_alive_tasks(), sockets());
     println!("baseline tasks/sockets {tasks0}/{sockets0}, in use {busy:?}");
     assert!(

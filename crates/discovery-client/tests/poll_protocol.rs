@@ -42,7 +42,15 @@ fn quiet(seen: &Seen, ts: i64, hold: Duration) -> (Duration, String) {
 fn quiet_registry(hold: Duration) -> Script {
     Arc::new(move |seen: &Seen| match seen.path.as_str() {
         "/discovery/polls" => quiet(seen, 100, hold),
-        "/discovery/fetchs" => (Duration::ZERO, EMPTY_FETCHS.to_string()),
+        // Every app it is asked about is there, as its polls said.
+        "/discovery/fetchs" => {
+            let asked = seen.all("appid");
+            let apps: Vec<(&str, i64, &[&str])> = asked
+                .iter()
+                .map(|a| (a.as_str(), 100, &["h1"][..]))
+                .collect();
+            (Duration::ZERO, polls_answer(&apps))
+        }
         _ => (Duration::ZERO, code(0)),
     })
 }
@@ -139,7 +147,13 @@ async fn one_poll_for_all_apps_with_steady_headers() {
         .map(|a| d.watch(a).unwrap())
         .collect();
     for w in &watches {
-        assert!(w.resolved(Duration::from_secs(2)).await.expect("resolved").found().is_some());
+        assert!(
+            w.resolved(Duration::from_secs(2))
+                .await
+                .expect("resolved")
+                .found()
+                .is_some()
+        );
     }
     // Fixed: past the first, short-hold polls, whatever their number.
     sleep_ms(500).await;
@@ -298,7 +312,13 @@ async fn dropped_watch_leaves_the_poll_set() {
     let a = d.watch("a.svc").unwrap();
     let b = d.watch("b.svc").unwrap();
     let b2 = d.watch("b.svc").unwrap();
-    assert!(b.resolved(Duration::from_secs(2)).await.expect("resolved").found().is_some());
+    assert!(
+        b.resolved(Duration::from_secs(2))
+            .await
+            .expect("resolved")
+            .found()
+            .is_some()
+    );
     drop(b);
     // Fixed: polls of 1.5 s must all still carry b.svc for b2.
     sleep_ms(1500).await;
