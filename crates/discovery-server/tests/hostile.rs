@@ -602,11 +602,23 @@ async fn random_key_floods() {
 /// ones stay within `max_peers`, and the witness is not disturbed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_peers() {
+    // Every forged address points at a listener that counts connections:
+    // the node must never contact any of them.
+    let stub = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stub_addr = stub.local_addr().unwrap().to_string();
+    let contacted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&contacted);
+    let listener = tokio::spawn(async move {
+        while let Ok((_s, _)) = stub.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
     let node = Hostile::start("max_peers = 16\n").await;
-    let codes = flood(&node.base, 8, 200, 3, |rng, http, base| {
+    let codes = flood(&node.base, 8, 200, 3, move |rng, http, base| {
         let host = random_word(rng);
-        let port = rng.random_range(1..65535u32).to_string();
-        let addr = format!("http://127.0.0.{}:{port}", rng.random_range(2..250u32));
+        let scheme = ["http", "HTTP", "Http", "https"][rng.random_range(0..4)];
+        let tail = ["", "/", "/latest/meta-data%23", "?x=1"][rng.random_range(0..4)];
+        let addr = format!("{scheme}://{stub_addr}{tail}");
         let mut pairs = vec![
             ("zone", "sh001"),
             ("env", "dev"),
@@ -673,6 +685,12 @@ async fn forged_peers() {
     let text = node.metrics().await;
     assert!(metric(&text, "discovery_peer_records_refused_total") >= 1.0);
     node.finish("forged_peers").await;
+    assert_eq!(
+        contacted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the node contacted a forged address"
+    );
+    listener.abort();
 }
 
 /// Cancels of random keys (nothing to remember), then register+cancel
