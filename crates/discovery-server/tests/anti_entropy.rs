@@ -73,8 +73,9 @@ async fn lost_writes_are_repaired(topo: &Topology, limit: Duration) {
 async fn writes_that_reached_one_node_reach_all_within_an_interval() {
     let topo = Topology::start(&layout("200ms")).await;
     topo.wait_ready().await;
-    // One interval, plus an exchange and a loaded machine's delays.
-    lost_writes_are_repaired(&topo, Duration::from_secs(2)).await;
+    // One interval (200 ms) and an exchange; the bound leaves room for a
+    // loaded machine. The heal distribution is measured by the chaos suite.
+    lost_writes_are_repaired(&topo, Duration::from_secs(5)).await;
     let base = topo.url(1);
     assert!(get_metric(&base, "discovery_anti_entropy_repairs_total").await >= 2.0);
     topo.shutdown().await;

@@ -19,7 +19,7 @@
 //! record says they are ours (`replication_batch`) are compared.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, atomic::Ordering},
 };
 
@@ -47,6 +47,9 @@ pub(super) async fn run(cluster: Arc<Cluster>) {
     }
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One round per peer at a time, each on its own: a peer behind a
+    // partition (its connect hanging) must not hold up the others.
+    let in_flight = Arc::new(parking_lot::Mutex::new(HashSet::new()));
     loop {
         tick.tick().await;
         let targets: Vec<String> = cluster
@@ -57,11 +60,18 @@ pub(super) async fn run(cluster: Arc<Cluster>) {
             .map(|(addr, _)| addr.clone())
             .collect();
         for target in targets {
-            match reconcile(&cluster, &target).await {
-                Ok(0) => {}
-                Ok(n) => debug!(peer = %target, repaired = n, "anti-entropy repaired"),
-                Err(e) => debug!(peer = %target, "anti-entropy round failed: {e}"),
+            if !in_flight.lock().insert(target.clone()) {
+                continue;
             }
+            let (cluster, in_flight) = (Arc::clone(&cluster), Arc::clone(&in_flight));
+            tokio::spawn(async move {
+                match reconcile(&cluster, &target).await {
+                    Ok(0) => {}
+                    Ok(n) => debug!(peer = %target, repaired = n, "anti-entropy repaired"),
+                    Err(e) => debug!(peer = %target, "anti-entropy round failed: {e}"),
+                }
+                in_flight.lock().remove(&target);
+            });
         }
     }
 }
