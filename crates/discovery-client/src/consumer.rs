@@ -413,8 +413,9 @@ pub(crate) async fn poll_loop(core: Arc<Core>) {
                     // The Go original wakes no poller for an app's last
                     // cancel: its polls hold and end in -304 while the app
                     // is gone. One `fetchs` after a hold that brought
-                    // nothing tells (once per hold, so bounded).
-                    if refetch_gone(&core, apps, &node, epoch, &appids).await {
+                    // nothing tells (once per hold, so bounded). Our nodes
+                    // wake pollers for it: no refetch.
+                    if !env.ours && refetch_gone(&core, apps, &node, epoch, &appids).await {
                         Outcome::Changed
                     } else {
                         Outcome::Unchanged

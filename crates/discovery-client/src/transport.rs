@@ -58,6 +58,10 @@ pub(crate) struct Envelope {
     pub(crate) data: serde_json::Value,
     #[serde(default)]
     pub(crate) error: serde_json::Value,
+    /// The answer came from one of our nodes (it carries their id header),
+    /// not from a Go original.
+    #[serde(skip)]
+    pub(crate) ours: bool,
 }
 
 impl Envelope {
@@ -288,9 +292,16 @@ async fn send(req: reqwest::RequestBuilder) -> Result<Envelope, String> {
     if status.as_u16() >= 400 {
         return Err(format!("HTTP {status}"));
     }
+    let ours = resp.headers().contains_key(OUR_NODE_HEADER);
     let body = resp.bytes().await.map_err(|e| describe(&e))?;
-    serde_json::from_slice(&body).map_err(|e| format!("undecodable answer: {e}"))
+    let mut env: Envelope =
+        serde_json::from_slice(&body).map_err(|e| format!("undecodable answer: {e}"))?;
+    env.ours = ours;
+    Ok(env)
 }
+
+/// The header our nodes stamp on every answer (their id).
+const OUR_NODE_HEADER: &str = "x-discovery-node-id";
 
 /// reqwest's top-level message hides the cause ("error sending request").
 fn describe(e: &reqwest::Error) -> String {

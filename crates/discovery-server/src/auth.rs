@@ -83,6 +83,9 @@ pub(crate) enum Need {
     ClientWrite,
     Admin,
     PeerWrite,
+    /// A peer-marked `set`: without the cluster secret, `replication=true`
+    /// must not turn an admin act into a mere write.
+    PeerAdmin,
     PeerRead,
 }
 
@@ -160,6 +163,18 @@ impl Auth {
                 Some(_) => Err("peer signature required ([auth] peer_token)"),
                 None => self.client_write(token, ip),
             },
+            Need::PeerAdmin => match (&self.peer_token, &self.admin_token) {
+                (Some(_), _) if signed => Ok(Grant::Peer),
+                (Some(_), _) => Err("peer signature required ([auth] peer_token)"),
+                (None, Some(_)) if admin(token) => Ok(Grant::Admin),
+                (None, Some(_))
+                    if ip.is_some_and(|ip| self.trusted_cidrs.iter().any(|n| n.contains(&ip))) =>
+                {
+                    Ok(Grant::TrustedNet)
+                }
+                (None, Some(_)) => Err("admin token required"),
+                (None, None) => self.client_write(token, ip),
+            },
             // `fetch/all` is every instance: peers' data. The console reads
             // it with the admin token.
             Need::PeerRead => match &self.peer_token {
@@ -228,6 +243,13 @@ pub fn sign(
     out
 }
 
+/// How far a signature's time may be from the receiver's wall clock:
+/// `cluster.max_clock_skew`, but at least 30 s, so that two hosts whose
+/// clocks disagree a little still talk.
+pub fn signature_window(max_clock_skew: std::time::Duration) -> std::time::Duration {
+    max_clock_skew.max(std::time::Duration::from_secs(30))
+}
+
 /// Why a signed request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
@@ -237,8 +259,8 @@ pub enum SignatureError {
     /// Not of the form `t=…,n=…,s=…`.
     #[error("malformed x-discovery-signature")]
     Malformed,
-    /// Its time is further from ours than `cluster.max_clock_skew`.
-    #[error("signature time outside cluster.max_clock_skew")]
+    /// Its time is further from ours than the [`signature_window`].
+    #[error("signature time outside the window (cluster.max_clock_skew, at least 30 s)")]
     Skew,
     /// The HMAC does not match: another secret, or a changed request.
     #[error("bad peer signature")]
@@ -410,6 +432,20 @@ mod tests {
         assert!(a.check(Need::Admin, Some("a"), None, false).is_ok());
         // No peer token: replication=true cannot get around the write token.
         assert!(a.check(Need::PeerWrite, None, Some(wan), false).is_err());
+        // Nor can a set: peer-marked, it still needs the admin token (or a
+        // trusted network, where the nodes are).
+        assert_eq!(
+            a.check(Need::PeerAdmin, Some("w"), Some(wan), false),
+            Err("admin token required")
+        );
+        assert_eq!(
+            a.check(Need::PeerAdmin, None, Some(lan), false),
+            Ok(Grant::TrustedNet)
+        );
+        assert_eq!(
+            a.check(Need::PeerAdmin, Some("a"), Some(wan), false),
+            Ok(Grant::Admin)
+        );
         // Nor can fetch/all: it falls back to the write rule.
         assert!(a.check(Need::PeerRead, None, Some(wan), false).is_err());
         assert!(a.check(Need::PeerRead, Some("w"), Some(wan), false).is_ok());

@@ -93,6 +93,24 @@ impl Clock {
         i.wall0.saturating_add(elapsed).saturating_add(i.offset)
     }
 
+    /// The host's wall clock now (plus the test offset), in Unix
+    /// milliseconds, read afresh so that it follows NTP corrections: what
+    /// peer signatures are stamped and checked with.
+    pub fn wall_ms(&self) -> i64 {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        wall.saturating_add(self.inner.offset / 1_000_000)
+    }
+
+    /// Whether a peer's timestamp lies further in the future than any
+    /// honest node's could: beyond `max_skew` plus a minute of margin for
+    /// clocks that lead and nodes that follow them. Such a value would pin
+    /// an instance forever (every later write sorts before it).
+    pub fn is_implausible(&self, ts: i64) -> bool {
+        ts.saturating_sub(self.physical()) > self.inner.max_skew.saturating_add(60_000_000_000)
+    }
+
     /// Nanoseconds since the Unix epoch, never earlier than a timestamp
     /// already observed from a peer.
     pub fn now(&self) -> i64 {

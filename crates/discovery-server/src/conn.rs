@@ -97,7 +97,9 @@ impl ConnLimits {
     pub(crate) fn of(config: &crate::config::Config) -> Self {
         let mut max = config.limits.max_connections;
         if let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
-            let room = usize::try_from(soft.saturating_sub(FD_RESERVE).max(1)).unwrap_or(max);
+            // Lingering sockets no longer hold a slot: they need room too.
+            let reserve = FD_RESERVE + MAX_LINGERING as u64;
+            let room = usize::try_from(soft.saturating_sub(reserve).max(1)).unwrap_or(max);
             if room < max {
                 // Only a configured value deserves a warning; the default is
                 // meant to be capped on hosts with a low limit.
@@ -285,7 +287,12 @@ async fn serve_one(
                 sleep: None,
             })
         });
-        if auth_on || matches!(req.uri().path(), "/discovery/set" | "/discovery/cancel") {
+        if auth_on
+            || matches!(
+                req.uri().path(),
+                "/discovery/set" | "/discovery/cancel" | "/discovery/replicate"
+            )
+        {
             req.extensions_mut().insert(ConnectInfo(remote));
         }
         tower::ServiceExt::oneshot(app.clone(), req)

@@ -35,6 +35,11 @@ pub trait Members: Send + Sync + 'static {
     /// [`PeerRule`]).
     fn vet(&self, ins: &Instance, proof: Proof) -> Vetted;
 
+    /// Whether `ip` is the host of a configured peer.
+    fn is_peer_ip(&self, _ip: std::net::IpAddr) -> bool {
+        false
+    }
+
     /// Anti-entropy counters since start.
     fn anti_entropy(&self) -> EntropyReport {
         EntropyReport::default()
@@ -108,7 +113,8 @@ pub enum Proof {
 /// takes its node list from them, so a record is stored only when:
 ///
 /// * every address of it is this node's or in the static `nodes` and
-///   `[zones]` lists (how Go nodes of a mixed cluster are configured); or
+///   `[zones]` lists, in the zone the record names (how Go nodes of a
+///   mixed cluster are configured); or
 /// * `[auth] peer_token` is set and the record was written with a valid
 ///   signature, or pulled from a peer that admitted it.
 ///
@@ -118,7 +124,9 @@ pub enum Proof {
 #[derive(Debug)]
 pub struct PeerRule {
     own: String,
-    statics: std::collections::HashSet<String>,
+    own_zone: String,
+    /// Configured address → the zone the config puts it in.
+    statics: std::collections::HashMap<String, String>,
     secret: bool,
     max_peers: usize,
     /// Addresses already logged as refused, so that a flood logs each once
@@ -132,14 +140,19 @@ const MAX_LOGGED: usize = 1024;
 impl PeerRule {
     /// The rule of a node advertising `own` with `config`'s static lists.
     pub fn new(own: &str, config: &crate::config::Config) -> Self {
-        let statics = config
-            .nodes
-            .iter()
-            .chain(config.zones.values().flatten())
-            .cloned()
-            .collect();
+        let own_zone = config.env.zone.clone();
+        let mut statics = std::collections::HashMap::new();
+        for (zone, list) in &config.zones {
+            for a in list {
+                statics.insert(a.clone(), zone.clone());
+            }
+        }
+        for a in &config.nodes {
+            statics.insert(a.clone(), own_zone.clone());
+        }
         PeerRule {
             own: canonical(own).unwrap_or_else(|| own.to_string()),
+            own_zone,
             statics,
             secret: config.auth.peer_token.is_some(),
             max_peers: config.limits.max_peers,
@@ -147,9 +160,29 @@ impl PeerRule {
         }
     }
 
+    /// Whether `ip` is the host of a configured peer (written as an IP).
+    pub fn is_peer_ip(&self, ip: std::net::IpAddr) -> bool {
+        self.statics.keys().any(|a| {
+            naming::addr::PeerAddr::parse(a).is_ok_and(|p| {
+                let host = p.host().trim_start_matches('[').trim_end_matches(']');
+                host.parse::<std::net::IpAddr>() == Ok(ip)
+            })
+        })
+    }
+
     /// Whether `addr` (canonical `host:port`) is this node or configured.
     pub fn is_static(&self, addr: &str) -> bool {
-        addr == self.own || self.statics.contains(addr)
+        addr == self.own || self.statics.contains_key(addr)
+    }
+
+    /// Whether `addr` is this node or configured, in `zone`: a configured
+    /// address in another zone's record would make a node of one zone a
+    /// peer of another.
+    fn is_static_in(&self, addr: &str, zone: &str) -> bool {
+        if addr == self.own {
+            return zone == self.own_zone;
+        }
+        self.statics.get(addr).is_some_and(|z| z == zone)
     }
 
     /// Decides about `ins`; `learned` counts the admitted peers beyond the
@@ -173,7 +206,10 @@ impl PeerRule {
                 naming::DISCOVERY_APPID
             ));
         }
-        let unknown: Vec<&String> = addrs.iter().filter(|a| !self.is_static(a)).collect();
+        let unknown: Vec<&String> = addrs
+            .iter()
+            .filter(|a| !self.is_static_in(a, &ins.zone))
+            .collect();
         if unknown.is_empty() {
             return Vetted::Admit;
         }
@@ -188,9 +224,9 @@ impl PeerRule {
             )
         } else {
             format!(
-                "{} is not a configured peer: list it in `nodes` (or `[zones]`), \
+                "{} is not a configured peer of zone {:?}: list it in `nodes` (or `[zones]`), \
                  or set `[auth] peer_token` on every node",
-                unknown[0]
+                unknown[0], ins.zone
             )
         };
         let mut logged = self.logged.lock();
@@ -198,7 +234,7 @@ impl PeerRule {
             logged.clear();
         }
         if logged.insert(unknown[0].clone()) {
-            tracing::warn!(hostname = %ins.hostname, zone = %ins.zone, "peer record refused: {why}");
+            tracing::warn!(hostname = ?ins.hostname, zone = ?ins.zone, "peer record refused: {why:?}");
         }
         Vetted::Refused(why)
     }
@@ -243,5 +279,9 @@ impl Members for StaticMembers {
     fn vet(&self, ins: &Instance, proof: Proof) -> Vetted {
         // Without a cluster nothing is learned: only the bound applies.
         self.rule.vet(ins, proof, 0)
+    }
+
+    fn is_peer_ip(&self, ip: std::net::IpAddr) -> bool {
+        self.rule.is_peer_ip(ip)
     }
 }

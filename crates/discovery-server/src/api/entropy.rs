@@ -26,18 +26,19 @@ pub(super) async fn digest(
         return Err(r);
     }
     api.authorize(Need::PeerRead, &caller, &p)?;
-    let (root, apps) = api.registry.digests();
+    let root = api.registry.root_digest();
     let root_hex = format!("{root:016x}");
-    let same = p.str("root") == root_hex;
+    let apps = if p.str("root") == root_hex {
+        Vec::new()
+    } else {
+        let (_, apps) = api.registry.digests();
+        apps.into_iter()
+            .map(|(k, d)| (k.env, k.appid, format!("{d:016x}")))
+            .collect()
+    };
     let answer = Digest {
         root: root_hex,
-        apps: if same {
-            Vec::new()
-        } else {
-            apps.into_iter()
-                .map(|(k, d)| (k.env, k.appid, format!("{d:016x}")))
-                .collect()
-        },
+        apps,
     };
     Ok(Reply::ok().json(&answer))
 }
@@ -75,7 +76,7 @@ pub(super) async fn apps(
     State(api): Shared,
     caller: Caller,
     req: axum::extract::Request,
-) -> Result<Reply, Reply> {
+) -> Result<axum::response::Response, Reply> {
     if let Some(r) = api.gate(true) {
         return Err(r);
     }
@@ -92,16 +93,29 @@ pub(super) async fn apps(
             format!("at most {MAX_APPS_PER_PULL} apps per request"),
         ));
     }
+    let slot = api.dump_slot()?;
     let mut out = AppsState::default();
-    for (env, appid) in asked.apps {
-        let key = AppKey::new(&env, &appid);
-        out.instances.extend(api.registry.instances(&key));
-        out.cancels.extend(
+    let now = api.clock.now();
+    let lease = crate::registry::nanos(api.registry.params().lease);
+    let keys: std::collections::HashSet<AppKey> = asked
+        .apps
+        .iter()
+        .map(|(env, appid)| AppKey::new(env, appid))
+        .collect();
+    for key in &keys {
+        // A copy whose lease ran out is on its way out: never spread it.
+        out.instances.extend(
             api.registry
-                .cancels_of(&key)
+                .instances(key)
                 .into_iter()
-                .map(|(k, at)| (k.env, k.appid, k.zone, k.hostname, at)),
+                .filter(|i| now - i.renew_timestamp <= lease),
         );
     }
-    Ok(Reply::ok().json(&out))
+    out.cancels = api
+        .registry
+        .cancels_of(&keys)
+        .into_iter()
+        .map(|(k, at)| (k.env, k.appid, k.zone, k.hostname, at))
+        .collect();
+    Ok(super::Api::holding(Reply::ok().json(&out), slot))
 }

@@ -55,6 +55,9 @@ use poll::{poll, polls};
 use read::{fetch, fetch_all, fetchs, nodes};
 use write::{cancel, register, renew, replicate, set};
 
+/// Whole-registry answers in flight at once; more are answered `-503`.
+const MAX_DUMPS: usize = 4;
+
 /// Shared state of the handlers.
 pub struct Api {
     pub(crate) registry: Arc<Registry>,
@@ -70,6 +73,9 @@ pub struct Api {
     node_header: HeaderValue,
     /// Peer signatures' replay check.
     verifier: crate::auth::Verifier,
+    /// Whole-registry answers (`fetch/all`, `/discovery/apps`) being built
+    /// or written at once: each holds a copy of the registry.
+    pub(crate) dumps: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Api {
@@ -104,6 +110,7 @@ impl Api {
             replicator,
             members,
             verifier,
+            dumps: Arc::new(tokio::sync::Semaphore::new(MAX_DUMPS)),
             metrics: crate::metrics::Metrics::new(),
             node_header,
         }
@@ -304,8 +311,8 @@ impl Api {
                     parts.method.as_str(),
                     pq,
                     body,
-                    self.clock.physical() / 1_000_000,
-                    self.config.cluster.max_clock_skew,
+                    self.clock.wall_ms(),
+                    crate::auth::signature_window(self.config.cluster.max_clock_skew),
                 )
             });
         match checked {
@@ -316,6 +323,34 @@ impl Api {
                 Err(Reply::message(UNAUTHORIZED, format!("unauthorized: {e}")))
             }
         }
+    }
+
+    /// Whether an admin act is logged: anything not signed by a peer and
+    /// not sent from a configured peer's address (a `replication=true`
+    /// marker alone proves nothing).
+    pub(crate) fn audited(&self, caller: &Caller, p: &Params) -> bool {
+        !p.signed && !(is_peer(p) && caller.ip.is_some_and(|ip| self.members.is_peer_ip(ip)))
+    }
+
+    /// A place for one whole-registry answer, or `-503`.
+    pub(crate) fn dump_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Reply> {
+        Arc::clone(&self.dumps).try_acquire_owned().map_err(|_| {
+            Reply::message(
+                naming::code::Code::Unavailable.as_i64(),
+                format!("{MAX_DUMPS} whole-registry answers are in flight; retry shortly"),
+            )
+        })
+    }
+
+    /// `reply` as a response that keeps `permit` until its body is written
+    /// (or the connection is gone): a slow reader holds its slot.
+    pub(crate) fn holding(reply: Reply, permit: tokio::sync::OwnedSemaphorePermit) -> Response {
+        reply.into_response().map(|body| {
+            Body::new(Holding {
+                inner: body,
+                _permit: permit,
+            })
+        })
     }
 
     /// Signature nonces remembered now.
@@ -456,9 +491,21 @@ pub(crate) fn check_reserved(p: &Params, appid: &str) -> Result<(), Reply> {
 
 /// A peer's write carries timestamps from its clock; ours then never reads
 /// earlier, so that a later write through this node sorts after it.
-pub(crate) fn observe_peer_clock(api: &Api, p: &Params) {
+/// A timestamp implausibly far in the future is refused (`-400`): it
+/// would pin the instance, and anti-entropy would carry it everywhere.
+pub(crate) fn observe_peer_clock(api: &Api, p: &Params) -> Result<(), Reply> {
+    for name in ["dirty_timestamp", "latest_timestamp", "set_timestamp"] {
+        if let Ok(ts) = p.i64(name) {
+            if api.clock.is_implausible(ts) {
+                return Err(Reply::bad_param(
+                    name,
+                    "is more than cluster.max_clock_skew plus a minute ahead of this node's clock",
+                ));
+            }
+        }
+    }
     if !is_peer(p) {
-        return;
+        return Ok(());
     }
     for name in ["dirty_timestamp", "latest_timestamp", "set_timestamp"] {
         if let Ok(ts) = p.i64(name) {
@@ -470,5 +517,35 @@ pub(crate) fn observe_peer_clock(api: &Api, p: &Params) {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+pin_project_lite::pin_project! {
+    /// A body that holds a [`MAX_DUMPS`] slot while it is written.
+    struct Holding {
+        #[pin]
+        inner: Body,
+        _permit: tokio::sync::OwnedSemaphorePermit,
+    }
+}
+
+impl http_body::Body for Holding {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use bytes::Bytes;
 
-use super::{Bound, Caller, Shared};
+use super::{Api, Bound, Caller, Shared};
 use crate::{
     params::Params,
     registry::Fetched,
@@ -18,12 +18,13 @@ pub(super) async fn fetch_all(
     State(api): Shared,
     caller: Caller,
     Bound(p): Bound,
-) -> Result<Reply, Reply> {
+) -> Result<axum::response::Response, Reply> {
     if let Some(r) = api.gate(true) {
         return Err(r);
     }
     api.authorize(crate::auth::Need::PeerRead, &caller, &p)?;
-    Ok(Reply::ok().json(&api.registry.all()))
+    let slot = api.dump_slot()?;
+    Ok(Api::holding(Reply::ok().json(&api.registry.all()), slot))
 }
 
 /// `zone` and the required `status` bitmask of the fetch routes.

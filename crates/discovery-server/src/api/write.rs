@@ -43,7 +43,7 @@ pub(super) async fn register(
 
 /// `register` on bound, authorized parameters (also used for batches).
 async fn register_apply(api: &Api, p: &Params) -> Result<Reply, Reply> {
-    observe_peer_clock(api, p);
+    observe_peer_clock(api, p)?;
     let key = api.instance_key(p)?;
     check_reserved(p, &key.appid)?;
     let status = match p.u32("status")? {
@@ -201,8 +201,9 @@ pub(super) async fn renew(
 
 /// `renew` on bound, authorized parameters (also used for batches).
 async fn renew_apply(api: &Api, p: &Params) -> Result<Reply, Reply> {
-    observe_peer_clock(api, p);
+    observe_peer_clock(api, p)?;
     let key = api.instance_key(p)?;
+    check_reserved(p, &key.appid)?;
     if key.appid == naming::DISCOVERY_APPID && is_peer(p) {
         // A node renewing its record is alive: flush our queue to it.
         if let Some(record) = api.registry.get(&key) {
@@ -239,7 +240,7 @@ pub(super) async fn cancel(
     Bound(p): Bound,
 ) -> Result<Reply, Reply> {
     let grant = api.authorize(write_need(&p), &caller, &p)?;
-    if !is_peer(&p) {
+    if api.audited(&caller, &p) {
         audit_cancel(&api, &caller, grant, &p);
     }
     cancel_apply(&api, &p).await
@@ -269,7 +270,7 @@ fn audit_cancel(api: &Api, caller: &Caller, grant: Grant, p: &Params) {
             route = "/discovery/cancel",
             caller = ?caller.ip,
             credential = grant.name(),
-            appid = %key.appid, env = %key.env, zone = %key.zone, hostname = %key.hostname,
+            appid = ?key.appid, env = ?key.env, zone = ?key.zone, hostname = ?key.hostname,
             "cancel of an instance from an address that is not its own"
         );
     }
@@ -277,7 +278,7 @@ fn audit_cancel(api: &Api, caller: &Caller, grant: Grant, p: &Params) {
 
 /// `cancel` on bound, authorized parameters (also used for batches).
 async fn cancel_apply(api: &Api, p: &Params) -> Result<Reply, Reply> {
-    observe_peer_clock(api, p);
+    observe_peer_clock(api, p)?;
     let key = api.instance_key(p)?;
     check_reserved(p, &key.appid)?;
     let cancelled_at = p.i64("latest_timestamp")?;
@@ -305,14 +306,14 @@ pub(super) async fn set(
     Bound(p): Bound,
 ) -> Result<Reply, Reply> {
     let grant = api.authorize(set_need(&p), &caller, &p)?;
-    if !is_peer(&p) {
+    if api.audited(&caller, &p) {
         api.metrics.admin_write("/discovery/set");
         tracing::info!(
             target: "discovery::audit",
             route = "/discovery/set",
             caller = ?caller.ip,
             credential = grant.name(),
-            appid = p.str("appid"), env = p.str("env"), zone = p.str("zone"),
+            appid = ?p.str("appid"), env = ?p.str("env"), zone = ?p.str("zone"),
             hostnames = ?p.list("hostname"),
             "set"
         );
@@ -324,7 +325,7 @@ pub(super) async fn set(
 /// token, or the peer token for a replicated set.
 fn set_need(p: &Params) -> crate::auth::Need {
     if is_peer(p) {
-        crate::auth::Need::PeerWrite
+        crate::auth::Need::PeerAdmin
     } else {
         crate::auth::Need::Admin
     }
@@ -332,7 +333,7 @@ fn set_need(p: &Params) -> crate::auth::Need {
 
 /// `set` on bound, authorized parameters (also used for batches).
 async fn set_apply(api: &Api, p: &Params) -> Result<Reply, Reply> {
-    observe_peer_clock(api, p);
+    observe_peer_clock(api, p)?;
     let zone = api.key_field(p, "zone")?;
     let env = api.key_field(p, "env")?;
     let appid = api.key_field(p, "appid")?;
@@ -436,7 +437,24 @@ pub(super) async fn replicate(
                 "/discovery/register" => register_apply(api, &p).await,
                 "/discovery/renew" => renew_apply(api, &p).await,
                 "/discovery/cancel" => cancel_apply(api, &p).await,
-                "/discovery/set" => set_apply(api, &p).await,
+                "/discovery/set" => match api.authorize(set_need(&p), &caller, &p) {
+                    Ok(grant) => {
+                        if api.audited(&caller, &p) {
+                            api.metrics.admin_write("/discovery/set");
+                            tracing::info!(
+                                target: "discovery::audit",
+                                route = "/discovery/set",
+                                caller = ?caller.ip,
+                                credential = grant.name(),
+                                appid = ?p.str("appid"),
+                                hostnames = ?p.list("hostname"),
+                                "set in a replication batch"
+                            );
+                        }
+                        set_apply(api, &p).await
+                    }
+                    Err(e) => Err(e),
+                },
                 other => Err(Reply::bad_param(
                     "path",
                     format!("{other:?} cannot be batched"),

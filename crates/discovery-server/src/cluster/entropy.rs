@@ -16,7 +16,7 @@
 //!
 //! Each node pulls from each peer, so a difference is repaired from both
 //! sides within one interval. Go nodes do not speak it: only peers whose
-//! record says they are ours (`replication_batch`) are compared.
+//! answers carry our node id header are compared.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -108,7 +108,7 @@ async fn get_json<T: serde::de::DeserializeOwned>(
 /// were applied here.
 async fn reconcile(cluster: &Cluster, target: &str) -> Result<usize, String> {
     cluster.entropy.rounds.fetch_add(1, Ordering::Relaxed);
-    let (root, ours) = cluster.registry.digests();
+    let root = cluster.registry.root_digest();
     let url = format!("http://{target}/discovery/digest?root={root:016x}");
     let Some(theirs) = get_json::<Digest>(cluster, cluster.http.get(url)).await? else {
         return Ok(0);
@@ -116,6 +116,7 @@ async fn reconcile(cluster: &Cluster, target: &str) -> Result<usize, String> {
     if theirs.root == format!("{root:016x}") {
         return Ok(0);
     }
+    let (_, ours) = cluster.registry.digests();
     let mut ours: HashMap<(String, String), u64> = ours
         .into_iter()
         .map(|(k, d)| ((k.env, k.appid), d))
@@ -151,16 +152,32 @@ async fn reconcile(cluster: &Cluster, target: &str) -> Result<usize, String> {
 }
 
 /// Takes the peer's newer copies and its cancels of older ones.
+///
+/// A copy whose lease has run out here is not taken: this node evicted it
+/// (or will), and taking it back would undo every eviction that is not
+/// simultaneous on all nodes. Equal dirty timestamps with different
+/// content are settled the same way on every node: the higher content
+/// hash wins.
 fn apply(cluster: &Cluster, state: AppsState) -> usize {
+    let lease = crate::registry::nanos(cluster.registry.params().lease);
     let mut applied = 0;
     for ins in state.instances {
-        let key = InstanceKey::of(&ins);
-        if cluster
-            .registry
-            .get(&key)
-            .is_some_and(|o| o.dirty_timestamp >= ins.dirty_timestamp)
-        {
+        let now = cluster.clock.now();
+        if now - ins.renew_timestamp > lease || cluster.clock.is_implausible(ins.dirty_timestamp) {
             continue;
+        }
+        let key = InstanceKey::of(&ins);
+        if let Some(ours) = cluster.registry.get(&key) {
+            let take = match ours.dirty_timestamp.cmp(&ins.dirty_timestamp) {
+                std::cmp::Ordering::Less => true,
+                std::cmp::Ordering::Greater => false,
+                std::cmp::Ordering::Equal => {
+                    crate::registry::content_hash(&ins) > crate::registry::content_hash(&ours)
+                }
+            };
+            if !take {
+                continue;
+            }
         }
         cluster.clock.observe(ins.dirty_timestamp);
         if cluster.admit_merge(&ins) && cluster.registry.merge(ins, cluster.clock.now()).applied {

@@ -191,7 +191,7 @@ impl Cluster {
                 req.method().as_str(),
                 &pq,
                 body,
-                self.clock.physical() / 1_000_000,
+                self.clock.wall_ms(),
                 rand::random(),
             );
             req.headers_mut().insert(
@@ -269,7 +269,6 @@ impl Cluster {
         let now = self.clock.now();
         let lease = crate::registry::nanos(self.registry.params().lease);
         let mut learned_same = BTreeSet::new();
-        let mut batching = BTreeSet::new();
         let mut learned_zones: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let records = self
             .registry
@@ -282,13 +281,6 @@ impl Cluster {
                 let addr = addr.as_str();
                 if self.is_self(addr) {
                     continue;
-                }
-                if ins
-                    .metadata
-                    .get("replication_batch")
-                    .is_some_and(|v| v == "1")
-                {
-                    batching.insert(addr.to_string());
                 }
                 if ins.zone == self.config.env.zone {
                     learned_same.insert(addr.to_string());
@@ -327,9 +319,6 @@ impl Cluster {
                     slot.insert(Slot { peer, task });
                 }
             }
-        }
-        for (addr, slot) in self.same_zone.lock().iter() {
-            slot.peer.set_batch(batching.contains(addr));
         }
         *self.beyond_static.lock() = learned_same
             .iter()
@@ -702,6 +691,10 @@ impl Members for Cluster {
 
     fn vet(&self, ins: &Instance, proof: Proof) -> Vetted {
         Cluster::vet(self, ins, proof)
+    }
+
+    fn is_peer_ip(&self, ip: std::net::IpAddr) -> bool {
+        self.rule.is_peer_ip(ip)
     }
 
     fn anti_entropy(&self) -> crate::membership::EntropyReport {

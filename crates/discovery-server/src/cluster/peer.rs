@@ -459,8 +459,12 @@ fn check_self(cluster: &Cluster, res: &reqwest::Response) -> Result<(), Failure>
     Ok(())
 }
 
-/// A cheap request that tells whether a peer is alive.
-async fn probe(cluster: &Cluster, target: &str) -> Result<(), Failure> {
+/// A cheap request that tells whether a peer is alive, and whether it is
+/// one of ours: our nodes stamp every answer with their id, Go nodes do
+/// not. What a peer takes (batches, anti-entropy) is learned from the
+/// peer itself, at an address this node chose, never from a record's
+/// metadata, which any client could write.
+async fn probe(cluster: &Cluster, target: &str) -> Result<bool, Failure> {
     let res = cluster
         .send(cluster.http.get(format!("http://{target}/discovery/nodes")))
         .await
@@ -469,7 +473,7 @@ async fn probe(cluster: &Cluster, target: &str) -> Result<(), Failure> {
     if res.status().as_u16() >= 400 {
         return Err(Failure::Transport(format!("HTTP {}", res.status())));
     }
-    Ok(())
+    Ok(res.headers().contains_key(NODE_ID_HEADER))
 }
 
 /// What to do with the head of the queue after an answer.
@@ -509,7 +513,10 @@ pub(crate) async fn run(cluster: Arc<Cluster>, peer: Arc<Peer>) {
             }
             if let Some(target) = peer.target() {
                 match probe(&cluster, &target).await {
-                    Ok(()) => peer.succeeded(),
+                    Ok(ours) => {
+                        peer.set_batch(ours && peer.same_zone);
+                        peer.succeeded();
+                    }
                     Err(Failure::IsSelf) => {
                         cluster.found_self(&target);
                         return;
@@ -547,6 +554,10 @@ pub(crate) async fn run(cluster: Arc<Cluster>, peer: Arc<Peer>) {
                 return;
             }
             Err(Failure::Transport(e)) => {
+                if items.len() > 1 && e.starts_with("HTTP 404") {
+                    // Not one of ours after all: single writes from now on.
+                    peer.set_batch(false);
+                }
                 retry_later(&peer, cfg, &mut backoff, &e).await;
                 continue;
             }

@@ -67,8 +67,9 @@ struct App {
     /// InstancesInfo of UP instances of all zones at the current state,
     /// built once and shared by every poller and fetcher.
     up_cache: Mutex<Option<Bytes>>,
-    /// The anti-entropy digest at the current state (renews leave it).
-    digest: Mutex<Option<u64>>,
+    /// The anti-entropy digest at the current state (renews leave it), and
+    /// the app's share of the root digest.
+    digest: Mutex<Option<(u64, u64)>>,
 }
 
 impl App {
@@ -83,29 +84,22 @@ impl App {
     /// time, which differs between nodes by design). Hashed with FNV-1a
     /// over explicit little-endian bytes, so that every node computes the
     /// same value whatever its build.
-    fn digest(&self) -> u64 {
+    fn digest(&self, key: &AppKey) -> (u64, u64) {
         *self.digest.lock().get_or_insert_with(|| {
             let mut h = digest::Fnv::default();
             for (zone, hosts) in &self.zones {
                 for (host, s) in hosts {
                     h.str(zone);
                     h.str(host);
-                    h.u64(s.dirty_timestamp as u64);
-                    h.u64(u64::from(s.status.as_u32()));
-                    h.str(&s.region);
-                    h.str(&s.version);
-                    h.u64(s.addrs.len() as u64);
-                    for a in &s.addrs {
-                        h.str(a);
-                    }
-                    h.u64(s.metadata.len() as u64);
-                    for (k, v) in s.metadata.iter() {
-                        h.str(k);
-                        h.str(v);
-                    }
+                    digest::stored(&mut h, s);
                 }
             }
-            h.finish()
+            let d = h.finish();
+            let mut r = digest::Fnv::default();
+            r.str(&key.env);
+            r.str(&key.appid);
+            r.u64(d);
+            (d, r.finish())
         })
     }
 
@@ -596,30 +590,37 @@ impl Registry {
     /// [`crate::cluster`]'s anti-entropy), and a root digest over them
     /// all: two registries that hold the same instances have the same root.
     pub fn digests(&self) -> (u64, Vec<(AppKey, u64)>) {
-        let mut root = 0u64;
         let mut apps = Vec::with_capacity(self.apps.len());
+        let root = self.fold_digests(|key, d| apps.push((key.clone(), d)));
+        (root, apps)
+    }
+
+    /// The root digest alone: what an idle comparison needs, without a
+    /// copy of every app key.
+    pub fn root_digest(&self) -> u64 {
+        self.fold_digests(|_, _| {})
+    }
+
+    fn fold_digests(&self, mut each: impl FnMut(&AppKey, u64)) -> u64 {
+        let mut root = 0u64;
         for app in &self.apps {
             if app.zones.is_empty() {
                 continue;
             }
-            let d = app.digest();
-            let mut h = digest::Fnv::default();
-            h.str(&app.key().env);
-            h.str(&app.key().appid);
-            h.u64(d);
+            let (d, share) = app.digest(app.key());
             // Order-free: the map's iteration order is not the peer's.
-            root = root.wrapping_add(h.finish());
-            apps.push((app.key().clone(), d));
+            root = root.wrapping_add(share);
+            each(app.key(), d);
         }
-        (root, apps)
+        root
     }
 
-    /// Remembered cancels of one app: (zone, hostname, when).
-    pub fn cancels_of(&self, key: &AppKey) -> Vec<(InstanceKey, i64)> {
+    /// Remembered cancels of the given apps, in one pass over them all.
+    pub fn cancels_of(&self, apps: &std::collections::HashSet<AppKey>) -> Vec<(InstanceKey, i64)> {
         self.cancelled
             .snapshot()
             .into_iter()
-            .filter(|(k, _)| k.env == key.env && k.appid == key.appid)
+            .filter(|(k, _)| apps.contains(&k.app()))
             .collect()
     }
 
@@ -802,7 +803,35 @@ impl Serialize for InfoView<'_> {
 #[cfg(test)]
 mod tests;
 
+/// A hash of an instance's content (what anti-entropy compares), to
+/// settle two copies with the same dirty timestamp the same way everywhere.
+pub fn content_hash(ins: &Instance) -> u64 {
+    let mut h = digest::Fnv::default();
+    digest::stored(&mut h, &Stored::of(ins));
+    h.finish()
+}
+
 mod digest {
+    use super::Stored;
+
+    /// An instance's compared content: not its renew time, which differs
+    /// between nodes by design.
+    pub(super) fn stored(h: &mut Fnv, s: &Stored) {
+        h.u64(s.dirty_timestamp as u64);
+        h.u64(u64::from(s.status.as_u32()));
+        h.str(&s.region);
+        h.str(&s.version);
+        h.u64(s.addrs.len() as u64);
+        for a in &s.addrs {
+            h.str(a);
+        }
+        h.u64(s.metadata.len() as u64);
+        for (k, v) in s.metadata.iter() {
+            h.str(k);
+            h.str(v);
+        }
+    }
+
     /// 64-bit FNV-1a: tiny, and the same on every node and platform.
     pub(super) struct Fnv(u64);
 
