@@ -329,7 +329,8 @@ impl Api {
     /// not sent from a configured peer's address (a `replication=true`
     /// marker alone proves nothing).
     pub(crate) fn audited(&self, caller: &Caller, p: &Params) -> bool {
-        !p.signed && !(is_peer(p) && caller.ip.is_some_and(|ip| self.members.is_peer_ip(ip)))
+        let from_peer = is_peer(p) && caller.ip.is_some_and(|ip| self.members.is_peer_ip(ip));
+        !(p.signed || from_peer)
     }
 
     /// A place for one whole-registry answer, or `-503`.
