@@ -266,6 +266,9 @@ struct Host {
     /// A writer or the renewer works on it: one at a time, as an SDK does
     /// for an instance.
     busy: bool,
+    /// Its last writes, with when, the answer and the node that gave it:
+    /// what a failed check prints.
+    log: Vec<String>,
 }
 
 impl Host {
@@ -286,6 +289,8 @@ struct Workload {
     poll_answers: AtomicU64,
     /// Checks that found a write in flight (and let it be on either side).
     in_flight_seen: AtomicU64,
+    /// The start of the workload, for the hosts' logs.
+    started: Instant,
 }
 
 impl Workload {
@@ -306,6 +311,7 @@ impl Workload {
                         pending: None,
                         generation: 0,
                         busy: true,
+                        log: Vec::new(),
                     },
                 );
                 true
@@ -327,13 +333,28 @@ impl Workload {
         host.generation += 1;
     }
 
-    /// The write in flight ends: `Applied` (acknowledged), `Refused` (a
-    /// node answered that it changed nothing) or `Either` (no answer told).
-    fn end(&self, h: &str, outcome: Outcome) {
+    /// The write in flight (a `what`) ends with `answer`: `Applied`
+    /// (acknowledged), `Refused` (a node answered that it changed nothing)
+    /// or `Either` (no answer told).
+    fn end(&self, h: &str, what: &str, answer: &Answer, outcome: Outcome) {
         let mut t = self.truth.lock();
         let host = t.get_mut(h).expect("taken");
         let target = host.pending.take().expect("a write in flight");
         host.generation += 1;
+        if host.log.len() == 6 {
+            host.log.remove(0);
+        }
+        host.log.push(format!(
+            "{what} {target:?} at {:?}: {:?} from node {:?}{} → {outcome:?}",
+            self.started.elapsed(),
+            answer.code,
+            answer.node,
+            if answer.maybe_applied {
+                " (after a node that may have applied it)"
+            } else {
+                ""
+            },
+        ));
         match outcome {
             Outcome::Applied => {
                 host.settled = vec![target];
@@ -368,6 +389,8 @@ fn client() -> reqwest::Client {
 struct Answer {
     /// The first code other than `-500`, if a node gave one.
     code: Option<i64>,
+    /// The node that gave it.
+    node: Option<usize>,
     /// Whether a node that gave none may have applied the request anyway
     /// (it timed out or failed after the request was sent).
     maybe_applied: bool,
@@ -384,7 +407,8 @@ async fn post_any(
 ) -> Answer {
     let mut maybe_applied = false;
     for k in 0..addrs.len() {
-        let a = addrs[(start + k) % addrs.len()];
+        let node = (start + k) % addrs.len();
+        let a = addrs[node];
         let r = http
             .post(format!("http://{a}{path}"))
             .header("content-type", "application/x-www-form-urlencoded")
@@ -398,6 +422,7 @@ async fn post_any(
                     Some(code) => {
                         return Answer {
                             code: Some(code),
+                            node: Some(node),
                             maybe_applied,
                         };
                     }
@@ -412,6 +437,7 @@ async fn post_any(
     }
     Answer {
         code: None,
+        node: None,
         maybe_applied,
     }
 }
@@ -433,6 +459,7 @@ async fn post_until_answered(
         if a.code.is_some() || w.stop.load(Ordering::Relaxed) {
             return Answer {
                 code: a.code,
+                node: a.node,
                 maybe_applied,
             };
         }
@@ -475,6 +502,8 @@ async fn register(
     let a = post_until_answered(http, addrs, start, "/discovery/register", &form, w).await;
     w.end(
         h,
+        "register",
+        &a,
         match a.code {
             Some(0) => Outcome::Applied,
             Some(_) if !a.maybe_applied => Outcome::Refused,
@@ -538,6 +567,8 @@ async fn run_writer(addrs: Vec<SocketAddr>, w: Arc<Workload>) {
                     post_until_answered(&http, &addrs, start, "/discovery/set", &form, &w).await;
                 w.end(
                     &h,
+                    "set",
+                    &a,
                     match a.code {
                         Some(0) => Outcome::Applied,
                         // `-400`: that node does not hold it (it lost it,
@@ -561,6 +592,8 @@ async fn run_writer(addrs: Vec<SocketAddr>, w: Arc<Workload>) {
                 .await;
                 w.end(
                     &h,
+                    "cancel",
+                    &a,
                     match a.code {
                         Some(0 | -404) => Outcome::Applied,
                         Some(_) if !a.maybe_applied => Outcome::Refused,
@@ -584,6 +617,8 @@ async fn run_renewer(addrs: Vec<SocketAddr>, w: Arc<Workload>) {
     let mut rng = StdRng::seed_from_u64(7);
     let mut renewals = JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // Late ticks (a busy machine) are not made up in a burst.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !w.stop.load(Ordering::Relaxed) {
         tick.tick().await;
         while renewals.try_join_next().is_some() {}
@@ -800,7 +835,8 @@ fn describe(i: usize, h: &str, held: &State, ok: &[State], known: Option<&Host>)
         }
         Some(_) => "stale status or metadata",
     };
-    format!("node {i}: {h} {what}: holds {held:?}, acknowledged {ok:?}")
+    let log = known.map(|k| k.log.join(", ")).unwrap_or_default();
+    format!("node {i}: {h} {what}: holds {held:?}, acknowledged {ok:?} (its writes: {log})")
 }
 
 /// Waits, with the workload running, until every running node holds what
@@ -809,6 +845,8 @@ async fn converge(c: &Cluster, w: &Workload, fault: &str) -> Duration {
     let http = client();
     let start = Instant::now();
     let deadline = start + CONVERGE_WITHIN;
+    // What the first check found, printed when convergence was slow.
+    let mut first: Option<String> = None;
     loop {
         let before = w.truth.lock().clone();
         let mut held = Vec::new();
@@ -829,12 +867,18 @@ async fn converge(c: &Cluster, w: &Workload, fault: &str) -> Duration {
                     "CHAOS {fault}: converged in {t:?} with {} live instances",
                     after.values().filter(|h| h.live().is_some()).count()
                 );
+                if let Some(first) = first.filter(|_| t > Duration::from_secs(1)) {
+                    println!("CHAOS {fault}: slow; the first check found {first}");
+                }
                 return t;
             }
-            Err(detail) => assert!(
-                Instant::now() < deadline,
-                "{fault}: no convergence within {CONVERGE_WITHIN:?}: {detail}"
-            ),
+            Err(detail) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{fault}: no convergence within {CONVERGE_WITHIN:?}: {detail}"
+                );
+                first.get_or_insert(detail);
+            }
         }
         // Fixed: the pace of the checks.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -874,6 +918,7 @@ async fn setup(tag: &str) -> (Cluster, Arc<Workload>, Vec<tokio::task::JoinHandl
         reregisters: AtomicU64::new(0),
         poll_answers: AtomicU64::new(0),
         in_flight_seen: AtomicU64::new(0),
+        started: Instant::now(),
     });
     let mut tasks = vec![
         tokio::spawn(run_writer(addrs.clone(), Arc::clone(&w))),
@@ -1224,6 +1269,7 @@ fn checker_tells_in_flight_from_lost() {
         pending,
         generation,
         busy: false,
+        log: Vec::new(),
     };
     let truth = |hosts: Vec<(&str, Host)>| -> Truth {
         hosts.into_iter().map(|(h, x)| (h.to_string(), x)).collect()
