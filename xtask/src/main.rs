@@ -1,15 +1,17 @@
 //! `cargo xtask <command>`: project automation, one small binary.
 //!
 //! * `test`: the whole test suite (nextest when installed, then doctests);
-//! * `ci`: formatting, clippy, then `test`: what `.ci/run` runs;
+//! * `ci`: formatting, clippy, `test`, then the chaos tests under plain
+//!   `cargo test`: what `.ci/run` runs;
 //! * `bench [--quick] [--check] [--no-cluster] [--scaling]`: builds the
 //!   release `discovery` and `bench` binaries, then runs `bench` (flags
 //!   passed through), which starts the servers as child processes, prints a
 //!   table and writes `target/bench/<time>.json`; `--scaling` runs only the
 //!   scaling table. The heavy code lives in `crates/loadgen`,
 //!   so xtask itself stays small for `cargo xtask test`.
-//! * `chaos [--seed S] [--duration SECS]`: the randomized fault schedule
-//!   of the chaos suite, long or with a given seed;
+//! * `chaos [--seed S|commit] [--seeds N] [--duration SECS]`: randomized
+//!   fault schedules of the chaos suite, N in a row, each with its heal
+//!   distribution; a failure prints the command that repeats it;
 //! * `up [--check] [--zones] [--dev]`, `e2e [--no-docker] [--dev]`, `docker`: the demo
 //!   topology on loopback (`--check`: one greeting, then exit; `--zones`: two
 //!   zones), its
@@ -141,7 +143,11 @@ fn ci() -> anyhow::Result<()> {
         "warnings",
     ]);
     run(clippy)?;
-    test(&[])
+    test(&[])?;
+    // The chaos tests again under plain `cargo test` (as `.ci/run`).
+    let mut chaos = cargo();
+    chaos.args(["test", "-p", "discovery-server", "--test", "chaos"]);
+    run(chaos)
 }
 
 fn bench(extra: &[String]) -> anyhow::Result<()> {
@@ -172,7 +178,7 @@ fn bench(extra: &[String]) -> anyhow::Result<()> {
     run(cmd)
 }
 
-const USAGE: &str = "usage: cargo xtask <test [nextest args…] | ci | bench [--quick] [--check] [--no-cluster] [--scaling] | fuzz [seconds] [seed] | chaos [--seed S] [--duration SECS] | up [--check] [--zones] [--dev] | e2e [--no-docker] [--dev] | docker>";
+const USAGE: &str = "usage: cargo xtask <test [nextest args…] | ci | bench [--quick] [--check] [--no-cluster] [--scaling] | fuzz [seconds] [seed] | chaos [--seed S|commit] [--seeds N] [--duration SECS] | up [--check] [--zones] [--dev] | e2e [--no-docker] [--dev] | docker>";
 
 /// The HTTP fuzz test for longer than its CI budget (default 60 s).
 fn fuzz(args: &[String]) -> anyhow::Result<()> {
@@ -195,10 +201,194 @@ fn fuzz(args: &[String]) -> anyhow::Result<()> {
     run(cmd)
 }
 
-/// `chaos [--seed S] [--duration SECS]`: the randomized fault schedule of
-/// the chaos suite (three nodes in network namespaces; needs root), with a
-/// chosen seed and length. A failing run prints the command that repeats it.
+/// `chaos [--seed S | --seed commit] [--seeds N] [--duration SECS]`: the
+/// randomized fault schedule of the chaos suite (three nodes in network
+/// namespaces; needs root), N schedules in a row (default 1), each printed
+/// with its heal distribution, then all of them together. Seeds: `S` for
+/// the first and derived from it for the others; `commit`, the hash of the
+/// checked-out commit (what the test takes when no seed is given); random
+/// otherwise. A failing schedule prints the command that runs it again.
 fn chaos(args: &[String]) -> anyhow::Result<()> {
+    let mut base: Option<u64> = None;
+    let mut count = 1usize;
+    let mut duration = 40u64;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let value = it
+            .next()
+            .with_context(|| format!("{a} needs a value"))?
+            .as_str();
+        match a.as_str() {
+            "--seed" if value == "commit" => {
+                let (seed, head) = commit_seed()?;
+                eprintln!("xtask: seed {seed} from commit {head}");
+                base = Some(seed);
+            }
+            "--seed" => {
+                base =
+                    Some(value.parse().with_context(|| {
+                        format!("--seed {value}: an unsigned integer or `commit`")
+                    })?);
+            }
+            "--seeds" => {
+                count = value
+                    .parse()
+                    .with_context(|| format!("--seeds {value}: a count"))?;
+            }
+            "--duration" => {
+                let secs = value.trim_end_matches('s');
+                duration = secs
+                    .parse()
+                    .with_context(|| format!("--duration {value}: seconds"))?;
+            }
+            other => bail!(
+                "chaos: unknown argument {other:?} (--seed S|commit, --seeds N, --duration SECS)"
+            ),
+        }
+    }
+    let base = base.unwrap_or_else(random_seed);
+    // The first seed is the one given, so that `--seed S` alone repeats a
+    // schedule; each next one is derived from the one before.
+    let seeds: Vec<u64> = std::iter::successors(Some(base), |s| Some(splitmix64(*s)))
+        .take(count)
+        .collect();
+
+    let mut build = cargo();
+    build.args([
+        "test",
+        "-p",
+        "discovery-server",
+        "--test",
+        "chaos",
+        "--no-run",
+    ]);
+    run(build)?;
+    let mut runs = Vec::new();
+    for (k, seed) in seeds.iter().enumerate() {
+        eprintln!(
+            "xtask: chaos schedule {}/{count}, seed {seed}, {duration} s",
+            k + 1
+        );
+        let summary = chaos_once(*seed, duration)?;
+        match &summary {
+            Some(s) => eprintln!("xtask: {}", s.line(*seed)),
+            None => eprintln!(
+                "xtask: seed {seed} FAILED; reproduce with: {}",
+                repro(*seed, duration)
+            ),
+        }
+        runs.push((*seed, summary));
+    }
+
+    eprintln!("\nxtask: {} chaos schedules of {duration} s:", runs.len());
+    let mut all = Vec::new();
+    let (mut faults, mut heals) = (0, 0);
+    for (seed, summary) in &runs {
+        match summary {
+            Some(s) => {
+                eprintln!("  {}", s.line(*seed));
+                all.extend(&s.times_ms);
+                faults += s.faults;
+                heals += s.heals;
+            }
+            None => eprintln!(
+                "  seed {seed}: FAILED; reproduce with: {}",
+                repro(*seed, duration)
+            ),
+        }
+    }
+    all.sort_unstable();
+    let failed: Vec<u64> = runs
+        .iter()
+        .filter(|(_, s)| s.is_none())
+        .map(|(seed, _)| *seed)
+        .collect();
+    eprintln!(
+        "  all: {} schedules, {} failed; {faults} faults, {heals} heals; heal→converged p50 {} ms, p99 {} ms, max {} ms",
+        runs.len(),
+        failed.len(),
+        percentile(&all, 0.5),
+        percentile(&all, 0.99),
+        all.last().copied().unwrap_or(0),
+    );
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} chaos schedules failed; reproduce with:\n{}",
+            failed.len(),
+            runs.len(),
+            failed
+                .iter()
+                .map(|s| format!("  {}", repro(*s, duration)))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    Ok(())
+}
+
+fn repro(seed: u64, duration: u64) -> String {
+    format!("cargo xtask chaos --seed {seed} --duration {duration}")
+}
+
+/// What one schedule printed on its `CHAOS summary` line.
+struct ChaosSummary {
+    faults: usize,
+    heals: usize,
+    /// Faults by kind, as printed (`kill=3 pause=1 …`).
+    kinds: String,
+    times_ms: Vec<u64>,
+}
+
+impl ChaosSummary {
+    /// `key=value` pairs of the line; `None` when a count is missing.
+    fn parse(line: &str) -> Option<Self> {
+        let fields: std::collections::BTreeMap<&str, &str> = line
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        let kinds = ["kill", "pause", "isolate", "rolling", "skew"]
+            .iter()
+            .filter_map(|k| Some(format!("{k}={}", fields.get(k)?)))
+            .collect::<Vec<_>>()
+            .join(" ");
+        Some(ChaosSummary {
+            faults: fields.get("faults")?.parse().ok()?,
+            heals: fields.get("heals")?.parse().ok()?,
+            kinds,
+            times_ms: fields
+                .get("times_ms")
+                .map(|t| t.split(',').filter_map(|x| x.parse().ok()).collect())
+                .unwrap_or_default(),
+        })
+    }
+
+    fn line(&self, seed: u64) -> String {
+        let mut sorted = self.times_ms.clone();
+        sorted.sort_unstable();
+        format!(
+            "seed {seed}: {} faults ({}), {} heals; heal→converged p50 {} ms, p99 {} ms, max {} ms",
+            self.faults,
+            self.kinds,
+            self.heals,
+            percentile(&sorted, 0.5),
+            percentile(&sorted, 0.99),
+            sorted.last().copied().unwrap_or(0)
+        )
+    }
+}
+
+/// Nearest-rank percentile of sorted values, as the chaos test computes it.
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Runs one schedule, its output passed through; its summary when it
+/// passed.
+fn chaos_once(seed: u64, duration: u64) -> anyhow::Result<Option<ChaosSummary>> {
+    use std::io::BufRead as _;
     let mut cmd = cargo();
     cmd.args([
         "test",
@@ -210,32 +400,67 @@ fn chaos(args: &[String]) -> anyhow::Result<()> {
         "--exact",
         "randomized_fault_schedule_converges_after_every_heal",
         "--nocapture",
-    ]);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let value = || {
-            it.clone()
-                .next()
-                .cloned()
-                .with_context(|| format!("{a} needs a value"))
-        };
-        match a.as_str() {
-            "--seed" => {
-                cmd.env("CHAOS_SEED", value()?);
-                it.next();
-            }
-            "--duration" => {
-                let secs = value()?;
-                let secs = secs.trim_end_matches('s');
-                secs.parse::<u64>()
-                    .with_context(|| format!("--duration {secs}: seconds"))?;
-                cmd.env("CHAOS_DURATION", secs);
-                it.next();
-            }
-            other => bail!("chaos: unknown argument {other:?} (--seed S, --duration SECS)"),
+    ])
+    .env("CHAOS_SEED", seed.to_string())
+    .env("CHAOS_DURATION", duration.to_string())
+    .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
+    let mut summary = None;
+    for line in std::io::BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("CHAOS summary ") {
+            summary = ChaosSummary::parse(rest);
         }
     }
-    run(cmd)
+    let status = child.wait()?;
+    Ok(if status.success() { summary } else { None })
+}
+
+/// A stable 64-bit hash (FNV-1a), the one the chaos test applies to the
+/// commit: the same commit, the same schedule.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The seed of the checked-out commit, and the commit.
+fn commit_seed() -> anyhow::Result<(u64, String)> {
+    let out = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(root())
+        .output()
+        .context("running git rev-parse HEAD")?;
+    if !out.status.success() {
+        bail!(
+            "git rev-parse HEAD: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let head = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Ok((fnv1a(head.as_bytes()), head))
+}
+
+/// A seed nobody chose: std's randomly keyed hasher over the clock.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
+/// SplitMix64's step: well-spread seeds from one another.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 fn main() -> anyhow::Result<()> {

@@ -448,36 +448,57 @@ impl Summary {
     }
 }
 
-/// Kills the listed pids on drop, so that a failed test leaves nothing
-/// behind (the children have process groups of their own, and the
+/// A child of the runner, told apart from a later process that reuses its
+/// pid by its start time.
+#[derive(Clone, Copy)]
+struct Pid {
+    pid: u32,
+    started: u64,
+}
+
+impl Pid {
+    fn of(pid: u32) -> Pid {
+        let started = stat_fields(pid)
+            .and_then(|f| f.get(STARTTIME).and_then(|s| s.parse().ok()))
+            .unwrap_or_else(|| panic!("pid {pid} is not running"));
+        Pid { pid, started }
+    }
+
+    /// Whether the process still runs (not a zombie).
+    fn alive(self) -> bool {
+        stat_fields(self.pid).is_some_and(|f| {
+            f.get(STARTTIME).and_then(|s| s.parse().ok()) == Some(self.started)
+                && !matches!(f.first().map(String::as_str), Some("Z" | "X"))
+        })
+    }
+}
+
+/// Kills the listed processes on drop, so that a failed test leaves
+/// nothing behind (the children have process groups of their own, and the
 /// runner's kill on drop is a SIGKILL that they do not see).
-struct Reaper(Vec<u32>);
+struct Reaper(Vec<Pid>);
 
 impl Drop for Reaper {
     fn drop(&mut self) {
-        for pid in self.0.iter().filter(|p| alive(**p)) {
-            let _ = testkit::signal::send(*pid, "KILL");
+        for p in self.0.iter().filter(|p| p.alive()) {
+            let _ = testkit::signal::send(p.pid, "KILL");
         }
     }
 }
 
-/// Whether `pid` is a live (not zombie) process.
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        // `pid (comm) state …`; comm may hold spaces.
-        let state = stat.rsplit_once(')').map(|(_, r)| r.trim_start());
-        !state.is_some_and(|s| s.starts_with('Z') || s.starts_with('X'))
-    })
+/// Index of `starttime` in [`stat_fields`] (field 22 of `/proc/<pid>/stat`).
+const STARTTIME: usize = 19;
+
+/// The fields of `/proc/<pid>/stat` after `pid (comm)`, from `state` on
+/// (`comm` may hold spaces and parentheses).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    stat_fields(pid)?.get(1)?.parse().ok()
 }
 
 /// Starts `up` (the README's plain line), checks what it printed, stops it
@@ -504,7 +525,7 @@ async fn up_then_stop(signal: &str, to_group: bool) {
         "demo-server-2",
         "demo-client-1",
     ];
-    let _reaper = Reaper(names.iter().map(|n| summary.pid(n)).collect());
+    let reaper = Reaper(names.iter().map(|n| Pid::of(summary.pid(n))).collect());
     for name in names {
         let pid = summary.pid(name);
         assert_eq!(parent_of(pid), Some(runner), "{name} (pid {pid})");
@@ -517,8 +538,19 @@ async fn up_then_stop(signal: &str, to_group: bool) {
     // The web console answers.
     let console = summary.url("web console");
     assert_eq!(console, format!("{}/", summary.url("discovery node 1")));
-    let page = reqwest::get(console).await.expect("console");
+    // Read to the end on a client that keeps no idle connection: a
+    // response held unread keeps its connection to node 1 open, and the
+    // node, stopping, waits for that client to close before it exits
+    // (lingering close); the runner then has to kill it.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("HTTP client");
+    let page = http.get(console).send().await.expect("console");
     assert!(page.status().is_success(), "{page:?}");
+    let html = page.text().await.expect("console page");
+    assert!(html.contains("<title>discovery console</title>"), "{html}");
+    drop(http);
 
     // The README's curl, on the printed client address.
     let curl_block = block("curl 'http://127.0.0.1:<client port>/say_hello?name=kratos'");
@@ -557,9 +589,11 @@ async fn up_then_stop(signal: &str, to_group: bool) {
         .expect("up exits within 60 s of the signal")
         .expect("wait");
     assert!(status.success(), "up exited with {status}");
-    for name in names {
-        let (addr, pid) = (summary.url(name), summary.pid(name));
-        assert!(!alive(pid), "{name} (pid {pid}) survived {signal}");
+    // Read once, on purpose: the runner reaps every child before it exits,
+    // so none may be running, or dying, once `wait` has returned.
+    for (name, p) in names.iter().zip(&reaper.0) {
+        let (addr, pid) = (summary.url(name), p.pid);
+        assert!(!p.alive(), "{name} (pid {pid}) survived {signal}");
         let hostport: SocketAddr = addr
             .split("://")
             .nth(1)

@@ -208,27 +208,53 @@ impl DemoTopology {
     }
 
     /// Stops the client and the servers with SIGTERM (so that they
-    /// deregister), then kills the nodes.
+    /// deregister), then the nodes, and reaps every process before it
+    /// returns: one that outlives its bound is killed with SIGKILL and
+    /// waited for, so that a supervisor exiting next leaves no child.
     pub async fn shutdown(mut self) {
-        let _ = self.client.terminate().await;
+        let _ = self.client.stop(DEMO_STOP_WITHIN).await;
         for c in &mut self.clients {
-            let _ = c.terminate().await;
+            let _ = c.stop(DEMO_STOP_WITHIN).await;
         }
         for i in 0..self.servers.len() {
             // A stopped server could not act on SIGTERM.
             let _ = self.signal_server(i, "CONT").await;
-            self.stop_server(i).await;
-        }
-        for i in 0..self.cluster.nodes.len() {
-            if let Some(p) = &self.cluster.nodes[i] {
-                let _ = p.signal("TERM").await;
+            if let Some(mut p) = self.servers[i].take() {
+                let _ = p.stop(DEMO_STOP_WITHIN).await;
             }
         }
-        for p in self.cluster.nodes.iter_mut().flatten() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), p.wait()).await;
+        // The nodes stop together: each flushes its replication queues and
+        // finishes its open connections, up to `drain_timeout` (5 s) for
+        // each, which `NODE_STOP_WITHIN` leaves room for.
+        let stops = self
+            .cluster
+            .nodes
+            .iter_mut()
+            .flatten()
+            .map(|p| p.stop(NODE_STOP_WITHIN));
+        for (i, stopped) in futures_util::future::join_all(stops)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            if let Ok((_, true)) = stopped {
+                eprintln!(
+                    "discovery node {}: no exit within {NODE_STOP_WITHIN:?} of SIGTERM; killed",
+                    i + 1
+                );
+            }
         }
     }
 }
+
+/// How long a demo server or client may take to exit after SIGTERM (it
+/// deregisters, then stops).
+const DEMO_STOP_WITHIN: Duration = Duration::from_secs(10);
+
+/// How long a node may take to exit after SIGTERM: its own bounds are a
+/// queue flush and then open connections, `drain_timeout` (default 5 s)
+/// each.
+const NODE_STOP_WITHIN: Duration = Duration::from_secs(15);
 
 async fn start_client(
     bins: &DemoBins,

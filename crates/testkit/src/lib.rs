@@ -473,6 +473,26 @@ impl Process {
         self.signal("TERM").await?;
         self.child.wait().await
     }
+
+    /// Sends SIGTERM and waits up to `within` for the exit; past it, `kill
+    /// -9` and waits again. Either way the child is reaped before this
+    /// returns, so that a supervisor that exits next leaves no process
+    /// behind (dropping a [`Process`] only sends SIGKILL). Returns the exit
+    /// status and whether it took the SIGKILL.
+    pub async fn stop(
+        &mut self,
+        within: Duration,
+    ) -> std::io::Result<(std::process::ExitStatus, bool)> {
+        self.signal("TERM").await?;
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(status) => Ok((status?, false)),
+            Err(_) => {
+                // `Child::kill` sends SIGKILL, then waits.
+                self.child.kill().await?;
+                Ok((self.child.wait().await?, true))
+            }
+        }
+    }
 }
 
 /// The log filter of children: `$TESTKIT_LOG`, default `info`. Readiness
