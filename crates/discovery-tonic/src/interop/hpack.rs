@@ -107,12 +107,18 @@ pub struct Progress {
     pub stopped: bool,
 }
 
+/// A dynamic table entry: name and value.
+type Entry = (Box<[u8]>, Box<[u8]>);
+
+/// A literal's name and value, borrowed where they need no decoding.
+type Literal<'r> = (Cow<'r, [u8]>, Cow<'r, [u8]>);
+
 /// Decoder state of one direction of one connection.
 ///
 /// Its `Debug` shows sizes only: the dynamic table holds header values,
 /// credentials among them.
 pub struct Decoder {
-    table: VecDeque<(Box<[u8]>, Box<[u8]>)>,
+    table: VecDeque<Entry>,
     size: usize,
     max_size: usize,
     allowed_max: usize,
@@ -291,7 +297,7 @@ impl Decoder {
         &'r self,
         src: &mut &'b [u8],
         prefix: u8,
-    ) -> Result<(Cow<'r, [u8]>, Cow<'r, [u8]>), DecodeError> {
+    ) -> Result<Literal<'r>, DecodeError> {
         let index = decode_int(src, prefix)?;
         let name = if index == 0 {
             decode_str(src)?
