@@ -53,6 +53,7 @@ const ABUSE_MULTIPLIER: usize = 4;
 ///     .max_header_list_size(64 * 1024)
 ///     .max_frame_size(32 * 1024);
 /// assert_eq!(limits.max_continuation_frames(), 5);
+/// assert_eq!(Limits::default().held_bound(), 225_379);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -97,15 +98,21 @@ impl Limits {
     /// rest of a header block, the fields kept for re-encoding, the
     /// caller's dynamic table and one block of output.
     pub fn held_bound(&self) -> usize {
+        let list = self.max_header_list_size;
+        let cap = self.max_continuation_frames();
         let frame = FRAME_HEADER_LEN + self.max_frame_size;
         let input = frame + READ_CHUNK;
-        // h2 keeps at most this much of a block undecoded as well.
-        let remainder = (self.max_continuation_frames() + 1) * self.max_frame_size;
-        let kept = self.max_header_list_size;
-        // The largest output: a re-encoded block (smaller than the list it
-        // encodes), or the frames that make h2 refuse a block.
-        let output =
-            2 * self.max_header_list_size + (self.max_continuation_frames() + 3) * frame + input;
+        // The HEADERS frame and every CONTINUATION, the last one included
+        // while it is decoded; h2 keeps as much of a block undecoded.
+        let remainder = (cap + 2) * self.max_frame_size;
+        // Past the list limit nothing more is kept.
+        let kept = list;
+        // Pass-through bytes of the input, then one block: re-encoded
+        // (smaller than the list it encodes), or the frames that make h2
+        // refuse one (at most a 4 KB table entry, a list's worth of bytes
+        // and a frame header per CONTINUATION).
+        let headers = (cap + 3 + list / self.max_frame_size) * FRAME_HEADER_LEN;
+        let output = input + 2 * list + 2 * HEADER_TABLE_SIZE + headers;
         input + remainder + kept + HEADER_TABLE_SIZE + output
     }
 }
