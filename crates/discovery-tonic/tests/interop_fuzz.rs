@@ -16,8 +16,8 @@ fn rewriter_keeps_its_invariants_over_20k_random_streams() {
             assert!(stats.blocks_refused > 2_000, "{stats:?}");
         }
         Err((case, msg)) => panic!(
-            "case {case} of seed {SEED}: {msg}\nreplay: cargo run --release -p discovery-tonic \
-             --example interop_fuzz -- --seed {SEED} --start {case} --cases 1"
+            "case {case} of seed {SEED}: {msg}\nreplay: cargo xtask fuzz shim --seed {SEED} \
+             --start {case} --cases 1"
         ),
     }
 }

@@ -46,8 +46,27 @@ fn main() {
     // The panic hook prints where a failing case panicked; the summary
     // below says which case it was.
     let began = Instant::now();
-    match fuzz::run(seed, start, cases) {
-        Ok(stats) => {
+    let mut stats = fuzz::Stats::default();
+    let mut result = Ok(());
+    // In slices, to show progress on long runs.
+    let mut next = start;
+    while next < start + cases && result.is_ok() {
+        let n = (start + cases - next).min(100_000);
+        match fuzz::run(seed, next, n) {
+            Ok(s) => stats.add(&s),
+            Err(e) => result = Err(e),
+        }
+        next += n;
+        if result.is_ok() && next < start + cases {
+            println!(
+                "interop_fuzz: {} cases, {:.0} s",
+                next - start,
+                began.elapsed().as_secs_f64()
+            );
+        }
+    }
+    match result {
+        Ok(()) => {
             let secs = began.elapsed().as_secs_f64();
             println!(
                 "interop_fuzz: {} cases in {secs:.1} s ({:.0}/s): {} blocks seen unchanged by h2 ({} authorities trimmed), \
@@ -65,9 +84,7 @@ fn main() {
         }
         Err((case, msg)) => {
             eprintln!("interop_fuzz: case {case} of seed {seed} failed: {msg}");
-            eprintln!(
-                "replay: cargo run --release -p discovery-tonic --example interop_fuzz -- --seed {seed} --start {case} --cases 1"
-            );
+            eprintln!("replay: cargo xtask fuzz shim --seed {seed} --start {case} --cases 1");
             std::process::exit(1);
         }
     }
