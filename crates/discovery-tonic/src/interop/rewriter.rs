@@ -369,21 +369,16 @@ impl Rewriter {
         let frame = self.input.split_to(FRAME_HEADER_LEN + len);
         let end_headers = flags & END_HEADERS != 0;
         if kind == HEADERS {
-            let Some((priority, fragment)) =
-                split_headers_payload(&frame[FRAME_HEADER_LEN..], flags)
-            else {
+            let split = split_headers_payload(&frame[FRAME_HEADER_LEN..], flags);
+            let Some((priority, fragment)) = split.filter(|_| stream_id != 0) else {
                 // Stream 0, bad padding or a short priority field: h2
-                // refuses the frame before decoding it. Handing it over
-                // as sent gets exactly that answer.
+                // refuses the frame before decoding it (GOAWAY
+                // PROTOCOL_ERROR). Handing it over as sent gets exactly
+                // that answer.
                 out.extend_from_slice(&frame);
                 self.state = State::Failed;
                 return Step::Block;
             };
-            if stream_id == 0 {
-                out.extend_from_slice(&frame);
-                self.state = State::Failed;
-                return Step::Block;
-            }
             if priority.is_some_and(|p| {
                 u32::from_be_bytes([p[0], p[1], p[2], p[3]]) & 0x7fff_ffff == stream_id
             }) {
@@ -478,6 +473,10 @@ impl Rewriter {
             ControlFlow::Continue(())
         });
         block.remainder = remainder;
+        if block.over_size {
+            // Only their count matters now (it goes on from there).
+            block.kept = Vec::new();
+        }
         let id = block.stream_id;
         let progress = match result {
             Ok(p) => p,
