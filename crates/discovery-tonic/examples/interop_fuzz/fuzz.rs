@@ -31,8 +31,38 @@ const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
-const MAX_LIST: usize = 16 * 1024;
-const MAX_FRAME: usize = 16_384;
+/// The server limits a case runs with (header list, frame size): tonic's
+/// defaults most often, raised ones otherwise (h2's CONTINUATION limit is
+/// 5 for the first two, 10 for the last).
+const SERVERS: [(usize, usize); 3] = [
+    (16 * 1024, 16_384),
+    (64 * 1024, 32_768),
+    (128 * 1024, 16_384),
+];
+
+/// The limits of one case.
+#[derive(Clone, Copy)]
+struct Server {
+    list: usize,
+    frame: usize,
+}
+
+impl Server {
+    fn pick(rng: &mut Rng) -> Self {
+        let (list, frame) = if rng.chance(4) {
+            SERVERS[1 + rng.below(2)]
+        } else {
+            SERVERS[0]
+        };
+        Server { list, frame }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits::default()
+            .max_header_list_size(self.list as u32)
+            .max_frame_size(self.frame as u32)
+    }
+}
 
 /// SplitMix64: small, seedable, and the same on every machine.
 pub struct Rng(u64);
@@ -88,6 +118,8 @@ pub struct Stats {
     pub hostile: u64,
     pub mutated: u64,
     pub max_held: usize,
+    /// The most held, as a share of the case's bound.
+    pub max_share: f64,
 }
 
 impl Stats {
@@ -99,6 +131,7 @@ impl Stats {
         self.hostile += o.hostile;
         self.mutated += o.mutated;
         self.max_held = self.max_held.max(o.max_held);
+        self.max_share = self.max_share.max(o.max_share);
     }
 }
 
@@ -298,7 +331,7 @@ fn value(rng: &mut Rng, max: usize) -> Vec<u8> {
 }
 
 /// A request's header list; `big` pushes it past the list limit.
-fn request(rng: &mut Rng, big: bool, malformed: bool) -> Fields {
+fn request(rng: &mut Rng, server: Server, big: bool, malformed: bool) -> Fields {
     let mut f: Fields = vec![
         (b":method".to_vec(), b"POST".to_vec()),
         (
@@ -322,7 +355,7 @@ fn request(rng: &mut Rng, big: bool, malformed: bool) -> Fields {
         f.push((name.to_vec(), v));
     }
     if big {
-        while f.iter().map(|(n, v)| n.len() + v.len() + 32).sum::<usize>() < MAX_LIST {
+        while f.iter().map(|(n, v)| n.len() + v.len() + 32).sum::<usize>() < server.list {
             f.push((b"x-big".to_vec(), value(rng, 6000)));
         }
     }
@@ -349,6 +382,7 @@ fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
 /// three CONTINUATION frames; returns the priority fields.
 fn block_frames(
     rng: &mut Rng,
+    server: Server,
     out: &mut Vec<u8>,
     stream: u32,
     end_stream: bool,
@@ -372,7 +406,7 @@ fn block_frames(
         priority = Some(p);
     }
     // Cut points, each frame within the frame size.
-    let room = MAX_FRAME - prefix.len() - pad;
+    let room = server.frame - prefix.len() - pad;
     let mut cuts = vec![0];
     let pieces = if one_frame { 1 } else { 1 + rng.below(4) };
     for _ in 1..pieces {
@@ -384,7 +418,7 @@ fn block_frames(
     let mut i = 0;
     while i + 1 < cuts.len() {
         let (a, mut b) = (cuts[i], cuts[i + 1]);
-        let limit = if first { room } else { MAX_FRAME };
+        let limit = if first { room } else { server.frame };
         if b - a > limit {
             b = a + limit;
             cuts.insert(i + 1, b);
@@ -431,7 +465,7 @@ fn passthrough(rng: &mut Rng, stream: u32) -> Vec<u8> {
 }
 
 /// Frames h2 refuses, or random bytes: the end of what the case checks.
-fn hostile(rng: &mut Rng, table: &Table, stream: u32) -> Vec<u8> {
+fn hostile(rng: &mut Rng, server: Server, table: &Table, stream: u32) -> Vec<u8> {
     let mut out = Vec::new();
     match rng.below(8) {
         0 => {
@@ -450,7 +484,7 @@ fn hostile(rng: &mut Rng, table: &Table, stream: u32) -> Vec<u8> {
             HEADERS,
             END_HEADERS,
             stream,
-            &vec![0x82; MAX_FRAME + 1],
+            &vec![0x82; server.frame + 1],
         ),
         3 => {
             frame(&mut out, HEADERS, 0, stream, &[0x82]);
@@ -487,7 +521,7 @@ struct Script {
     mutated: bool,
 }
 
-fn script(rng: &mut Rng) -> Script {
+fn script(rng: &mut Rng, server: Server) -> Script {
     let mut input = PREFACE.to_vec();
     frame(&mut input, 0x4, 0, 0, &[]);
     let mut expect = Vec::new();
@@ -506,15 +540,17 @@ fn script(rng: &mut Rng) -> Script {
         }
         let big = rng.chance(12);
         let malformed = !big && rng.chance(12);
-        let fields = request(rng, big, malformed);
+        let fields = request(rng, server, big, malformed);
         let block = encode(rng, &mut table, &fields);
         let end_stream = rng.chance(2);
         // h2 forgets a malformed field when its frame ends inside a later
         // representation; in one frame, it resets the stream.
-        let priority = block_frames(rng, &mut input, stream, end_stream, &block, malformed);
+        let priority = block_frames(
+            rng, server, &mut input, stream, end_stream, &block, malformed,
+        );
         expect.push(if malformed {
             Expect::Malformed(stream)
-        } else if h2_size(&fields) >= MAX_LIST {
+        } else if h2_size(&fields) >= server.list {
             Expect::OverSize(stream)
         } else {
             Expect::Block(stream, end_stream, priority, fields)
@@ -523,7 +559,7 @@ fn script(rng: &mut Rng) -> Script {
     }
     let hostile_tail = rng.chance(2);
     if hostile_tail {
-        let h = hostile(rng, &table, stream);
+        let h = hostile(rng, server, &table, stream);
         input.extend(h);
     }
     let mutated = rng.chance(4);
@@ -596,7 +632,7 @@ fn h2_size(fields: &Fields) -> usize {
 
 /// What h2 sees behind the shim: frames, header blocks decoded by
 /// `loona-hpack`.
-fn parse_output(out: &[u8], want: usize) -> Result<Vec<Expect>, String> {
+fn parse_output(out: &[u8], server: Server, want: usize) -> Result<Vec<Expect>, String> {
     let Some(mut b) = out.strip_prefix(PREFACE) else {
         return Err("output does not start with the preface".into());
     };
@@ -614,7 +650,7 @@ fn parse_output(out: &[u8], want: usize) -> Result<Vec<Expect>, String> {
         let (kind, flags) = (b[3], b[4]);
         let id = u32::from_be_bytes([b[5], b[6], b[7], b[8]]);
         let payload = &b[9..9 + len];
-        if len > MAX_FRAME {
+        if len > server.frame {
             return Err(format!("a frame of {len} bytes reaches h2"));
         }
         match (kind, block.as_mut()) {
@@ -641,8 +677,8 @@ fn parse_output(out: &[u8], want: usize) -> Result<Vec<Expect>, String> {
             let size = h2_size(&fields);
             events.push(if fields.iter().any(|(n, _)| n == b"connection") {
                 Expect::Malformed(id)
-            } else if size >= MAX_LIST {
-                if size > 4 * MAX_LIST {
+            } else if size >= server.list {
+                if size > 4 * server.list {
                     return Err(format!("a refused block of {size} bytes"));
                 }
                 Expect::OverSize(id)
@@ -687,10 +723,12 @@ pub fn run_case(seed: u64) -> Result<Stats, String> {
         cases: 1,
         ..Stats::default()
     };
-    let s = script(&mut rng);
+    let server = Server::pick(&mut rng);
+    let s = script(&mut rng, server);
     stats.hostile = u64::from(s.hostile_tail);
     stats.mutated = u64::from(s.mutated);
-    let out = drive(&mut rng, Limits::default(), &s.input, &mut stats)?;
+    let out = drive(&mut rng, server.limits(), &s.input, &mut stats)?;
+    stats.max_share = stats.max_held as f64 / server.limits().held_bound() as f64;
     if s.mutated {
         // Anything may have changed meaning: no panic and the bound are
         // the invariants.
@@ -750,7 +788,7 @@ pub fn run_case(seed: u64) -> Result<Stats, String> {
         }
     }
     let mut lists = client_lists.into_iter();
-    let got = parse_output(&out, s.expect.len())?;
+    let got = parse_output(&out, server, s.expect.len())?;
     // The client's SETTINGS.
     let got = got.get(1..).unwrap_or_default();
     if got.len() < s.expect.len() {

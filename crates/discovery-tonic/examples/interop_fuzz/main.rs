@@ -70,7 +70,7 @@ fn main() {
             let secs = began.elapsed().as_secs_f64();
             println!(
                 "interop_fuzz: {} cases in {secs:.1} s ({:.0}/s): {} blocks seen unchanged by h2 ({} authorities trimmed), \
-                 {} refused as h2 would, {} hostile tails, {} mutated streams; at most {} bytes held (bound {})",
+                 {} refused as h2 would, {} hostile tails, {} mutated streams; at most {} bytes held, {:.0}% of the case's bound",
                 stats.cases,
                 stats.cases as f64 / secs,
                 stats.blocks_equal,
@@ -79,7 +79,7 @@ fn main() {
                 stats.hostile,
                 stats.mutated,
                 stats.max_held,
-                discovery_tonic::interop::Limits::default().held_bound(),
+                stats.max_share * 100.0,
             );
         }
         Err((case, msg)) => {
