@@ -203,6 +203,36 @@ async fn frames_out_of_order_in_a_block_are_a_protocol_error() {
 }
 
 #[tokio::test]
+async fn headers_h2_refuses_before_decoding_are_a_protocol_error() {
+    type Attack = fn(&[u8]) -> Vec<u8>;
+    let attacks: [(&str, Attack); 3] = [
+        ("stream 0", |b| frame(HEADERS, END_HEADERS, 0, b)),
+        ("padding longer than the payload", |b| {
+            let mut p = vec![255];
+            p.extend_from_slice(b);
+            frame(HEADERS, END_HEADERS | 0x8, 1, &p)
+        }),
+        ("a short priority field", |_| {
+            frame(HEADERS, END_HEADERS | 0x20, 1, &[0, 0, 0])
+        }),
+    ];
+    for (name, attack) in attacks {
+        let (shim, plain) = both(|mut c| async move {
+            let block = request_block(&mut c.encoder, b"demo.service");
+            c.send(&attack(&block)).await;
+            c.outcome(1).await
+        })
+        .await;
+        assert_eq!(
+            shim.goaway.as_ref().map(|g| g.0),
+            Some(PROTOCOL_ERROR),
+            "{name}: {shim:?}"
+        );
+        assert_eq!(shim.summary(), plain.summary(), "{name}");
+    }
+}
+
+#[tokio::test]
 async fn malformed_fields_reset_the_stream_only() {
     for (name, value) in [(&b"te"[..], &b"gzip"[..]), (b"connection", b"keep-alive")] {
         let (shim, plain) = both(|mut c| async move {
