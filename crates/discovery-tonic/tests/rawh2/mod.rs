@@ -205,6 +205,11 @@ impl Conn {
         }
     }
 
+    /// Frees the read buffer's spare room.
+    pub fn shrink(&mut self) {
+        self.buf.shrink_to_fit();
+    }
+
     /// Writes `bytes`; a server that already closed is not an error here
     /// (the outcome says what it answered).
     pub async fn send(&mut self, bytes: &[u8]) {
