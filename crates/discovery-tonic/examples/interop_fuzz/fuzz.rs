@@ -45,6 +45,8 @@ const SERVERS: [(usize, usize); 3] = [
 struct Server {
     list: usize,
     frame: usize,
+    /// Authorities the shim trims are generated too.
+    trim: bool,
 }
 
 impl Server {
@@ -54,7 +56,11 @@ impl Server {
         } else {
             SERVERS[0]
         };
-        Server { list, frame }
+        Server {
+            list,
+            frame,
+            trim: true,
+        }
     }
 
     fn limits(&self) -> Limits {
@@ -305,13 +311,15 @@ fn encode(rng: &mut Rng, table: &mut Table, fields: &Fields) -> Vec<u8> {
     out
 }
 
+/// The first three reach h2 as sent (the third is refused by h2 with or
+/// without the shim); the shim trims the others.
 const AUTHORITIES: [&[u8]; 6] = [
     b"demo.service",
-    b"demo.service?subset=50",
     b"svc.local:9000",
+    b"?subset=50",
+    b"demo.service?subset=50",
     b"host:80/x",
     b"svc#frag",
-    b"?subset=50",
 ];
 
 const NAMES: [&[u8]; 8] = [
@@ -341,7 +349,7 @@ fn request(rng: &mut Rng, server: Server, big: bool, malformed: bool) -> Fields 
         (b":path".to_vec(), b"/helloworld.Greeter/SayHello".to_vec()),
         (
             b":authority".to_vec(),
-            AUTHORITIES[rng.below(AUTHORITIES.len())].to_vec(),
+            AUTHORITIES[rng.below(if server.trim { AUTHORITIES.len() } else { 3 })].to_vec(),
         ),
     ];
     for _ in 0..rng.below(8) {
@@ -533,7 +541,10 @@ fn script(rng: &mut Rng, server: Server) -> Script {
     let mut stream = 1u32;
     for _ in 0..1 + rng.below(6) {
         if rng.chance(3) {
-            let f = passthrough(rng, stream);
+            // On a stream already opened where there is one: an idle
+            // stream's DATA or WINDOW_UPDATE makes h2 close the
+            // connection, and the rest of the case would test nothing.
+            let f = passthrough(rng, stream.saturating_sub(2).max(1));
             input.extend_from_slice(&f);
             expect.push(Expect::Frame(f));
             continue;
@@ -714,6 +725,20 @@ fn trimmed(v: &[u8]) -> Option<Vec<u8>> {
     }
     let cut = v.iter().position(|b| b"?#/".contains(b))?;
     (cut > 0 && http::uri::Authority::try_from(&v[..cut]).is_ok()).then(|| v[..cut].to_vec())
+}
+
+/// The client byte stream of case `seed` for a server with tonic's default
+/// limits, with authorities h2 accepts as they are: the same stream should
+/// get the same answers from h2 with and without the shim.
+pub fn client_stream(seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let (list, frame) = SERVERS[0];
+    let server = Server {
+        list,
+        frame,
+        trim: false,
+    };
+    script(&mut rng, server).input
 }
 
 /// One case: generates, drives, checks. `Err` describes the violation.

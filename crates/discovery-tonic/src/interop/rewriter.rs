@@ -334,21 +334,26 @@ impl Rewriter {
 
     /// Handles the frame at the start of the input.
     fn frame(&mut self, out: &mut BytesMut) -> Step {
-        if self.input.len() < FRAME_HEADER_LEN {
+        let b = &self.input;
+        if b.len() < 3 {
             return Step::NeedInput;
         }
-        let b = &self.input;
         let len = usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]);
-        let (kind, flags) = (b[3], b[4]);
-        // The reserved bit is ignored, as h2 does.
-        let stream_id = u32::from_be_bytes([b[5], b[6], b[7], b[8]]) & 0x7fff_ffff;
         if len > self.limits.max_frame_size {
-            // h2's codec refuses the frame from its header alone:
-            // GOAWAY FRAME_SIZE_ERROR, whatever the frame.
-            out.extend_from_slice(&self.input[..FRAME_HEADER_LEN]);
+            // h2's codec refuses a frame from its 3 length bytes alone,
+            // before the rest of its header arrives: GOAWAY
+            // FRAME_SIZE_ERROR, whatever the frame.
+            let n = b.len().min(FRAME_HEADER_LEN);
+            out.extend_from_slice(&b[..n]);
             self.state = State::Failed;
             return Step::Block;
         }
+        if b.len() < FRAME_HEADER_LEN {
+            return Step::NeedInput;
+        }
+        let (kind, flags) = (b[3], b[4]);
+        // The reserved bit is ignored, as h2 does.
+        let stream_id = u32::from_be_bytes([b[5], b[6], b[7], b[8]]) & 0x7fff_ffff;
         if let Some(block) = &self.block {
             if kind != CONTINUATION || stream_id != block.stream_id {
                 // "expected CONTINUATION" or a stream id that does not
@@ -960,6 +965,20 @@ mod tests {
         input.extend(frame(HEADERS, END_HEADERS, 1, &vec![0x82; 16_385]));
         let out = run(&input, 4096);
         assert_eq!(&out[PREFACE.len()..], &input[PREFACE.len()..][..9]);
+    }
+
+    #[test]
+    fn an_oversized_length_is_refused_before_the_rest_of_its_header() {
+        // h2 reads the 3 length bytes and refuses: the rewriter must not
+        // wait for the other 6.
+        let mut input = PREFACE.to_vec();
+        input.extend([0x00, 0x40, 0x01]);
+        let mut r = Rewriter::new(Limits::default());
+        r.push(&input);
+        let mut out = BytesMut::new();
+        while r.pull(&mut out) {}
+        assert_eq!(&out[PREFACE.len()..], &[0x00, 0x40, 0x01]);
+        assert!(r.failed());
     }
 
     #[test]
