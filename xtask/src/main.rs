@@ -9,6 +9,9 @@
 //!   table and writes `target/bench/<time>.json`; `--scaling` runs only the
 //!   scaling table. The heavy code lives in `crates/loadgen`,
 //!   so xtask itself stays small for `cargo xtask test`.
+//! * `fuzz [http [SECONDS] [SEED] | shim [--cases N] [--seed S]]`: the HTTP
+//!   fuzz test for longer than CI runs it, and a million cases of the gRPC
+//!   interop shim's fuzzer (both without arguments);
 //! * `chaos [--seed S|commit] [--seeds N] [--duration SECS]`: randomized
 //!   fault schedules of the chaos suite, N in a row, each with its heal
 //!   distribution; a failure prints the command that repeats it;
@@ -178,10 +181,28 @@ fn bench(extra: &[String]) -> anyhow::Result<()> {
     run(cmd)
 }
 
-const USAGE: &str = "usage: cargo xtask <test [nextest args…] | ci | bench [--quick] [--check] [--no-cluster] [--scaling] | fuzz [seconds] [seed] | chaos [--seed S|commit] [--seeds N] [--duration SECS] | up [--check] [--zones] [--dev] | e2e [--no-docker] [--dev] | docker>";
+const USAGE: &str = "usage: cargo xtask <test [nextest args…] | ci | bench [--quick] [--check] [--no-cluster] [--scaling] | fuzz [http [seconds] [seed] | shim [--cases N] [--seed S] [--start I]] | chaos [--seed S|commit] [--seeds N] [--duration SECS] | up [--check] [--zones] [--dev] | e2e [--no-docker] [--dev] | docker>";
 
-/// The HTTP fuzz test for longer than its CI budget (default 60 s).
+/// `fuzz [http [SECONDS] [SEED] | shim [--cases N] [--seed S] [--start I]]`:
+/// the HTTP fuzz test for longer than its CI budget (default 60 s), and
+/// the gRPC interop shim's fuzzer over a million cases (the
+/// `interop_fuzz` example of discovery-tonic, in release); both without
+/// arguments. A failing shim case prints the command that replays it.
 fn fuzz(args: &[String]) -> anyhow::Result<()> {
+    match args.first().map(String::as_str) {
+        None => {
+            fuzz_http(&[])?;
+            fuzz_shim(&[])
+        }
+        Some("http") => fuzz_http(&args[1..]),
+        Some("shim") => fuzz_shim(&args[1..]),
+        // `fuzz SECONDS [SEED]`, as before the shim's fuzzer.
+        Some(secs) if secs.parse::<u64>().is_ok() => fuzz_http(args),
+        Some(other) => bail!("fuzz: unknown target {other:?} (http, shim)"),
+    }
+}
+
+fn fuzz_http(args: &[String]) -> anyhow::Result<()> {
     let secs = args.first().map_or("60", String::as_str);
     let mut cmd = cargo();
     cmd.args([
@@ -198,6 +219,31 @@ fn fuzz(args: &[String]) -> anyhow::Result<()> {
     if let Some(seed) = args.get(1) {
         cmd.env("FUZZ_SEED", seed);
     }
+    run(cmd)
+}
+
+fn fuzz_shim(args: &[String]) -> anyhow::Result<()> {
+    for pair in args.chunks(2) {
+        match pair {
+            [flag, value] if ["--cases", "--seed", "--start"].contains(&flag.as_str()) => {
+                value
+                    .parse::<u64>()
+                    .with_context(|| format!("{flag} {value}: a number"))?;
+            }
+            _ => bail!("fuzz shim: arguments are --cases N, --seed S, --start I"),
+        }
+    }
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "-p",
+        "discovery-tonic",
+        "--example",
+        "interop_fuzz",
+        "--",
+    ])
+    .args(args);
     run(cmd)
 }
 

@@ -12,7 +12,7 @@
 //! assert_eq!(fields[0].value, b"demo.service?subset=50");
 //! ```
 
-use std::{collections::VecDeque, sync::OnceLock};
+use std::{borrow::Cow, collections::VecDeque, fmt, ops::ControlFlow, sync::OnceLock};
 
 use super::huffman_table::{ENCODE_CODE_LENGTHS, ENCODE_CODES};
 
@@ -46,7 +46,7 @@ pub enum DecodeError {
 }
 
 /// One decoded header field.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Field {
     /// Lower-case name, pseudo-headers with their `:`.
     pub name: Vec<u8>,
@@ -56,20 +56,90 @@ pub struct Field {
     pub never_indexed: bool,
 }
 
+/// Names only: values may be credentials (`authorization`, cookies).
+impl fmt::Debug for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Field")
+            .field("name", &String::from_utf8_lossy(&self.name))
+            .field("value_len", &self.value.len())
+            .field("never_indexed", &self.never_indexed)
+            .finish()
+    }
+}
+
+/// One decoded header field, borrowed from the decoder's tables or from the
+/// block being decoded; handed to [`Decoder::decode_partial`]'s callback.
+#[derive(Clone, Copy)]
+pub struct FieldRef<'a> {
+    /// Lower-case name, pseudo-headers with their `:`.
+    pub name: &'a [u8],
+    /// Raw value.
+    pub value: &'a [u8],
+    /// Sent as "never indexed".
+    pub never_indexed: bool,
+}
+
+impl FieldRef<'_> {
+    /// The size HTTP/2 counts for a header list entry (RFC 9113 6.5.2):
+    /// name and value lengths plus 32.
+    pub fn list_size(&self) -> usize {
+        self.name.len() + self.value.len() + ENTRY_OVERHEAD
+    }
+}
+
+impl fmt::Debug for FieldRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FieldRef")
+            .field("name", &String::from_utf8_lossy(self.name))
+            .field("value_len", &self.value.len())
+            .field("never_indexed", &self.never_indexed)
+            .finish()
+    }
+}
+
+/// How far [`Decoder::decode_partial`] got through its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes of complete representations consumed; the rest (if any) is the
+    /// start of a representation cut short, to be retried with more input.
+    pub consumed: usize,
+    /// The callback asked to stop.
+    pub stopped: bool,
+}
+
+/// A dynamic table entry: name and value.
+type Entry = (Box<[u8]>, Box<[u8]>);
+
+/// A literal's name and value, borrowed where they need no decoding.
+type Literal<'r> = (Cow<'r, [u8]>, Cow<'r, [u8]>);
+
 /// Decoder state of one direction of one connection.
-#[derive(Debug)]
+///
+/// Its `Debug` shows sizes only: the dynamic table holds header values,
+/// credentials among them.
 pub struct Decoder {
-    table: VecDeque<(Vec<u8>, Vec<u8>)>,
+    table: VecDeque<Entry>,
     size: usize,
     max_size: usize,
     allowed_max: usize,
     max_list: usize,
 }
 
+impl fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decoder")
+            .field("entries", &self.table.len())
+            .field("table_size", &self.size)
+            .field("max_size", &self.max_size)
+            .field("allowed_max", &self.allowed_max)
+            .finish()
+    }
+}
+
 impl Decoder {
     /// A decoder whose peer may use a dynamic table of up to `allowed_max`
     /// bytes (our `SETTINGS_HEADER_TABLE_SIZE`, 4096 unless changed).
-    /// Decoded header lists are bounded to 1 MiB.
+    /// [`decode`](Self::decode) bounds header lists to 1 MiB.
     pub fn new(allowed_max: usize) -> Self {
         Decoder {
             table: VecDeque::new(),
@@ -80,92 +150,179 @@ impl Decoder {
         }
     }
 
-    /// Bounds the decoded size of one header list (names, values and 32
-    /// bytes per field), against blocks that repeat a large table entry.
+    /// Bounds the decoded size of one header list in
+    /// [`decode`](Self::decode) (names, values and 32 bytes per field),
+    /// against blocks that repeat a large table entry.
     pub fn with_max_list_size(mut self, max: usize) -> Self {
         self.max_list = max;
         self
     }
 
-    /// Current dynamic table size in bytes.
+    /// Current dynamic table size in bytes, as HPACK counts it (32 bytes
+    /// of overhead per entry).
     pub fn table_size(&self) -> usize {
         self.size
     }
 
+    /// Bytes the dynamic table holds in memory (names and values).
+    pub fn table_bytes(&self) -> usize {
+        self.table.iter().map(|(n, v)| n.len() + v.len()).sum()
+    }
+
     /// Decodes one complete header block, updating the dynamic table.
-    pub fn decode(&mut self, mut src: &[u8]) -> Result<Vec<Field>, DecodeError> {
+    pub fn decode(&mut self, src: &[u8]) -> Result<Vec<Field>, DecodeError> {
         let mut fields = Vec::new();
         let mut list_size = 0usize;
-        while let Some(&first) = src.first() {
-            let field = if first & 0x80 != 0 {
-                let index = decode_int(&mut src, 7)?;
-                let (name, value) = self.get(index)?;
-                Field {
-                    name,
-                    value,
-                    never_indexed: false,
-                }
-            } else if first & 0xc0 == 0x40 {
-                let (name, value) = self.literal(&mut src, 6)?;
-                self.insert(name.clone(), value.clone());
-                Field {
-                    name,
-                    value,
-                    never_indexed: false,
-                }
-            } else if first & 0xe0 == 0x20 {
-                let new = decode_int(&mut src, 5)?;
-                // Size updates come first in a block.
-                if new > self.allowed_max || !fields.is_empty() {
-                    return Err(DecodeError::InvalidSizeUpdate(new));
-                }
-                self.max_size = new;
-                self.evict(0);
-                continue;
-            } else {
-                let never_indexed = first & 0x10 != 0;
-                let (name, value) = self.literal(&mut src, 4)?;
-                Field {
-                    name,
-                    value,
-                    never_indexed,
-                }
-            };
-            list_size += field.name.len() + field.value.len() + ENTRY_OVERHEAD;
-            if list_size > self.max_list {
-                return Err(DecodeError::ListTooLarge(self.max_list));
+        let max_list = self.max_list;
+        let progress = self.decode_partial(src, |f| {
+            list_size += f.list_size();
+            if list_size > max_list {
+                return ControlFlow::Break(());
             }
-            fields.push(field);
+            fields.push(Field {
+                name: f.name.to_vec(),
+                value: f.value.to_vec(),
+                never_indexed: f.never_indexed,
+            });
+            ControlFlow::Continue(())
+        })?;
+        if progress.stopped {
+            return Err(DecodeError::ListTooLarge(max_list));
+        }
+        if progress.consumed < src.len() {
+            return Err(DecodeError::Truncated);
         }
         Ok(fields)
     }
 
-    fn literal(&self, src: &mut &[u8], prefix: u8) -> Result<(Vec<u8>, Vec<u8>), DecodeError> {
+    /// Decodes the complete representations at the start of `src`, handing
+    /// each field to `f` and updating the dynamic table, and stops before a
+    /// representation that `src` cuts short (it leaves the table untouched,
+    /// so it can be retried once more bytes arrived) or when `f` breaks.
+    ///
+    /// A dynamic table size update is accepted only before the first field
+    /// of the call. That is h2's rule: it decodes each frame of a block as
+    /// it arrives, with the bytes a previous frame left undecoded, and
+    /// allows size updates at the start of each such call.
+    pub fn decode_partial(
+        &mut self,
+        src: &[u8],
+        mut f: impl FnMut(FieldRef<'_>) -> ControlFlow<()>,
+    ) -> Result<Progress, DecodeError> {
+        let mut rest = src;
+        let mut can_resize = true;
+        loop {
+            let consumed = src.len() - rest.len();
+            let Some(&first) = rest.first() else {
+                return Ok(Progress {
+                    consumed,
+                    stopped: false,
+                });
+            };
+            let mut cur = rest;
+            let flow = match self.one(&mut cur, first, &mut can_resize, &mut f) {
+                Ok(flow) => flow,
+                Err(DecodeError::Truncated) => {
+                    return Ok(Progress {
+                        consumed,
+                        stopped: false,
+                    });
+                }
+                Err(e) => return Err(e),
+            };
+            rest = cur;
+            if flow.is_break() {
+                return Ok(Progress {
+                    consumed: src.len() - rest.len(),
+                    stopped: true,
+                });
+            }
+        }
+    }
+
+    /// Decodes the representation at the start of `src`, advancing it.
+    fn one(
+        &mut self,
+        src: &mut &[u8],
+        first: u8,
+        can_resize: &mut bool,
+        f: &mut impl FnMut(FieldRef<'_>) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>, DecodeError> {
+        if first & 0x80 != 0 {
+            let index = decode_int(src, 7)?;
+            *can_resize = false;
+            let (name, value) = self.get(index)?;
+            return Ok(f(FieldRef {
+                name,
+                value,
+                never_indexed: false,
+            }));
+        }
+        if first & 0xc0 == 0x40 {
+            let (name, value) = self.literal(src, 6)?;
+            // Owned: the table keeps its own copy, and may evict the entry
+            // the name came from.
+            let (name, value) = (name.into_owned(), value.into_owned());
+            *can_resize = false;
+            self.insert(&name, &value);
+            return Ok(f(FieldRef {
+                name: &name,
+                value: &value,
+                never_indexed: false,
+            }));
+        }
+        if first & 0xe0 == 0x20 {
+            let new = decode_int(src, 5)?;
+            if new > self.allowed_max || !*can_resize {
+                return Err(DecodeError::InvalidSizeUpdate(new));
+            }
+            self.max_size = new;
+            self.evict(0);
+            return Ok(ControlFlow::Continue(()));
+        }
+        let never_indexed = first & 0x10 != 0;
+        let (name, value) = self.literal(src, 4)?;
+        *can_resize = false;
+        Ok(f(FieldRef {
+            name: &name,
+            value: &value,
+            never_indexed,
+        }))
+    }
+
+    /// A literal's name and value. An indexed name is looked up before the
+    /// value is read, as h2 does, so a bad index fails even when the value
+    /// has not arrived yet.
+    fn literal<'r, 'b: 'r>(
+        &'r self,
+        src: &mut &'b [u8],
+        prefix: u8,
+    ) -> Result<Literal<'r>, DecodeError> {
         let index = decode_int(src, prefix)?;
         let name = if index == 0 {
             decode_str(src)?
         } else {
-            self.get(index)?.0
+            Cow::Borrowed(self.get(index)?.0)
         };
         Ok((name, decode_str(src)?))
     }
 
-    fn get(&self, index: usize) -> Result<(Vec<u8>, Vec<u8>), DecodeError> {
+    fn get(&self, index: usize) -> Result<(&[u8], &[u8]), DecodeError> {
         match index {
             0 => Err(DecodeError::InvalidIndex(0)),
             i if i <= STATIC.len() => {
                 let (n, v) = STATIC[i - 1];
-                Ok((n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                Ok((n.as_bytes(), v.as_bytes()))
             }
             i => self
                 .table
                 .get(i - STATIC.len() - 1)
-                .cloned()
+                .map(|(n, v)| (&n[..], &v[..]))
                 .ok_or(DecodeError::InvalidIndex(i)),
         }
     }
 
-    fn insert(&mut self, name: Vec<u8>, value: Vec<u8>) {
+    fn insert(&mut self, name: &[u8], value: &[u8]) {
         let size = name.len() + value.len() + ENTRY_OVERHEAD;
         if size > self.max_size {
             // HPACK: adding an entry larger than the whole table empties it
@@ -176,7 +333,7 @@ impl Decoder {
         }
         self.evict(size);
         self.size += size;
-        self.table.push_front((name, value));
+        self.table.push_front((name.into(), value.into()));
     }
 
     /// Evicts oldest entries until `incoming` more bytes fit.
@@ -217,7 +374,7 @@ fn decode_int(src: &mut &[u8], prefix: u8) -> Result<usize, DecodeError> {
     }
 }
 
-fn decode_str(src: &mut &[u8]) -> Result<Vec<u8>, DecodeError> {
+fn decode_str<'b>(src: &mut &'b [u8]) -> Result<Cow<'b, [u8]>, DecodeError> {
     let huffman = src.first().ok_or(DecodeError::Truncated)? & 0x80 != 0;
     let len = decode_int(src, 7)?;
     if len > src.len() {
@@ -226,9 +383,9 @@ fn decode_str(src: &mut &[u8]) -> Result<Vec<u8>, DecodeError> {
     let (raw, rest) = src.split_at(len);
     *src = rest;
     if huffman {
-        huffman_decode(raw)
+        huffman_decode(raw).map(Cow::Owned)
     } else {
-        Ok(raw.to_vec())
+        Ok(Cow::Borrowed(raw))
     }
 }
 
