@@ -624,15 +624,15 @@ impl std::fmt::Display for SyncError {
 impl Replicator for Cluster {
     fn replicate(&self, op: Op, origin: Origin) -> BoxFuture<'static, ()> {
         let waits = !matches!(op, Op::Renew(_));
-        let (tx, mut rx) = watch::channel(false);
+        let (tx, mut rx) = watch::channel(0usize);
         let ack = waits.then(|| Arc::new(tx));
         let same_flags = Flags {
             replication: true,
             from_zone: origin == Origin::OtherZone,
         };
-        let mut someone_acks = false;
+        let mut up = 0usize;
         for slot in self.same_zone.lock().values() {
-            someone_acks |= slot.peer.is_up();
+            up += usize::from(slot.peer.is_up());
             slot.peer.push(op.clone(), same_flags, ack.clone());
         }
         if origin == Origin::Client {
@@ -644,15 +644,19 @@ impl Replicator for Cluster {
                 slot.peer.push(op.clone(), zone_flags, None);
             }
         }
-        if !(waits && someone_acks) {
+        if !(waits && up > 0) {
             return Box::pin(std::future::ready(()));
         }
         drop(ack);
         let limit = self.config.cluster.ack_timeout;
         Box::pin(async move {
-            // Acknowledge after one same-zone peer has the write, so that it
-            // survives the crash of this node; never wait past the bound.
-            let _ = tokio::time::timeout(limit, rx.wait_for(|acked| *acked)).await;
+            // Acknowledge once every same-zone peer that answers has the
+            // write: it then survives the crash of this node, and a next
+            // write through any node is stamped after it (each peer's clock
+            // has followed its timestamp), so a client's sequential writes
+            // keep their order even when clocks disagree. Never wait past
+            // the bound: a peer that stopped answering is not waited for.
+            let _ = tokio::time::timeout(limit, rx.wait_for(|acked| *acked >= up)).await;
         })
     }
 }

@@ -30,8 +30,8 @@ use crate::{
     reply::{BAD_REQUEST, CONFLICT, NOT_FOUND},
 };
 
-/// Signalled by the first same-zone peer that acknowledges a write.
-pub(crate) type Ack = Arc<watch::Sender<bool>>;
+/// Counts the same-zone peers that acknowledged a write.
+pub(crate) type Ack = Arc<watch::Sender<usize>>;
 
 #[derive(Debug)]
 pub(crate) struct Item {
@@ -583,7 +583,7 @@ pub(crate) async fn run(cluster: Arc<Cluster>, peer: Arc<Peer>) {
                     peer.sent.fetch_add(1, Ordering::Relaxed);
                     if let Some(item) = peer.pop(*seq) {
                         if let Some(ack) = item.ack.filter(|_| peer.same_zone) {
-                            ack.send_replace(true);
+                            ack.send_modify(|n| *n += 1);
                         }
                     }
                 }

@@ -217,7 +217,8 @@ pub struct Cluster {
     pub retry_max: Duration,
     /// Queued operations per peer.
     pub queue_capacity: usize,
-    /// How long a write waits for one same-zone acknowledgement.
+    /// How long a write waits for the acknowledgements of the same-zone
+    /// peers that answer.
     pub ack_timeout: Duration,
     /// Idle peers are probed this often.
     pub probe_interval: Duration,
