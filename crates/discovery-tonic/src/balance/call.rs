@@ -309,29 +309,48 @@ impl Shared {
         if ready.is_empty() {
             return Err(None);
         }
-        let healthy: Vec<&Arc<Backend>> = ready
-            .iter()
-            .copied()
-            .filter(|b| !b.ejected.load(Ordering::Relaxed))
-            .collect();
-        // Every endpoint ejected: pick among all of them rather than none
-        // ("panic mode"); the ejection may be stale.
-        let pool = if healthy.is_empty() { ready } else { healthy };
-        let coloured: Vec<&Arc<Backend>> = match color {
-            Some(c) => pool
+        let healthy = |fallback: bool| -> Vec<&Arc<Backend>> {
+            ready
                 .iter()
                 .copied()
-                .filter(|b| b.endpoint.color() == Some(c))
-                .collect(),
-            None => Vec::new(),
-        };
-        let group = if coloured.is_empty() {
-            pool.into_iter()
-                .filter(|b| b.endpoint.color().is_none())
+                .filter(|b| b.fallback == fallback && !b.ejected.load(Ordering::Relaxed))
                 .collect()
-        } else {
-            coloured
         };
+        // The client's zone while one of its endpoints is healthy, else the
+        // other zones: a zone whose every endpoint failed its dial or lost
+        // its connection is left at once, not when the registry drops it
+        // (a lease, up to 90 s after a crash). Every endpoint ejected: pick
+        // among all of them rather than none ("panic mode"); the ejection
+        // may be stale.
+        let tiers = [healthy(false), healthy(true)];
+        let tiers: Vec<Vec<&Arc<Backend>>> = if tiers.iter().all(Vec::is_empty) {
+            vec![ready]
+        } else {
+            tiers.into_iter().filter(|t| !t.is_empty()).collect()
+        };
+        // Colour routing within a tier; a tier without a usable colour
+        // gives way to the next.
+        let group = tiers
+            .into_iter()
+            .map(|pool| {
+                let coloured: Vec<&Arc<Backend>> = match color {
+                    Some(c) => pool
+                        .iter()
+                        .copied()
+                        .filter(|b| b.endpoint.color() == Some(c))
+                        .collect(),
+                    None => Vec::new(),
+                };
+                if coloured.is_empty() {
+                    pool.into_iter()
+                        .filter(|b| b.endpoint.color().is_none())
+                        .collect()
+                } else {
+                    coloured
+                }
+            })
+            .find(|group: &Vec<&Arc<Backend>>| !group.is_empty())
+            .unwrap_or_default();
         if group.is_empty() {
             return Err(Some(format!(
                 "no uncoloured endpoint among {} connected",

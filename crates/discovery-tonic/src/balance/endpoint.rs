@@ -7,6 +7,9 @@ use super::*;
 pub(super) struct Backend {
     pub(super) endpoint: Arc<Endpoint>,
     pub(super) hostname: String,
+    /// Of another zone than the client's: picked only while no endpoint of
+    /// the client's zone is healthy.
+    pub(super) fallback: bool,
     pub(super) channel: Mutex<Option<Channel>>,
     pub(super) ejected: AtomicBool,
     pub(super) health: Mutex<Health>,
@@ -31,6 +34,7 @@ impl Backend {
         weight: u32,
         color: Option<String>,
         hostname: String,
+        fallback: bool,
         config: &ClientConfig,
         lost: mpsc::UnboundedSender<Lost>,
     ) -> Option<Self> {
@@ -45,6 +49,7 @@ impl Backend {
         Some(Backend {
             endpoint: Arc::new(Endpoint::new(addr, weight, color)),
             hostname,
+            fallback,
             channel: Mutex::new(None),
             ejected: AtomicBool::new(false),
             health: Mutex::new(Health::default()),
@@ -57,11 +62,18 @@ impl Backend {
     }
 
     /// The same connection and health under new metadata.
-    pub(super) fn updated(&self, weight: u32, color: Option<String>, hostname: String) -> Self {
+    pub(super) fn updated(
+        &self,
+        weight: u32,
+        color: Option<String>,
+        hostname: String,
+        fallback: bool,
+    ) -> Self {
         let h = self.health.lock();
         Backend {
             endpoint: Arc::new(self.endpoint.updated(weight, color)),
             hostname,
+            fallback,
             channel: Mutex::new(self.channel.lock().clone()),
             ejected: AtomicBool::new(h.ejection.is_ejected()),
             health: Mutex::new(Health {

@@ -13,9 +13,13 @@
 //!   attempt, jittered backoff 100 ms → 10 s). Only connected endpoints are
 //!   pickable; the set is swapped atomically. The task ends with the last
 //!   clone of [`Balanced`].
+//! * The set holds the client zone's endpoints and, as fallbacks, the other
+//!   zones' ones ([`pipeline::fallback`]), all connected eagerly.
 //! * A call loads the set, drops ejected endpoints (all of them if every one
-//!   is ejected), keeps those of the request's colour, asks the
-//!   [`Picker`] and sends on that endpoint's channel.
+//!   is ejected), keeps the client zone's endpoints if one is left (else the
+//!   fallbacks: a zone whose endpoints all failed is left at once, not when
+//!   the registry evicts them), keeps those of the request's colour, asks
+//!   the [`Picker`] and sends on that endpoint's channel.
 //!   The picker hears how the call ended when the response body ends
 //!   (`grpc-status` and `cpu_usage` are trailers).
 //! * A transport failure ejects the endpoint with backoff
@@ -187,8 +191,10 @@ impl Balanced {
     /// Resolvers deliver the registry's raw snapshots; the balancer runs the
     /// resolution pipeline on them ([`pipeline::apply`]: scheme `grpc`,
     /// `config.clusters`, zone scheduling for `config.zone`, subset
-    /// `config.subset` keyed by `config.client_id`) and uses the client
-    /// zone's list, or every zone when it is empty or no zone is set.
+    /// `config.subset` keyed by `config.client_id`) and prefers the client
+    /// zone's list, or every zone when it is empty or no zone is set; the
+    /// other zones' endpoints take calls while none of the client zone's is
+    /// healthy.
     ///
     /// Never blocks; must be called inside a tokio runtime (otherwise
     /// [`naming::Error::InvalidConfig`]).
@@ -301,7 +307,8 @@ impl Balanced {
         }
     }
 
-    /// Addresses of the connected endpoints, in resolver order.
+    /// Addresses of the connected endpoints, in resolver order (the client
+    /// zone's first, then the other zones' fallbacks).
     pub fn ready_endpoints(&self) -> Vec<String> {
         self.shared
             .state
@@ -344,6 +351,7 @@ impl Balanced {
                         .until()
                         .map(|u| u.saturating_duration_since(now).as_millis() as u64),
                     consecutive_failures: h.ejection.failures(),
+                    fallback: b.fallback,
                     in_flight: e.calls_in_flight(),
                     latency_ewma_ms: lag as f64 / 1e6,
                     success_permille: e.success(),
@@ -421,6 +429,9 @@ pub struct BackendState {
     pub ejected_for_ms: Option<u64>,
     /// Consecutive transport failures (lost connections included).
     pub consecutive_failures: u32,
+    /// Of another zone than the client's: picked only while no endpoint of
+    /// the client's zone is healthy.
+    pub fallback: bool,
     /// Calls waiting for or reading their response.
     pub in_flight: i64,
     /// p2c's EWMA of the call latency.

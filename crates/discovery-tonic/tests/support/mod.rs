@@ -277,6 +277,27 @@ pub fn found(eps: &[Ep]) -> Resolution {
     }))
 }
 
+/// A `Found` snapshot with one list per zone: `(zone, endpoints)`, as the
+/// registry answers for a client of any zone.
+pub fn found_in(zones: &[(&str, &[Ep])]) -> Resolution {
+    let mut instances = BTreeMap::new();
+    for (zone, eps) in zones {
+        let Resolution::Found(info) = found(eps) else {
+            unreachable!("found() builds Found")
+        };
+        let mut list = info.instances["sh001"].clone();
+        for ins in &mut list {
+            ins.zone = zone.to_string();
+        }
+        instances.insert(zone.to_string(), list);
+    }
+    Resolution::Found(Arc::new(InstancesInfo {
+        instances,
+        scheduler: None,
+        latest_timestamp: 1,
+    }))
+}
+
 /// An address nothing listens on (bound, then closed).
 pub fn dead_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
