@@ -1,10 +1,11 @@
 //! The call path: pick an endpoint, send with a deadline, hedge or retry
-//! idempotent calls, and eject endpoints whose transport failed.
+//! idempotent calls, send any call again that a server refused unprocessed,
+//! and eject endpoints whose transport failed.
 
 use super::*;
 
-/// Retries of an idempotent call after transport failures, each on an
-/// endpoint not tried yet.
+/// Retries of a call after transport failures (idempotent calls) or
+/// refusals (any call), each on an endpoint not tried yet.
 const MAX_RETRIES: usize = 2;
 
 impl Shared {
@@ -66,9 +67,56 @@ impl Shared {
         let backend = self
             .pick_or_wait(method, color, start, deadline, &[])
             .await?;
-        self.send_to(backend, req, method, start, deadline)
-            .await
-            .map_err(|f| f.status)
+        // Never sent twice unless a server said it did not process it (a
+        // refused stream, a GOAWAY below it, a closed connection): then it
+        // goes to another endpoint, its body replayed from the start.
+        let (parts, body) = req.into_parts();
+        let again = {
+            let (method, uri, version, headers) = (
+                parts.method.clone(),
+                parts.uri.clone(),
+                parts.version,
+                parts.headers.clone(),
+            );
+            move |body: Body| {
+                let mut r = Request::new(body);
+                *r.method_mut() = method.clone();
+                *r.uri_mut() = uri.clone();
+                *r.version_mut() = version;
+                *r.headers_mut() = headers.clone();
+                r
+            }
+        };
+        let replay = Replay::new(body);
+        let mut tried = vec![backend.endpoint.addr().to_string()];
+        let first = Request::from_parts(parts, replay.first());
+        let mut r = self
+            .clone()
+            .send_to(backend, first, method, start, deadline)
+            .await;
+        for _ in 0..MAX_RETRIES {
+            if !matches!(&r, Err(failed) if failed.unsent) {
+                break;
+            }
+            let Some(next) = self.pick_now(method, color, &tried) else {
+                break;
+            };
+            let Some(body) = replay.again() else {
+                break;
+            };
+            self.retried.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                refused = tried.last().map(String::as_str),
+                retry = next.endpoint.addr(),
+                "request refused unprocessed; sent to another endpoint"
+            );
+            tried.push(next.endpoint.addr().to_string());
+            r = self
+                .clone()
+                .send_to(next, again(body), method, start, deadline)
+                .await;
+        }
+        r.map_err(|f| f.status)
     }
 
     /// An idempotent call: its body is buffered so that it can be sent
@@ -197,7 +245,7 @@ impl Shared {
         };
         let Some(channel) = backend.channel.lock().clone() else {
             guard.finish(Code::Unavailable, true, None);
-            return Err(Failed::retry(Status::unavailable(format!(
+            return Err(Failed::unsent(Status::unavailable(format!(
                 "{}: {} is not connected",
                 self.appid,
                 backend.endpoint.addr()
@@ -215,12 +263,17 @@ impl Shared {
             Err(e) => {
                 backend.transport_failed();
                 guard.finish(Code::Unavailable, true, None);
-                Err(Failed::retry(Status::unavailable(format!(
+                let status = Status::unavailable(format!(
                     "{}: {}: {}",
                     self.appid,
                     backend.endpoint.addr(),
                     error_chain(&e)
-                ))))
+                ));
+                Err(if never_processed(&e) {
+                    Failed::unsent(status)
+                } else {
+                    Failed::retry(status)
+                })
             }
             Ok(mut resp) => {
                 backend.call_succeeded();

@@ -101,8 +101,18 @@ impl Backend {
     }
 
     pub(super) fn eject(self: &Arc<Self>, why: &str) {
+        self.eject_for(why, false);
+    }
+
+    /// Ejects; with `redial`, the first failure after healthy calls is
+    /// probed at once instead of after its ejection.
+    fn eject_for(self: &Arc<Self>, why: &str, redial: bool) {
         let mut h = self.health.lock();
-        let d = h.ejection.fail(Instant::now());
+        let now = Instant::now();
+        let mut d = h.ejection.fail(now);
+        if redial && h.ejection.failures() == 1 {
+            d = h.ejection.probe_at(now);
+        }
         if !self.ejected.swap(true, Ordering::Relaxed) {
             self.endpoint
                 .counters
@@ -129,10 +139,24 @@ impl Backend {
         let generation = self.generation.load(Ordering::Relaxed) + 1;
         let addr: Arc<str> = Arc::from(self.endpoint.addr());
         let lost = self.lost.clone();
+        let dialled = AtomicBool::new(false);
         let connector = tower::service_fn(move |_: http::Uri| {
             let addr = addr.clone();
             let lost = lost.clone();
+            // One connection per channel: once it ends, tonic would
+            // reconnect on the next call and send it unchecked, to a server
+            // that may be draining (its listener still accepts until the
+            // drain ends, then resets what it never served) or frozen. The
+            // call fails instead as never sent, and goes elsewhere; the
+            // probe dials anew and checks that the new connection answers.
+            let again = dialled.swap(true, Ordering::Relaxed);
             async move {
+                if again {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::NotConnected,
+                        format!("the connection to {addr} ended; the balancer dials anew"),
+                    ));
+                }
                 let io = TcpStream::connect(&*addr).await?;
                 io.set_nodelay(true)?;
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(Tracked {
@@ -257,7 +281,10 @@ impl AsyncWrite for Tracked {
 /// Why an attempt failed, and whether another endpoint may be tried.
 pub(super) struct Failed {
     pub(super) status: Status,
+    /// A transport failure: an idempotent call may be sent again.
     pub(super) retry: bool,
+    /// The server never processed the request: any call may be sent again.
+    pub(super) unsent: bool,
 }
 
 impl Failed {
@@ -265,6 +292,15 @@ impl Failed {
         Failed {
             status,
             retry: true,
+            unsent: false,
+        }
+    }
+
+    pub(super) fn unsent(status: Status) -> Self {
+        Failed {
+            status,
+            retry: true,
+            unsent: true,
         }
     }
 
@@ -272,20 +308,23 @@ impl Failed {
         Failed {
             status,
             retry: false,
+            unsent: false,
         }
     }
 }
 
 impl Backend {
     /// The connection of the channel in use ended: eject at once, so that
-    /// no caller picks it while the probe reconnects.
+    /// no caller picks it while the probe reconnects. The channel does not
+    /// reconnect by itself; after healthy calls (a server closing idle or
+    /// old connections) the probe dials at once.
     pub(super) fn connection_lost(self: &Arc<Self>, generation: u64) {
         if self.generation.load(Ordering::Relaxed) != generation
             || self.ejected.load(Ordering::Relaxed)
         {
             return;
         }
-        self.eject("connection lost");
+        self.eject_for("connection lost", true);
     }
 }
 

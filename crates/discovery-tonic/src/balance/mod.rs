@@ -33,6 +33,11 @@
 //!   endpoint is asked too and the first answer wins; after a transport
 //!   failure they are retried on another endpoint at once. A peer that
 //!   stopped answering therefore costs latency, not failed calls.
+//! * Calls of any method that the server never processed (a stream refused
+//!   with `REFUSED_STREAM`, above a GOAWAY's last stream id, or never handed
+//!   to a connection that had closed) are sent to another endpoint, their
+//!   body replayed (`balance/replay.rs`); a graceful stop costs no call.
+//!   Both kinds of retry try at most 2 more endpoints, within the deadline.
 //! * With nothing to pick, a call fails at once with `Unavailable` saying
 //!   why, except that while resolution is pending or first connections run
 //!   it waits up to the startup grace (never past its deadline).
@@ -89,11 +94,13 @@ mod body;
 mod call;
 mod endpoint;
 mod pool;
+mod replay;
 
 pub use body::ResponseBody;
 use body::*;
 use endpoint::*;
 use pool::*;
+use replay::*;
 
 use crate::{
     ClientConfig, Resolvers, Target,
@@ -344,6 +351,7 @@ impl Balanced {
                     addr: e.addr().to_string(),
                     color: e.color().map(str::to_string),
                     weight: e.weight(),
+                    fallback: b.fallback,
                     connected: b.channel.lock().is_some(),
                     ejected: b.ejected.load(Ordering::Relaxed),
                     ejected_for_ms: h
@@ -351,7 +359,6 @@ impl Balanced {
                         .until()
                         .map(|u| u.saturating_duration_since(now).as_millis() as u64),
                     consecutive_failures: h.ejection.failures(),
-                    fallback: b.fallback,
                     in_flight: e.calls_in_flight(),
                     latency_ewma_ms: lag as f64 / 1e6,
                     success_permille: e.success(),
@@ -406,7 +413,8 @@ pub struct PoolState {
     /// Idempotent calls sent to a second endpoint because the first had not
     /// answered yet.
     pub hedged_calls: u64,
-    /// Idempotent calls sent again after a transport failure.
+    /// Calls sent again on another endpoint: idempotent ones after a
+    /// transport failure, any after the server refused them unprocessed.
     pub retried_calls: u64,
     /// Every resolved endpoint, in resolver order.
     pub backends: Vec<BackendState>,
@@ -421,6 +429,9 @@ pub struct BackendState {
     pub color: Option<String>,
     /// Registered weight.
     pub weight: u32,
+    /// Of another zone than the client's: picked only while no endpoint of
+    /// the client's zone is healthy.
+    pub fallback: bool,
     /// Whether a connection was made (only connected endpoints are picked).
     pub connected: bool,
     /// Whether it is out of rotation.
@@ -429,9 +440,6 @@ pub struct BackendState {
     pub ejected_for_ms: Option<u64>,
     /// Consecutive transport failures (lost connections included).
     pub consecutive_failures: u32,
-    /// Of another zone than the client's: picked only while no endpoint of
-    /// the client's zone is healthy.
-    pub fallback: bool,
     /// Calls waiting for or reading their response.
     pub in_flight: i64,
     /// p2c's EWMA of the call latency.
