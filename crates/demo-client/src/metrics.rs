@@ -99,7 +99,7 @@ pub(crate) fn render(pool: &PoolState) -> String {
     retried.get_or_create(&labels).inc_by(pool.retried_calls);
     registry.register(
         "retried_calls",
-        "Idempotent calls sent again after a transport failure",
+        "Calls sent again on another backend: idempotent ones after a transport failure, any after a refusal",
         retried,
     );
     let mut text = String::new();

@@ -434,11 +434,12 @@ pub(crate) async fn start_zones() -> anyhow::Result<DemoTopology> {
     Ok(topo)
 }
 
-/// Runs `load` on every client until each has served a call from one of
-/// `hosts` and nothing else for 20 calls in a row; how long that took.
+/// Calls through every client until each has had `in_a_row` calls in a row
+/// served by one of `hosts`, at most `within`; how long that took.
 async fn until_only(
     bases: &[String],
     hosts: &[&str],
+    in_a_row: usize,
     within: Duration,
 ) -> anyhow::Result<Duration> {
     let http = reqwest::Client::new();
@@ -446,7 +447,7 @@ async fn until_only(
     for base in bases {
         let url = format!("{base}/say_hello");
         let mut run = 0;
-        while run < 20 {
+        while run < in_a_row {
             ensure!(
                 start.elapsed() < within,
                 "{base} not served only by {hosts:?} within {within:?}"
@@ -463,8 +464,39 @@ async fn until_only(
     Ok(start.elapsed())
 }
 
-/// Stopping every server of the local zone moves traffic to the other zone
-/// without a failed call; one local server back takes it home again.
+/// Stops the loads; a figure per client, and an error naming any failed
+/// call.
+async fn finish_loads(
+    loads: Vec<Load>,
+    what: &str,
+    figures: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let mut tallies = Vec::new();
+    for l in loads {
+        tallies.push(l.finish().await);
+    }
+    for (kind, t) in ["p2c", "wrr"].iter().zip(&tallies) {
+        figures.push(format!(
+            "zones, {what}, {kind}: {} of {} calls failed ({} hedged or retried); served by {:?}",
+            t.failed.len(),
+            t.ok + t.failed.len(),
+            t.hedged,
+            t.served
+        ));
+    }
+    for (kind, t) in ["p2c", "wrr"].iter().zip(&tallies) {
+        ensure!(
+            t.failed.is_empty(),
+            "zones, {what}, {kind}: failed calls: {:?}",
+            t.failed
+        );
+    }
+    Ok(())
+}
+
+/// Killing every server of the local zone moves traffic to the other zone
+/// at once, while the registry still lists them; one local server back
+/// takes it home; stopping it moves it away again. No call fails.
 async fn zones(topo: &mut DemoTopology, figures: &mut Vec<String>) -> anyhow::Result<()> {
     step("zones: the clients in zone01 call zone01 only");
     let bases = vec![topo.client_url(), topo.clients[0].addr.to_string()];
@@ -481,75 +513,59 @@ async fn zones(topo: &mut DemoTopology, figures: &mut Vec<String>) -> anyhow::Re
     until_only(
         &bases,
         &["demo-server-1", "demo-server-2"],
+        20,
         Duration::from_secs(20),
     )
     .await?;
+    let other = ["demo-server-3", "demo-server-4"];
 
-    step("zones: SIGTERM both zone01 servers under load");
+    step("zones: kill -9 both zone01 servers under load (the registry still lists them)");
     let loads: Vec<Load> = bases.iter().map(|b| Load::start(b)).collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let start = Instant::now();
-    topo.stop_server(0).await;
-    topo.stop_server(1).await;
-    let stopped = start.elapsed();
-    let moved = until_only(
-        &bases,
-        &["demo-server-3", "demo-server-4"],
-        Duration::from_secs(10),
-    )
-    .await?;
+    topo.kill_server(0).await;
+    topo.kill_server(1).await;
+    let killed = start.elapsed();
+    // Each client's first call served by zone02 within 2 s of the kills,
+    // then 20 in a row there.
+    let within = Duration::from_secs(2).saturating_sub(killed);
+    let first = killed + until_only(&bases, &other, 1, within).await?;
+    let moved = until_only(&bases, &other, 20, Duration::from_secs(10)).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut tallies = Vec::new();
-    for l in loads {
-        tallies.push(l.finish().await);
-    }
-    for (kind, t) in ["p2c", "wrr"].iter().zip(&tallies) {
-        figures.push(format!(
-            "zones, every zone01 server stopped ({stopped:?}), {kind}: {} of {} calls failed \
-             ({} hedged or retried); served by {:?}",
-            t.failed.len(),
-            t.ok + t.failed.len(),
-            t.hedged,
-            t.served
-        ));
-    }
     figures.push(format!(
-        "zones: both clients served only by zone02 {moved:?} after the stops began"
+        "zones: both zone01 servers killed ({killed:?}); both clients served by zone02 \
+         {first:?} after the kills began, only by zone02 {moved:?} later"
     ));
-    for (kind, t) in ["p2c", "wrr"].iter().zip(&tallies) {
-        ensure!(
-            t.failed.is_empty(),
-            "zones, {kind}: calls failed when zone01 emptied: {:?}",
-            t.failed
-        );
-    }
+    finish_loads(loads, "kill -9 of every zone01 server", figures).await?;
 
     step("zones: one zone01 server back takes the traffic home");
     let loads: Vec<Load> = bases.iter().map(|b| Load::start(b)).collect();
     let i = topo.add_server_in(Some(LOCAL_ZONE)).await?;
     let start = Instant::now();
     let host = format!("demo-server-{}", i + 1);
-    let back = until_only(&bases, &[host.as_str()], Duration::from_secs(20)).await?;
-    let mut tallies = Vec::new();
-    for l in loads {
-        tallies.push(l.finish().await);
-    }
+    let back = until_only(&bases, &[host.as_str()], 20, Duration::from_secs(20)).await?;
     figures.push(format!(
         "zones: {host} (zone01) listening; both clients served only by it {back:?} later \
          (started {:?} ago)",
         start.elapsed()
     ));
-    for (kind, t) in ["p2c", "wrr"].iter().zip(&tallies) {
-        figures.push(format!(
-            "zones, a zone01 server back, {kind}: {} of {} calls failed",
-            t.failed.len(),
-            t.ok + t.failed.len()
-        ));
-        ensure!(
-            t.failed.is_empty(),
-            "zones, {kind}: calls failed when zone01 came back: {:?}",
-            t.failed
-        );
-    }
+    finish_loads(loads, "a zone01 server back", figures).await?;
+
+    step("zones: SIGTERM of the zone01 server under load");
+    let loads: Vec<Load> = bases.iter().map(|b| Load::start(b)).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let start = Instant::now();
+    let status = topo.stop_server(i).await;
+    ensure!(
+        status.is_some_and(|s| s.success()),
+        "{host} exit: {status:?}"
+    );
+    let stopped = start.elapsed();
+    let moved = until_only(&bases, &other, 20, Duration::from_secs(10)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    figures.push(format!(
+        "zones: {host} stopped ({stopped:?}); both clients served only by zone02 {moved:?} later"
+    ));
+    finish_loads(loads, "SIGTERM of the zone01 server", figures).await?;
     Ok(())
 }

@@ -11,9 +11,10 @@
 //!   and a wrr client: SIGSTOP (a blackhole) and `kill -9` of a demo server
 //!   fail no call; `kill -9` of a discovery node leaves registration and
 //!   resolution working; a new demo server receives calls; a SIGTERMed one
-//!   leaves without failed calls. Then two zones: emptying the local zone
-//!   moves traffic to the other without a failed call, and a local server
-//!   back takes it home.
+//!   leaves without failed calls. Then two zones: `kill -9` of every local
+//!   server moves traffic to the other zone within 2 s (the registry still
+//!   lists them) without a failed call, a local server back takes it home,
+//!   and its SIGTERM moves it away again, without a failed call either.
 //! * `docker-e2e`: `docker compose up` of `docker-compose.yml` (images from
 //!   `cargo xtask docker`), greetings, one discovery container stopped, one
 //!   demo server container killed and another disconnected from the network

@@ -141,7 +141,8 @@ pub struct ClientConfig {
     /// send twice: their calls are hedged after `hedge_percent` of the
     /// deadline without a response, and retried on another endpoint after a
     /// transport failure. Their request bodies are buffered, so list unary
-    /// methods only.
+    /// methods only. Calls of other methods are sent again only when the
+    /// server refused them unprocessed.
     pub idempotent_methods: BTreeSet<String>,
     /// Percent of an idempotent call's deadline after which, with no
     /// response yet, a second endpoint is asked too; the first answer wins.

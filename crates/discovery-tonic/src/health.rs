@@ -6,7 +6,8 @@
 //! the endpoint with a fresh connection that must answer one request; a
 //! successful probe re-admits it, a failed one counts as the next failure. Only a successful call resets `k`,
 //! so an endpoint that accepts connections but fails calls backs off further
-//! every time.
+//! every time. A lost connection of an endpoint whose calls were succeeding
+//! (k = 1: a server closing idle or old connections) is probed at once.
 //!
 //! ```
 //! use std::time::Duration;
@@ -57,6 +58,13 @@ impl Ejection {
         let d = ejection_backoff(self.failures);
         self.until = Some(now + d);
         d
+    }
+
+    /// Keeps the endpoint ejected but lets its probe run at `now` (a lost
+    /// connection of an endpoint that was serving); returns zero.
+    pub fn probe_at(&mut self, now: Instant) -> Duration {
+        self.until = Some(now);
+        Duration::ZERO
     }
 
     /// Records a successful call: back to healthy, `k` reset.

@@ -10,7 +10,9 @@
 //!   endpoint, with [`picker`]s (p2c, smooth WRR), ejection with backoff
 //!   ([`health`]) on failed calls and on lost connections (HTTP/2 keepalive
 //!   notices silent peers), hedging and retries of idempotent methods,
-//!   colour routing, fail-fast on empty sets and per-RPC deadlines.
+//!   retries of any request a server refused unprocessed, failover to other
+//!   zones while the client's has no healthy endpoint, colour routing,
+//!   fail-fast on empty sets and per-RPC deadlines.
 //!   [`Balanced::pool`] shows every endpoint's state.
 //!   `GreeterClient::new(balanced)` just works.
 //! * [`CpuLayer`], the server-side `cpu_usage` trailer p2c balances on.

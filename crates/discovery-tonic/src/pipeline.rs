@@ -2,9 +2,10 @@
 //! deterministic subsetting, as pure functions over registry snapshots.
 //!
 //! Order (on a copy): [`filter`] every zone, [`schedule`] the client zone,
-//! [`subset`] every zone; [`apply`] runs all three. The gRPC layer then takes
-//! the client zone's list, or every zone concatenated when it is empty
-//! ([`select`]).
+//! [`subset`] every zone; [`apply`] runs all three. The gRPC layer then
+//! prefers the client zone's list, or every zone concatenated when it is
+//! empty ([`select`]), and keeps the other zones' instances ([`fallback`])
+//! for when none of the preferred ones answers.
 //!
 //! The hash ([`fnv1a64`]) and the PRNG ([`SplitMix64`]) are fixed and
 //! documented so that a client's subset never changes with a Rust release.
@@ -212,5 +213,24 @@ pub fn select<'a>(info: &'a InstancesInfo, client_zone: Option<&str>) -> Vec<&'a
     match client_zone.and_then(|z| info.instances.get(z)) {
         Some(list) if !list.is_empty() => list.iter().collect(),
         _ => info.iter().collect(),
+    }
+}
+
+/// The instances the gRPC layer falls back to when none of [`select`]'s
+/// answers: every other zone's, in zone order. Empty when `select` already
+/// took every zone.
+///
+/// A scheduled client zone's list may name instances of these zones too;
+/// the balancer merges an address listed twice into its first, preferred,
+/// occurrence.
+pub fn fallback<'a>(info: &'a InstancesInfo, client_zone: Option<&str>) -> Vec<&'a Instance> {
+    match client_zone {
+        Some(zone) if info.instances.get(zone).is_some_and(|l| !l.is_empty()) => info
+            .instances
+            .iter()
+            .filter(|(z, _)| z.as_str() != zone)
+            .flat_map(|(_, list)| list.iter())
+            .collect(),
+        _ => Vec::new(),
     }
 }

@@ -1,10 +1,11 @@
 //! The call path: pick an endpoint, send with a deadline, hedge or retry
-//! idempotent calls, and eject endpoints whose transport failed.
+//! idempotent calls, send any call again that a server refused unprocessed,
+//! and eject endpoints whose transport failed.
 
 use super::*;
 
-/// Retries of an idempotent call after transport failures, each on an
-/// endpoint not tried yet.
+/// Retries of a call after transport failures (idempotent calls) or
+/// refusals (any call), each on an endpoint not tried yet.
 const MAX_RETRIES: usize = 2;
 
 impl Shared {
@@ -66,9 +67,56 @@ impl Shared {
         let backend = self
             .pick_or_wait(method, color, start, deadline, &[])
             .await?;
-        self.send_to(backend, req, method, start, deadline)
-            .await
-            .map_err(|f| f.status)
+        // Never sent twice unless a server said it did not process it (a
+        // refused stream, a GOAWAY below it, a closed connection): then it
+        // goes to another endpoint, its body replayed from the start.
+        let (parts, body) = req.into_parts();
+        let again = {
+            let (method, uri, version, headers) = (
+                parts.method.clone(),
+                parts.uri.clone(),
+                parts.version,
+                parts.headers.clone(),
+            );
+            move |body: Body| {
+                let mut r = Request::new(body);
+                *r.method_mut() = method.clone();
+                *r.uri_mut() = uri.clone();
+                *r.version_mut() = version;
+                *r.headers_mut() = headers.clone();
+                r
+            }
+        };
+        let replay = Replay::new(body);
+        let mut tried = vec![backend.endpoint.addr().to_string()];
+        let first = Request::from_parts(parts, replay.first());
+        let mut r = self
+            .clone()
+            .send_to(backend, first, method, start, deadline)
+            .await;
+        for _ in 0..MAX_RETRIES {
+            if !matches!(&r, Err(failed) if failed.unsent) {
+                break;
+            }
+            let Some(next) = self.pick_now(method, color, &tried) else {
+                break;
+            };
+            let Some(body) = replay.again() else {
+                break;
+            };
+            self.retried.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                refused = tried.last().map(String::as_str),
+                retry = next.endpoint.addr(),
+                "request refused unprocessed; sent to another endpoint"
+            );
+            tried.push(next.endpoint.addr().to_string());
+            r = self
+                .clone()
+                .send_to(next, again(body), method, start, deadline)
+                .await;
+        }
+        r.map_err(|f| f.status)
     }
 
     /// An idempotent call: its body is buffered so that it can be sent
@@ -197,7 +245,7 @@ impl Shared {
         };
         let Some(channel) = backend.channel.lock().clone() else {
             guard.finish(Code::Unavailable, true, None);
-            return Err(Failed::retry(Status::unavailable(format!(
+            return Err(Failed::unsent(Status::unavailable(format!(
                 "{}: {} is not connected",
                 self.appid,
                 backend.endpoint.addr()
@@ -215,12 +263,17 @@ impl Shared {
             Err(e) => {
                 backend.transport_failed();
                 guard.finish(Code::Unavailable, true, None);
-                Err(Failed::retry(Status::unavailable(format!(
+                let status = Status::unavailable(format!(
                     "{}: {}: {}",
                     self.appid,
                     backend.endpoint.addr(),
                     error_chain(&e)
-                ))))
+                ));
+                Err(if never_processed(&e) {
+                    Failed::unsent(status)
+                } else {
+                    Failed::retry(status)
+                })
             }
             Ok(mut resp) => {
                 backend.call_succeeded();
@@ -309,29 +362,48 @@ impl Shared {
         if ready.is_empty() {
             return Err(None);
         }
-        let healthy: Vec<&Arc<Backend>> = ready
-            .iter()
-            .copied()
-            .filter(|b| !b.ejected.load(Ordering::Relaxed))
-            .collect();
-        // Every endpoint ejected: pick among all of them rather than none
-        // ("panic mode"); the ejection may be stale.
-        let pool = if healthy.is_empty() { ready } else { healthy };
-        let coloured: Vec<&Arc<Backend>> = match color {
-            Some(c) => pool
+        let healthy = |fallback: bool| -> Vec<&Arc<Backend>> {
+            ready
                 .iter()
                 .copied()
-                .filter(|b| b.endpoint.color() == Some(c))
-                .collect(),
-            None => Vec::new(),
-        };
-        let group = if coloured.is_empty() {
-            pool.into_iter()
-                .filter(|b| b.endpoint.color().is_none())
+                .filter(|b| b.fallback == fallback && !b.ejected.load(Ordering::Relaxed))
                 .collect()
-        } else {
-            coloured
         };
+        // The client's zone while one of its endpoints is healthy, else the
+        // other zones: a zone whose every endpoint failed its dial or lost
+        // its connection is left at once, not when the registry drops it
+        // (a lease, up to 90 s after a crash). Every endpoint ejected: pick
+        // among all of them rather than none ("panic mode"); the ejection
+        // may be stale.
+        let tiers = [healthy(false), healthy(true)];
+        let tiers: Vec<Vec<&Arc<Backend>>> = if tiers.iter().all(Vec::is_empty) {
+            vec![ready]
+        } else {
+            tiers.into_iter().filter(|t| !t.is_empty()).collect()
+        };
+        // Colour routing within a tier; a tier without a usable colour
+        // gives way to the next.
+        let group = tiers
+            .into_iter()
+            .map(|pool| {
+                let coloured: Vec<&Arc<Backend>> = match color {
+                    Some(c) => pool
+                        .iter()
+                        .copied()
+                        .filter(|b| b.endpoint.color() == Some(c))
+                        .collect(),
+                    None => Vec::new(),
+                };
+                if coloured.is_empty() {
+                    pool.into_iter()
+                        .filter(|b| b.endpoint.color().is_none())
+                        .collect()
+                } else {
+                    coloured
+                }
+            })
+            .find(|group: &Vec<&Arc<Backend>>| !group.is_empty())
+            .unwrap_or_default();
         if group.is_empty() {
             return Err(Some(format!(
                 "no uncoloured endpoint among {} connected",

@@ -7,6 +7,9 @@ use super::*;
 pub(super) struct Backend {
     pub(super) endpoint: Arc<Endpoint>,
     pub(super) hostname: String,
+    /// Of another zone than the client's: picked only while no endpoint of
+    /// the client's zone is healthy.
+    pub(super) fallback: bool,
     pub(super) channel: Mutex<Option<Channel>>,
     pub(super) ejected: AtomicBool,
     pub(super) health: Mutex<Health>,
@@ -31,6 +34,7 @@ impl Backend {
         weight: u32,
         color: Option<String>,
         hostname: String,
+        fallback: bool,
         config: &ClientConfig,
         lost: mpsc::UnboundedSender<Lost>,
     ) -> Option<Self> {
@@ -45,6 +49,7 @@ impl Backend {
         Some(Backend {
             endpoint: Arc::new(Endpoint::new(addr, weight, color)),
             hostname,
+            fallback,
             channel: Mutex::new(None),
             ejected: AtomicBool::new(false),
             health: Mutex::new(Health::default()),
@@ -57,11 +62,18 @@ impl Backend {
     }
 
     /// The same connection and health under new metadata.
-    pub(super) fn updated(&self, weight: u32, color: Option<String>, hostname: String) -> Self {
+    pub(super) fn updated(
+        &self,
+        weight: u32,
+        color: Option<String>,
+        hostname: String,
+        fallback: bool,
+    ) -> Self {
         let h = self.health.lock();
         Backend {
             endpoint: Arc::new(self.endpoint.updated(weight, color)),
             hostname,
+            fallback,
             channel: Mutex::new(self.channel.lock().clone()),
             ejected: AtomicBool::new(h.ejection.is_ejected()),
             health: Mutex::new(Health {
@@ -89,8 +101,18 @@ impl Backend {
     }
 
     pub(super) fn eject(self: &Arc<Self>, why: &str) {
+        self.eject_for(why, false);
+    }
+
+    /// Ejects; with `redial`, the first failure after healthy calls is
+    /// probed at once instead of after its ejection.
+    fn eject_for(self: &Arc<Self>, why: &str, redial: bool) {
         let mut h = self.health.lock();
-        let d = h.ejection.fail(Instant::now());
+        let now = Instant::now();
+        let mut d = h.ejection.fail(now);
+        if redial && h.ejection.failures() == 1 {
+            d = h.ejection.probe_at(now);
+        }
         if !self.ejected.swap(true, Ordering::Relaxed) {
             self.endpoint
                 .counters
@@ -117,10 +139,24 @@ impl Backend {
         let generation = self.generation.load(Ordering::Relaxed) + 1;
         let addr: Arc<str> = Arc::from(self.endpoint.addr());
         let lost = self.lost.clone();
+        let dialled = AtomicBool::new(false);
         let connector = tower::service_fn(move |_: http::Uri| {
             let addr = addr.clone();
             let lost = lost.clone();
+            // One connection per channel: once it ends, tonic would
+            // reconnect on the next call and send it unchecked, to a server
+            // that may be draining (its listener still accepts until the
+            // drain ends, then resets what it never served) or frozen. The
+            // call fails instead as never sent, and goes elsewhere; the
+            // probe dials anew and checks that the new connection answers.
+            let again = dialled.swap(true, Ordering::Relaxed);
             async move {
+                if again {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::NotConnected,
+                        format!("the connection to {addr} ended; the balancer dials anew"),
+                    ));
+                }
                 let io = TcpStream::connect(&*addr).await?;
                 io.set_nodelay(true)?;
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(Tracked {
@@ -245,7 +281,10 @@ impl AsyncWrite for Tracked {
 /// Why an attempt failed, and whether another endpoint may be tried.
 pub(super) struct Failed {
     pub(super) status: Status,
+    /// A transport failure: an idempotent call may be sent again.
     pub(super) retry: bool,
+    /// The server never processed the request: any call may be sent again.
+    pub(super) unsent: bool,
 }
 
 impl Failed {
@@ -253,6 +292,15 @@ impl Failed {
         Failed {
             status,
             retry: true,
+            unsent: false,
+        }
+    }
+
+    pub(super) fn unsent(status: Status) -> Self {
+        Failed {
+            status,
+            retry: true,
+            unsent: true,
         }
     }
 
@@ -260,20 +308,23 @@ impl Failed {
         Failed {
             status,
             retry: false,
+            unsent: false,
         }
     }
 }
 
 impl Backend {
     /// The connection of the channel in use ended: eject at once, so that
-    /// no caller picks it while the probe reconnects.
+    /// no caller picks it while the probe reconnects. The channel does not
+    /// reconnect by itself; after healthy calls (a server closing idle or
+    /// old connections) the probe dials at once.
     pub(super) fn connection_lost(self: &Arc<Self>, generation: u64) {
         if self.generation.load(Ordering::Relaxed) != generation
             || self.ejected.load(Ordering::Relaxed)
         {
             return;
         }
-        self.eject("connection lost");
+        self.eject_for("connection lost", true);
     }
 }
 

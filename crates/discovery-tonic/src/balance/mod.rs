@@ -13,9 +13,13 @@
 //!   attempt, jittered backoff 100 ms → 10 s). Only connected endpoints are
 //!   pickable; the set is swapped atomically. The task ends with the last
 //!   clone of [`Balanced`].
+//! * The set holds the client zone's endpoints and, as fallbacks, the other
+//!   zones' ones ([`pipeline::fallback`]), all connected eagerly.
 //! * A call loads the set, drops ejected endpoints (all of them if every one
-//!   is ejected), keeps those of the request's colour, asks the
-//!   [`Picker`] and sends on that endpoint's channel.
+//!   is ejected), keeps the client zone's endpoints if one is left (else the
+//!   fallbacks: a zone whose endpoints all failed is left at once, not when
+//!   the registry evicts them), keeps those of the request's colour, asks
+//!   the [`Picker`] and sends on that endpoint's channel.
 //!   The picker hears how the call ended when the response body ends
 //!   (`grpc-status` and `cpu_usage` are trailers).
 //! * A transport failure ejects the endpoint with backoff
@@ -29,6 +33,11 @@
 //!   endpoint is asked too and the first answer wins; after a transport
 //!   failure they are retried on another endpoint at once. A peer that
 //!   stopped answering therefore costs latency, not failed calls.
+//! * Calls of any method that the server never processed (a stream refused
+//!   with `REFUSED_STREAM`, above a GOAWAY's last stream id, or never handed
+//!   to a connection that had closed) are sent to another endpoint, their
+//!   body replayed (`balance/replay.rs`); a graceful stop costs no call.
+//!   Both kinds of retry try at most 2 more endpoints, within the deadline.
 //! * With nothing to pick, a call fails at once with `Unavailable` saying
 //!   why, except that while resolution is pending or first connections run
 //!   it waits up to the startup grace (never past its deadline).
@@ -85,11 +94,13 @@ mod body;
 mod call;
 mod endpoint;
 mod pool;
+mod replay;
 
 pub use body::ResponseBody;
 use body::*;
 use endpoint::*;
 use pool::*;
+use replay::*;
 
 use crate::{
     ClientConfig, Resolvers, Target,
@@ -187,8 +198,10 @@ impl Balanced {
     /// Resolvers deliver the registry's raw snapshots; the balancer runs the
     /// resolution pipeline on them ([`pipeline::apply`]: scheme `grpc`,
     /// `config.clusters`, zone scheduling for `config.zone`, subset
-    /// `config.subset` keyed by `config.client_id`) and uses the client
-    /// zone's list, or every zone when it is empty or no zone is set.
+    /// `config.subset` keyed by `config.client_id`) and prefers the client
+    /// zone's list, or every zone when it is empty or no zone is set; the
+    /// other zones' endpoints take calls while none of the client zone's is
+    /// healthy.
     ///
     /// Never blocks; must be called inside a tokio runtime (otherwise
     /// [`naming::Error::InvalidConfig`]).
@@ -301,7 +314,8 @@ impl Balanced {
         }
     }
 
-    /// Addresses of the connected endpoints, in resolver order.
+    /// Addresses of the connected endpoints, in resolver order (the client
+    /// zone's first, then the other zones' fallbacks).
     pub fn ready_endpoints(&self) -> Vec<String> {
         self.shared
             .state
@@ -337,6 +351,7 @@ impl Balanced {
                     addr: e.addr().to_string(),
                     color: e.color().map(str::to_string),
                     weight: e.weight(),
+                    fallback: b.fallback,
                     connected: b.channel.lock().is_some(),
                     ejected: b.ejected.load(Ordering::Relaxed),
                     ejected_for_ms: h
@@ -398,7 +413,8 @@ pub struct PoolState {
     /// Idempotent calls sent to a second endpoint because the first had not
     /// answered yet.
     pub hedged_calls: u64,
-    /// Idempotent calls sent again after a transport failure.
+    /// Calls sent again on another endpoint: idempotent ones after a
+    /// transport failure, any after the server refused them unprocessed.
     pub retried_calls: u64,
     /// Every resolved endpoint, in resolver order.
     pub backends: Vec<BackendState>,
@@ -413,6 +429,9 @@ pub struct BackendState {
     pub color: Option<String>,
     /// Registered weight.
     pub weight: u32,
+    /// Of another zone than the client's: picked only while no endpoint of
+    /// the client's zone is healthy.
+    pub fallback: bool,
     /// Whether a connection was made (only connected endpoints are picked).
     pub connected: bool,
     /// Whether it is out of rotation.

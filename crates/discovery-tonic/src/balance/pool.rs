@@ -91,8 +91,15 @@ impl Pool {
             }
             None => &**info,
         };
-        let mut wanted: Vec<(String, u32, Option<String>, String)> = Vec::new();
-        for ins in pipeline::select(info, stages.client_zone.as_deref()) {
+        // The other zones are dialled too, so that failing over to them when
+        // every preferred endpoint is down costs no dial.
+        let zone = stages.client_zone.as_deref();
+        let preferred = pipeline::select(info, zone).into_iter().map(|i| (i, false));
+        let fallback = pipeline::fallback(info, zone)
+            .into_iter()
+            .map(|i| (i, true));
+        let mut wanted: Vec<(String, u32, Option<String>, String, bool)> = Vec::new();
+        for (ins, fallback) in preferred.chain(fallback) {
             if ins.status != naming::Status::Up {
                 continue;
             }
@@ -100,13 +107,14 @@ impl Pool {
                 continue;
             };
             if wanted.iter().any(|(a, ..)| a == addr) {
-                continue; // duplicate addresses are merged
+                continue; // duplicate addresses are merged, preferred first
             }
             wanted.push((
                 addr.to_string(),
                 ins.weight(),
                 ins.color().map(str::to_string),
                 ins.hostname.clone(),
+                fallback,
             ));
         }
         if wanted.is_empty() && !self.backends.is_empty() {
@@ -125,17 +133,18 @@ impl Pool {
             .drain(..)
             .map(|b| (b.endpoint.addr().to_string(), b))
             .collect();
-        for (addr, weight, color, hostname) in wanted {
+        for (addr, weight, color, hostname, fallback) in wanted {
             let backend = match old.remove(&addr) {
                 Some(b)
                     if b.endpoint.weight() == weight.max(1)
                         && b.endpoint.color() == color.as_deref()
-                        && b.hostname == hostname =>
+                        && b.hostname == hostname
+                        && b.fallback == fallback =>
                 {
                     b
                 }
                 Some(b) => {
-                    let next = Arc::new(b.updated(weight, color, hostname));
+                    let next = Arc::new(b.updated(weight, color, hostname, fallback));
                     if next.channel.lock().is_none() {
                         tokio::spawn(connect_loop(Arc::downgrade(&next), Arc::downgrade(shared)));
                     }
@@ -151,6 +160,7 @@ impl Pool {
                         weight,
                         color,
                         hostname,
+                        fallback,
                         &shared.config,
                         shared.lost.clone(),
                     ) else {

@@ -182,6 +182,92 @@ impl Drop for TestServer {
     }
 }
 
+/// A Greeter server on its own runtime that stops gracefully, as a tonic
+/// server does on SIGTERM: GOAWAY on every connection, the calls in flight
+/// finish, then the connections close.
+pub struct GracefulServer {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stopped: Option<tokio::sync::oneshot::Receiver<()>>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl GracefulServer {
+    /// Serves with `delay` added to every call, so that calls are in flight
+    /// when the stop begins.
+    pub fn start(delay: Duration) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let svc = GreeterServer::new(Hello {
+            name: addr.to_string(),
+            hits: hits.clone(),
+            delay,
+            control: Arc::new(Control::default()),
+        });
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stopped_tx, stopped) = tokio::sync::oneshot::channel();
+        rt.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let result = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            if let Err(e) = result {
+                eprintln!("graceful server {addr} failed: {e}");
+            }
+            let _ = stopped_tx.send(());
+        });
+        GracefulServer {
+            addr,
+            hits,
+            stop: Some(stop),
+            stopped: Some(stopped),
+            rt: Some(rt),
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Begins the graceful stop.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits until every connection has closed and the server returned, at
+    /// most `within`; how long that took.
+    pub async fn stopped(&mut self, within: Duration) -> Duration {
+        let t = tokio::time::Instant::now();
+        let rx = self.stopped.take().expect("stopped() once");
+        tokio::time::timeout(within, rx)
+            .await
+            .expect("the graceful stop did not finish in time")
+            .expect("the server task ended");
+        t.elapsed()
+    }
+}
+
+impl Drop for GracefulServer {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// Merges listener streams without pulling in futures-util.
 fn futures_merge(
     streams: Vec<TcpListenerStream>,
@@ -272,6 +358,27 @@ pub fn found(eps: &[Ep]) -> Resolution {
         .collect();
     Resolution::Found(Arc::new(InstancesInfo {
         instances: BTreeMap::from([("sh001".to_string(), list)]),
+        scheduler: None,
+        latest_timestamp: 1,
+    }))
+}
+
+/// A `Found` snapshot with one list per zone: `(zone, endpoints)`, as the
+/// registry answers for a client of any zone.
+pub fn found_in(zones: &[(&str, &[Ep])]) -> Resolution {
+    let mut instances = BTreeMap::new();
+    for (zone, eps) in zones {
+        let Resolution::Found(info) = found(eps) else {
+            unreachable!("found() builds Found")
+        };
+        let mut list = info.instances["sh001"].clone();
+        for ins in &mut list {
+            ins.zone = zone.to_string();
+        }
+        instances.insert(zone.to_string(), list);
+    }
+    Resolution::Found(Arc::new(InstancesInfo {
+        instances,
         scheduler: None,
         latest_timestamp: 1,
     }))
