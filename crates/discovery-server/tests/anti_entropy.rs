@@ -17,9 +17,10 @@ use testkit::{
 
 fn layout(interval: &str) -> Layout {
     let toml = FAST.replace(
-        "[cluster]\n",
-        &format!("[cluster]\nanti_entropy_interval = \"{interval}\"\n"),
+        "anti_entropy_interval = \"250ms\"",
+        &format!("anti_entropy_interval = \"{interval}\""),
     );
+    assert_ne!(toml, FAST, "FAST sets the interval this test replaces");
     Layout::zones(&[("sh001", 3)]).toml(&toml)
 }
 

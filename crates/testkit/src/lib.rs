@@ -59,6 +59,7 @@ sync_timeout = "3s"
 retry_initial = "50ms"
 retry_max = "500ms"
 probe_interval = "500ms"
+anti_entropy_interval = "250ms"
 ack_timeout = "1s"
 drain_timeout = "2s"
 "#;
