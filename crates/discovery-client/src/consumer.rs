@@ -641,9 +641,9 @@ impl Watch {
     /// [`Resolution::Pending`]), at most `timeout`.
     ///
     /// # Errors
-    /// [`Error::Timeout`](naming::Error::Timeout) when the registry did not
+    /// [`Error::Timeout`] when the registry did not
     /// answer in time (the watch keeps trying), and
-    /// [`Error::Closed`](naming::Error::Closed) when the client closed first.
+    /// [`Error::Closed`] when the client closed first.
     pub async fn resolved(&self, timeout: Duration) -> Result<Resolution, naming::Error> {
         let mut rx = self.rx.clone();
         let wait = rx.wait_for(|r| !matches!(r, Resolution::Pending));
