@@ -306,19 +306,26 @@ pub(super) async fn set(
     Bound(p): Bound,
 ) -> Result<Reply, Reply> {
     let grant = api.authorize(set_need(&p), &caller, &p)?;
-    if api.audited(&caller, &p) {
-        api.metrics.admin_write("/discovery/set");
-        tracing::info!(
-            target: "discovery::audit",
-            route = "/discovery/set",
-            caller = ?caller.ip,
-            credential = grant.name(),
-            appid = ?p.str("appid"), env = ?p.str("env"), zone = ?p.str("zone"),
-            hostnames = ?p.list("hostname"),
-            "set"
-        );
-    }
+    audit_set(&api, &caller, grant, &p);
     set_apply(&api, &p).await
+}
+
+/// A `set` changes other processes' instances: logged with who did it,
+/// unless a peer passes it on (see [`Api::audited`]).
+fn audit_set(api: &Api, caller: &Caller, grant: Grant, p: &Params) {
+    if !api.audited(caller, p) {
+        return;
+    }
+    api.metrics.admin_write("/discovery/set");
+    tracing::info!(
+        target: "discovery::audit",
+        route = "/discovery/set",
+        caller = ?caller.ip,
+        credential = grant.name(),
+        appid = ?p.str("appid"), env = ?p.str("env"), zone = ?p.str("zone"),
+        hostnames = ?p.list("hostname"),
+        "set"
+    );
 }
 
 /// Changing another process's instances is an operator's act: the admin
@@ -439,18 +446,7 @@ pub(super) async fn replicate(
                 "/discovery/cancel" => cancel_apply(api, &p).await,
                 "/discovery/set" => match api.authorize(set_need(&p), &caller, &p) {
                     Ok(grant) => {
-                        if api.audited(&caller, &p) {
-                            api.metrics.admin_write("/discovery/set");
-                            tracing::info!(
-                                target: "discovery::audit",
-                                route = "/discovery/set",
-                                caller = ?caller.ip,
-                                credential = grant.name(),
-                                appid = ?p.str("appid"),
-                                hostnames = ?p.list("hostname"),
-                                "set in a replication batch"
-                            );
-                        }
+                        audit_set(api, &caller, grant, &p);
                         set_apply(api, &p).await
                     }
                     Err(e) => Err(e),
