@@ -318,7 +318,11 @@ impl Shared {
         let grace_end = (start + self.config.startup_grace).min(deadline);
         loop {
             let snap = rx.borrow_and_update().clone();
-            let why = match self.pick(&snap, method, color, exclude) {
+            // Within the start-up grace, a client zone still dialing its
+            // first connections is waited for rather than left for another
+            // zone that happened to connect first.
+            let local_first = Instant::now() < grace_end;
+            let why = match self.pick_tier(&snap, method, color, exclude, local_first) {
                 Ok(b) => return Ok(b),
                 Err(why) => why,
             };
@@ -354,6 +358,19 @@ impl Shared {
         color: Option<&str>,
         exclude: &[String],
     ) -> Result<Arc<Backend>, Option<String>> {
+        self.pick_tier(snap, method, color, exclude, false)
+    }
+
+    /// [`Self::pick`]; with `local_first`, no other zone is picked while an
+    /// endpoint of the client's zone is still on its first dial.
+    fn pick_tier(
+        &self,
+        snap: &Snapshot,
+        method: &str,
+        color: Option<&str>,
+        exclude: &[String],
+        local_first: bool,
+    ) -> Result<Arc<Backend>, Option<String>> {
         let ready: Vec<&Arc<Backend>> = snap
             .ready
             .iter()
@@ -375,7 +392,17 @@ impl Shared {
         // (a lease, up to 90 s after a crash). Every endpoint ejected: pick
         // among all of them rather than none ("panic mode"); the ejection
         // may be stale.
-        let tiers = [healthy(false), healthy(true)];
+        let local = healthy(false);
+        if local.is_empty()
+            && local_first
+            && snap
+                .all
+                .iter()
+                .any(|b| !b.fallback && !b.first_attempt_done.load(Ordering::Acquire))
+        {
+            return Err(None);
+        }
+        let tiers = [local, healthy(true)];
         let tiers: Vec<Vec<&Arc<Backend>>> = if tiers.iter().all(Vec::is_empty) {
             vec![ready]
         } else {
