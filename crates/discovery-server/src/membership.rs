@@ -101,6 +101,9 @@ pub enum Proof {
     /// This node pulled it from a peer it chose (start-up sync, a peer's
     /// `-409` answer): it holds only records that peer admitted.
     Pulled,
+    /// The write came over a TLS connection whose client certificate
+    /// verified against `[tls] ca`: the writer is a node of the cluster.
+    Certificate,
 }
 
 /// Who may be a peer (docs/cluster.md#who-is-a-peer). The registry's
@@ -110,7 +113,10 @@ pub enum Proof {
 /// * every address of it is this node's or in the static `nodes` and
 ///   `[zones]` lists (how Go nodes of a mixed cluster are configured); or
 /// * `[auth] peer_token` is set and the record was written with a valid
-///   signature, or pulled from a peer that admitted it.
+///   signature, or pulled from a peer that admitted it; or
+/// * `[tls] client_auth` asks for certificates and the record was written
+///   by a client whose certificate verified against `ca`, or pulled from a
+///   peer (reached over HTTPS and verified against `ca`).
 ///
 /// Anything else is refused with a message that names the fix; no request
 /// is ever sent to a record's address to "check" it, since any process can
@@ -120,6 +126,8 @@ pub struct PeerRule {
     own: String,
     statics: std::collections::HashSet<String>,
     secret: bool,
+    /// Client certificates are verified against `[tls] ca`.
+    certificates: bool,
     max_peers: usize,
     /// Addresses already logged as refused, so that a flood logs each once
     /// (bounded: forgotten wholesale past [`MAX_LOGGED`]).
@@ -142,6 +150,8 @@ impl PeerRule {
             own: canonical(own).unwrap_or_else(|| own.to_string()),
             statics,
             secret: config.auth.peer_token.is_some(),
+            certificates: config.tls.enabled()
+                && config.tls.client_auth != crate::config::ClientAuth::None,
             max_peers: config.limits.max_peers,
             logged: parking_lot::Mutex::new(std::collections::HashSet::new()),
         }
@@ -177,7 +187,8 @@ impl PeerRule {
         if unknown.is_empty() {
             return Vetted::Admit;
         }
-        let vouched = self.secret && matches!(proof, Proof::Signed | Proof::Pulled);
+        let vouched = (self.secret && matches!(proof, Proof::Signed | Proof::Pulled))
+            || (self.certificates && matches!(proof, Proof::Certificate | Proof::Pulled));
         if vouched && learned < self.max_peers {
             return Vetted::Admit;
         }
@@ -189,7 +200,8 @@ impl PeerRule {
         } else {
             format!(
                 "{} is not a configured peer: list it in `nodes` (or `[zones]`), \
-                 or set `[auth] peer_token` on every node",
+                 set `[auth] peer_token` on every node, \
+                 or give every node a certificate signed by `[tls] ca`",
                 unknown[0]
             )
         };

@@ -28,6 +28,7 @@ pub mod demo;
 pub mod go_double;
 pub mod grpc_go;
 pub mod signal;
+pub mod tls;
 
 use std::{
     net::SocketAddr,
