@@ -2,7 +2,10 @@
 //!
 //! | constant | variable | meaning | default when unset |
 //! | --- | --- | --- | --- |
-//! | [`NODES`] | `DISCOVERY_NODES` | comma-separated `host:port` registry nodes (an `http://` prefix is dropped) | none: the SDK refuses to start |
+//! | [`NODES`] | `DISCOVERY_NODES` | comma-separated `host:port` registry nodes (an `http://` prefix is dropped; `https://` makes the SDK use HTTPS for every node) | none: the SDK refuses to start |
+//! | [`CA`] | `DISCOVERY_CA` | PEM bundle verifying `https://` nodes | the system's roots |
+//! | [`CERT`] | `DISCOVERY_CERT` | PEM client certificate presented to `https://` nodes (with [`KEY`]) | none |
+//! | [`KEY`] | `DISCOVERY_KEY` | PEM private key of [`CERT`] | none |
 //! | [`REGION`] | `REGION` | region of this process | `region01` ([`DEFAULT_REGION`]) |
 //! | [`ZONE`] | `ZONE` | zone of this process | `zone01` ([`DEFAULT_ZONE`]) |
 //! | [`DEPLOY_ENV`] | `DEPLOY_ENV` | deploy env (`dev`, `uat`, `prod`…) | `dev` ([`DEFAULT_DEPLOY_ENV`]) |
@@ -29,6 +32,12 @@
 
 /// `DISCOVERY_NODES`: the registry nodes, comma-separated `host:port`.
 pub const NODES: &str = "DISCOVERY_NODES";
+/// `DISCOVERY_CA`: the PEM bundle that verifies `https://` nodes.
+pub const CA: &str = "DISCOVERY_CA";
+/// `DISCOVERY_CERT`: the PEM client certificate shown to `https://` nodes.
+pub const CERT: &str = "DISCOVERY_CERT";
+/// `DISCOVERY_KEY`: the PEM private key of [`CERT`].
+pub const KEY: &str = "DISCOVERY_KEY";
 /// `REGION`: region of this process.
 pub const REGION: &str = "REGION";
 /// `ZONE`: zone of this process.
@@ -60,8 +69,11 @@ pub const DEFAULT_ZONE: &str = "zone01";
 pub const DEFAULT_DEPLOY_ENV: &str = "dev";
 
 /// Every variable above but [`HOSTNAME`] (which a shell always sets).
-pub const IDENTITY: [&str; 11] = [
+pub const IDENTITY: [&str; 14] = [
     NODES,
+    CA,
+    CERT,
+    KEY,
     REGION,
     ZONE,
     DEPLOY_ENV,
