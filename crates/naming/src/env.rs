@@ -13,6 +13,8 @@
 //! | [`COLOR`] | `DEPLOY_COLOR` | traffic colour | empty: uncoloured |
 //! | [`APPID`] | `APP_ID` | the process's own appid | empty (the demos: `demo.service`, `demo.client`) |
 //! | [`GRPC_ADDR`] | `GRPC_ADDR` | `demo-server`'s gRPC listen address | `0.0.0.0:9000` |
+//! | [`GRPC_TLS_CERT`], [`GRPC_TLS_KEY`] | `GRPC_TLS_CERT`, `GRPC_TLS_KEY` | `demo-server`'s PEM certificate and key: it serves TLS and registers `grpcs://` | unset: plain gRPC |
+//! | [`GRPC_TLS_CA`] | `GRPC_TLS_CA` | PEM bundle `demo-client` verifies `grpcs://` endpoints with | unset: `grpcs://` endpoints are skipped |
 //! | [`ADVERTISE_IP`] | `ADVERTISE_IP` | `demo-server`'s registered IP | the listen IP, else [`crate::host::primary_ip`] |
 //! | [`HTTP_ADDR`] | `HTTP_ADDR` | `demo-client`'s HTTP listen address | `0.0.0.0:8000` |
 //! | [`DEMO_TARGET`] | `DEMO_TARGET` | `demo-client`'s gRPC target | `discovery://default/demo.service` |
@@ -38,6 +40,14 @@ pub const CA: &str = "DISCOVERY_CA";
 pub const CERT: &str = "DISCOVERY_CERT";
 /// `DISCOVERY_KEY`: the PEM private key of [`CERT`].
 pub const KEY: &str = "DISCOVERY_KEY";
+/// `GRPC_TLS_CERT`: `demo-server`'s PEM certificate chain; with
+/// [`GRPC_TLS_KEY`] it serves TLS and registers `grpcs://`.
+pub const GRPC_TLS_CERT: &str = "GRPC_TLS_CERT";
+/// `GRPC_TLS_KEY`: `demo-server`'s PEM private key.
+pub const GRPC_TLS_KEY: &str = "GRPC_TLS_KEY";
+/// `GRPC_TLS_CA`: the PEM bundle `demo-client` verifies `grpcs://`
+/// endpoints with.
+pub const GRPC_TLS_CA: &str = "GRPC_TLS_CA";
 /// `REGION`: region of this process.
 pub const REGION: &str = "REGION";
 /// `ZONE`: zone of this process.
@@ -69,7 +79,7 @@ pub const DEFAULT_ZONE: &str = "zone01";
 pub const DEFAULT_DEPLOY_ENV: &str = "dev";
 
 /// Every variable above but [`HOSTNAME`] (which a shell always sets).
-pub const IDENTITY: [&str; 14] = [
+pub const IDENTITY: [&str; 17] = [
     NODES,
     CA,
     CERT,
@@ -80,6 +90,9 @@ pub const IDENTITY: [&str; 14] = [
     COLOR,
     APPID,
     GRPC_ADDR,
+    GRPC_TLS_CERT,
+    GRPC_TLS_KEY,
+    GRPC_TLS_CA,
     ADVERTISE_IP,
     HTTP_ADDR,
     DEMO_TARGET,
