@@ -374,12 +374,24 @@ impl Process {
         addr: SocketAddr,
         path: &str,
     ) -> std::io::Result<Self> {
-        let mut child = spawn_echoing(cmd, name)?;
-        let url = format!("http://{addr}{path}");
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()
             .map_err(std::io::Error::other)?;
+        Process::spawn_url(cmd, name, addr, &format!("http://{addr}{path}"), http).await
+    }
+
+    /// Spawns `cmd`, a server that listens on `addr`, and waits until
+    /// `GET url` with `http` (an HTTPS client with the right CA and
+    /// certificate, for a node with `[tls]`) answers 200.
+    pub async fn spawn_url(
+        cmd: Command,
+        name: &str,
+        addr: SocketAddr,
+        url: &str,
+        http: reqwest::Client,
+    ) -> std::io::Result<Self> {
+        let mut child = spawn_echoing(cmd, name)?;
         let deadline = tokio::time::Instant::now() + READY_WITHIN;
         loop {
             if let Some(status) = child.try_wait()? {
@@ -388,7 +400,7 @@ impl Process {
                 )));
             }
             if http
-                .get(&url)
+                .get(url)
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success())

@@ -57,9 +57,14 @@ impl TestCa {
         std::fs::create_dir_all(dir).expect("create the CA directory");
         let key = KeyPair::generate().expect("generate the CA key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        // A name of its own: two authorities of one test must not look
+        // like the same issuer.
+        let name = dir
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         params
             .distinguished_name
-            .push(DnType::CommonName, "discovery test CA");
+            .push(DnType::CommonName, format!("discovery test CA {name}"));
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let cert = params.self_signed(&key).expect("self-sign the CA");
