@@ -10,9 +10,9 @@
 //!   so xtask itself stays small for `cargo xtask test`.
 //! * `chaos [--seed S] [--duration SECS]`: the randomized fault schedule
 //!   of the chaos suite, long or with a given seed;
-//! * `up [--check] [--zones] [--dev]`, `e2e [--no-docker] [--dev]`, `docker`: the demo
+//! * `up [--check] [--zones] [--tls] [--dev]`, `e2e [--no-docker] [--dev]`, `docker`: the demo
 //!   topology on loopback (`--check`: one greeting, then exit; `--zones`: two
-//!   zones), its
+//!   zones; `--tls`: everything over TLS with a throwaway CA), its
 //!   end-to-end checks (loopback, then docker compose), and the offline
 //!   `FROM scratch` image of `docker-compose.yml`; see [`demo`].
 
@@ -172,7 +172,7 @@ fn bench(extra: &[String]) -> anyhow::Result<()> {
     run(cmd)
 }
 
-const USAGE: &str = "usage: cargo xtask <test [nextest args…] | ci | bench [--quick] [--check] [--no-cluster] [--scaling] | fuzz [seconds] [seed] | chaos [--seed S] [--duration SECS] | up [--check] [--zones] [--dev] | e2e [--no-docker] [--dev] | docker>";
+const USAGE: &str = "usage: cargo xtask <test [nextest args…] | ci | bench [--quick] [--check] [--no-cluster] [--scaling] | fuzz [seconds] [seed] | chaos [--seed S] [--duration SECS] | up [--check] [--zones] [--tls] [--dev] | e2e [--no-docker] [--dev] | docker>";
 
 /// The HTTP fuzz test for longer than its CI budget (default 60 s).
 fn fuzz(args: &[String]) -> anyhow::Result<()> {

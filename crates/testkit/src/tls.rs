@@ -111,6 +111,27 @@ impl TestCa {
     }
 }
 
+impl TestCa {
+    /// An HTTPS client trusting only this authority and presenting a
+    /// certificate of it issued to `name`.
+    pub fn client(&self, name: &str) -> reqwest::Client {
+        let id = self.issue(name, &[&format!("{name}.client")]);
+        let read = |p: &Path| std::fs::read(p).expect("read an issued file");
+        let mut pem = read(&id.cert);
+        pem.extend(read(&id.key));
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(&read(&self.ca_path())).expect("the CA"),
+            )
+            .identity(reqwest::Identity::from_pem(&pem).expect("the identity"))
+            .timeout(std::time::Duration::from_secs(5))
+            .build()
+            .expect("an HTTPS client")
+    }
+}
+
 impl Drop for TestCa {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
