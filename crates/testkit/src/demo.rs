@@ -269,7 +269,15 @@ impl DemoTopology {
             }
         }
         for p in self.cluster.nodes.iter_mut().flatten() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), p.wait()).await;
+            // A node whose peers stop with it may spend its whole
+            // `drain_timeout` flushing to them; one still running then is
+            // killed and reaped here, so that none outlives the topology.
+            if tokio::time::timeout(Duration::from_secs(5), p.wait())
+                .await
+                .is_err()
+            {
+                p.kill().await;
+            }
         }
     }
 }
