@@ -263,7 +263,12 @@ async fn serve_tls(
     // The write deadline sits under TLS: it bounds the socket writes that
     // carry the encrypted answer.
     let io = Deadlined::new(stream, shared.write_deadline);
-    let handshake = tokio::time::timeout(shared.read_deadline, tls.acceptor().accept(io)).await;
+    let mut stopping = down.clone();
+    let handshake = tokio::select! {
+        r = tokio::time::timeout(shared.read_deadline, tls.acceptor().accept(io)) => r,
+        // No request is in flight yet: a node shutting down drops it.
+        _ = stopping.wait_for(|d| *d) => return None,
+    };
     let io = match handshake {
         Ok(Ok(io)) => io,
         Ok(Err(e)) => {
