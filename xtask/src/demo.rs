@@ -64,9 +64,10 @@ fn runner(args: &[&str]) -> Command {
     cmd
 }
 
-/// `cargo xtask up [--check] [--zones] [--dev]`: the topology on loopback until
-/// Ctrl-C or SIGTERM; `--check` stops after one greeting through the client;
-/// `--zones` starts two zones.
+/// `cargo xtask up [--check] [--zones] [--tls] [--dev]`: the topology on
+/// loopback until Ctrl-C or SIGTERM; `--check` stops after one greeting
+/// through the client; `--zones` starts two zones; `--tls` runs everything
+/// over TLS with a throwaway CA.
 pub(crate) fn up(args: &[String]) -> anyhow::Result<()> {
     if args.iter().any(|a| a == "--dev") {
         set_dev_profile();
@@ -78,6 +79,9 @@ pub(crate) fn up(args: &[String]) -> anyhow::Result<()> {
     }
     if args.iter().any(|a| a == "--zones") {
         cmd.arg("--zones");
+    }
+    if args.iter().any(|a| a == "--tls") {
+        cmd.arg("--tls");
     }
     // The nodes' info logs would drown the addresses; demo logs stay. The
     // children's readiness does not depend on their logs, so any level works.

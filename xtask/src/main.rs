@@ -15,9 +15,9 @@
 //! * `chaos [--seed S|commit] [--seeds N] [--duration SECS]`: randomized
 //!   fault schedules of the chaos suite, N in a row, each with its heal
 //!   distribution; a failure prints the command that repeats it;
-//! * `up [--check] [--zones] [--dev]`, `e2e [--no-docker] [--dev]`, `docker`: the demo
+//! * `up [--check] [--zones] [--tls] [--dev]`, `e2e [--no-docker] [--dev]`, `docker`: the demo
 //!   topology on loopback (`--check`: one greeting, then exit; `--zones`: two
-//!   zones), its
+//!   zones; `--tls`: everything over TLS with a throwaway CA), its
 //!   end-to-end checks (loopback, then docker compose), and the offline
 //!   `FROM scratch` image of `docker-compose.yml`; see [`demo`].
 
@@ -181,7 +181,7 @@ fn bench(extra: &[String]) -> anyhow::Result<()> {
     run(cmd)
 }
 
-const USAGE: &str = "usage: cargo xtask <test [nextest args…] | ci | bench [--quick] [--check] [--no-cluster] [--scaling] | fuzz [http [seconds] [seed] | shim [--cases N] [--seed S] [--start I]] | chaos [--seed S|commit] [--seeds N] [--duration SECS] | up [--check] [--zones] [--dev] | e2e [--no-docker] [--dev] | docker>";
+const USAGE: &str = "usage: cargo xtask <test [nextest args…] | ci | bench [--quick] [--check] [--no-cluster] [--scaling] | fuzz [http [seconds] [seed] | shim [--cases N] [--seed S] [--start I]] | chaos [--seed S|commit] [--seeds N] [--duration SECS] | up [--check] [--zones] [--tls] [--dev] | e2e [--no-docker] [--dev] | docker>";
 
 /// `fuzz [http [SECONDS] [SEED] | shim [--cases N] [--seed S] [--start I]]`:
 /// the HTTP fuzz test for longer than its CI budget (default 60 s), and

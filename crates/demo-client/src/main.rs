@@ -94,6 +94,10 @@ struct Cli {
     /// level.
     #[arg(long, value_name = "PATH")]
     ready_file: Option<std::path::PathBuf>,
+    /// PEM bundle verifying `grpcs://` Greeters (servers started with
+    /// --tls-cert); without it they are skipped
+    #[arg(long, env = naming::env::GRPC_TLS_CA, value_name = "PEM")]
+    tls_ca: Option<std::path::PathBuf>,
     /// Only check that URL answers 200, then exit (0 when it does, else 1).
     #[arg(long, value_name = "URL", exclusive = true)]
     healthcheck: Option<String>,
@@ -268,7 +272,7 @@ async fn run(cli: Cli, target: Target, discovery: Option<Discovery>) -> anyhow::
     if let Some(d) = &discovery {
         resolvers.insert(Arc::new(d.clone()));
     }
-    let config = ClientConfig::default()
+    let mut config = ClientConfig::default()
         .zone(sdk.zone.clone())
         .env(sdk.env.clone())
         .client_id(sdk.hostname.clone())
@@ -278,6 +282,9 @@ async fn run(cli: Cli, target: Target, discovery: Option<Discovery>) -> anyhow::
         .balancer(cli.balancer)
         .static_weights(cli.static_weights)
         .idempotent(SAY_HELLO);
+    if let Some(ca) = &cli.tls_ca {
+        config = config.ca(ca);
+    }
     let channel = Balanced::from_target(&cli.target, &resolvers, &config)
         .with_context(|| format!("target {}", cli.target))?;
     let app = App {

@@ -47,6 +47,8 @@ const DEFAULT_APPID: &str = "demo.service";
 const CANCEL_BOUND: Duration = Duration::from_secs(5);
 /// Bound of the graceful gRPC stop once deregistered.
 const DRAIN_BOUND: Duration = Duration::from_secs(5);
+/// Longest TLS handshake of a client before its connection is dropped.
+const HANDSHAKE_BOUND: Duration = Duration::from_secs(10);
 
 /// The Greeter demo server: serves gRPC and registers itself with discovery.
 #[derive(Debug, Parser)]
@@ -74,6 +76,13 @@ struct Cli {
     /// level.
     #[arg(long, value_name = "PATH")]
     ready_file: Option<std::path::PathBuf>,
+    /// PEM certificate chain: serve gRPC over TLS and register
+    /// `grpcs://<ip>:<port>` (needs --tls-key)
+    #[arg(long, env = naming::env::GRPC_TLS_CERT, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, env = naming::env::GRPC_TLS_KEY, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// The SDK settings (`--appid` defaults to demo.service here).
     #[command(flatten)]
     sdk: Flags,
@@ -159,6 +168,13 @@ async fn run(cli: Cli, discovery: Discovery) -> anyhow::Result<()> {
     let color = cli.color.clone().unwrap_or_else(|| config.color.clone());
     let signal = naming::signals::shutdown().context("installing signal handlers")?;
 
+    // Bad TLS files stop the server before it binds or registers.
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(
+            discovery_tonic::tls::server_config(cert, key).context("TLS")?,
+        ))),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(cli.grpc_addr)
         .await
         .with_context(|| format!("binding {}", cli.grpc_addr))?;
@@ -171,19 +187,35 @@ async fn run(cli: Cli, discovery: Discovery) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (grpc_stop_tx, mut grpc_stop) = watch::channel(false);
     let service = GreeterServer::new(Hello::new(&config.hostname)?);
+    let secure = tls.is_some();
     let server = tokio::spawn(async move {
-        tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .layer(discovery_tonic::CpuLayer::new())
-            .add_service(service)
-            // Accepts grpc-go's `<appid>?subset=50` authorities, so kratos
-            // warden clients can call us (docs/grpc-interop.md).
-            .serve_with_incoming_shutdown(
-                discovery_tonic::interop::incoming(listener),
-                async move {
-                    let _ = grpc_stop.wait_for(|s| *s).await;
-                },
-            )
-            .await
+            .add_service(service);
+        let stop = async move {
+            let _ = grpc_stop.wait_for(|s| *s).await;
+        };
+        // Accepts grpc-go's `<appid>?subset=50` authorities, so kratos
+        // warden clients can call us (docs/grpc-interop.md); over TLS the
+        // shim reads the decrypted stream.
+        match tls {
+            None => {
+                router
+                    .serve_with_incoming_shutdown(
+                        discovery_tonic::interop::incoming(listener),
+                        stop,
+                    )
+                    .await
+            }
+            Some(acceptor) => {
+                router
+                    .serve_with_incoming_shutdown(
+                        discovery_tonic::interop::incoming_tls(listener, acceptor, HANDSHAKE_BOUND),
+                        stop,
+                    )
+                    .await
+            }
+        }
     });
 
     if let Some(path) = &cli.ready_file {
@@ -191,7 +223,8 @@ async fn run(cli: Cli, discovery: Discovery) -> anyhow::Result<()> {
     }
 
     let addr = format!(
-        "grpc://{}",
+        "{}://{}",
+        if secure { "grpcs" } else { "grpc" },
         SocketAddr::new(advertise_ip(cli.advertise_ip, bound), bound.port())
     );
     let mut md = BTreeMap::from([(metadata::WEIGHT.to_string(), cli.weight.to_string())]);

@@ -37,6 +37,11 @@ const BOUND: Duration = Duration::from_secs(10);
 
 /// A demo-server registered with a one-node topology.
 async fn demo_server(name: &str) -> (Topology, Process) {
+    demo_server_with(name, &[]).await
+}
+
+/// The same with extra arguments (`--tls-cert`, `--tls-key`).
+async fn demo_server_with(name: &str, args: &[&str]) -> (Topology, Process) {
     let topo = Topology::start(&Layout::zones(&[("zone01", 1)])).await;
     topo.wait_ready().await;
     let mut cmd = Command::new(BIN);
@@ -44,6 +49,7 @@ async fn demo_server(name: &str) -> (Topology, Process) {
         cmd.env_remove(var);
     }
     cmd.args(["--grpc-addr", "127.0.0.1:0"])
+        .args(args)
         .env(naming::env::NODES, topo.addr(0).to_string())
         .env(naming::env::HOSTNAME, name);
     let server = Process::spawn_ready_file(cmd, name)
@@ -373,6 +379,45 @@ async fn real_grpc_go_client_with_warden_authority_is_served() {
         assert_eq!(reply.message, "Hello go", "{replies:?}");
         assert_eq!(reply.served_by, "demo-server-go3", "{replies:?}");
     }
+
+    drop(server);
+    topo.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_grpc_go_client_calls_the_tls_demo_server_with_warden_authority() {
+    let go =
+        testkit::grpc_go::GoGreeter::build(std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))).await;
+    let ca = testkit::tls::TestCa::temp("go-tls");
+    let id = ca.issue("demo-server", &["127.0.0.1"]);
+    let (cert, key) = (id.cert.display().to_string(), id.key.display().to_string());
+    let (topo, server) = demo_server_with(
+        "demo-server-go-tls",
+        &["--tls-cert", &cert, "--tls-key", &key],
+    )
+    .await;
+
+    // grpc-go's own TLS and HPACK, the warden authority inside: the shim
+    // must read the decrypted stream for these to be served.
+    let replies = go.call_tls(server.addr, &ca.ca_path(), "go", 3).await;
+    assert_eq!(replies.len(), 3, "{replies:?}");
+    for reply in &replies {
+        assert_eq!(reply.message, "Hello go", "{replies:?}");
+        assert_eq!(reply.served_by, "demo-server-go-tls", "{replies:?}");
+    }
+    // The registered address says TLS (the server registers once it
+    // serves, so this may take a moment).
+    let want = format!("grpcs://{}", server.addr);
+    let base = format!("http://{}", topo.addr(0));
+    testkit::wait_until(BOUND, "grpcs:// registered", async || {
+        testkit::http::try_get_json(
+            &base,
+            "/discovery/fetch?env=dev&appid=demo.service&status=1",
+        )
+        .await
+        .is_some_and(|v| v["data"].to_string().contains(&want))
+    })
+    .await;
 
     drop(server);
     topo.shutdown().await;

@@ -5,7 +5,7 @@
 //!   loopback (ports chosen by the OS); prints the addresses, the web
 //!   console and a curl; Ctrl-C or SIGTERM stops everything, clients first.
 //!   `up --check` makes one greeting through the client, stops everything
-//!   and exits 0. `up --zones` runs two zones instead: the client, a wrr
+//!   and exits 0. `up --tls` runs it all over TLS with a throwaway CA. `up --zones` runs two zones instead: the client, a wrr
 //!   client and two servers in zone01, two servers in zone02.
 //! * `e2e`: the same topology with assertions, under load through a p2c
 //!   and a wrr client: SIGSTOP (a blackhole) and `kill -9` of a demo server
@@ -50,8 +50,12 @@ enum Cmd {
         check: bool,
         /// Two zones: the clients and demo-server-1, -2 in zone01,
         /// demo-server-3, -4 in zone02.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "tls")]
         zones: bool,
+        /// Everything over TLS with a throwaway CA: HTTPS nodes with
+        /// client_auth = "required", grpcs:// demo servers.
+        #[arg(long)]
+        tls: bool,
     },
     /// The loopback end-to-end checks.
     E2e,
@@ -63,7 +67,7 @@ enum Cmd {
     },
 }
 
-async fn up(check: bool, zones: bool) -> anyhow::Result<()> {
+async fn up(check: bool, zones: bool, tls: bool) -> anyhow::Result<()> {
     // Handlers first: a signal during start-up stops what has started.
     let signal = naming::signals::shutdown()?;
     // A terminal's Ctrl-C then reaches this process only, which stops the
@@ -71,6 +75,8 @@ async fn up(check: bool, zones: bool) -> anyhow::Result<()> {
     testkit::own_process_groups();
     let topo = if zones {
         e2e::start_zones().await?
+    } else if tls {
+        DemoTopology::start_tls(DemoBins::sibling(), 3, 2).await?
     } else {
         DemoTopology::start(DemoBins::sibling(), 3, 2).await?
     };
@@ -97,12 +103,14 @@ async fn serve(
             return Ok(());
         }
     };
-    let nodes: Vec<String> = topo
-        .cluster
-        .addrs()
-        .iter()
-        .map(|a| format!("http://{a}"))
+    let nodes: Vec<String> = (0..topo.cluster.addrs().len())
+        .map(|i| topo.cluster.url(i))
         .collect();
+    let grpc = if topo.tls().is_some() {
+        "grpcs"
+    } else {
+        "grpc"
+    };
     println!();
     println!("demo topology up (first greeting after {first:?}):");
     for (i, node) in nodes.iter().enumerate() {
@@ -116,7 +124,7 @@ async fn serve(
     for (i, server) in topo.servers.iter().enumerate() {
         if let Some(p) = server {
             println!(
-                "  demo-server-{}:    grpc://{}  (pid {})",
+                "  demo-server-{}:    {grpc}://{}  (pid {})",
                 i + 1,
                 p.addr,
                 pid_text(p.id())
@@ -162,10 +170,23 @@ async fn serve(
     println!();
     println!("try:");
     println!("  curl '{}/say_hello?name=kratos'", topo.client_url());
-    println!(
-        "  curl '{}/discovery/fetch?zone=zone01&env=dev&appid=demo.service&status=1'",
-        nodes[0]
-    );
+    match topo.tls() {
+        None => println!(
+            "  curl '{}/discovery/fetch?zone=zone01&env=dev&appid=demo.service&status=1'",
+            nodes[0]
+        ),
+        Some(ca) => {
+            // The throwaway CA lives as long as the topology.
+            let me = ca.issue("curl", &["curl.client"]);
+            println!(
+                "  curl --cacert {} --cert {} --key {} '{}/discovery/fetch?zone=zone01&env=dev&appid=demo.service&status=1'",
+                ca.ca_path().display(),
+                me.cert.display(),
+                me.key.display(),
+                nodes[0]
+            );
+        }
+    }
     println!();
     if check {
         let (status, body) = topo.say_hello("kratos").await?;
@@ -189,7 +210,7 @@ fn pid_text(pid: Option<u32>) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Up { check, zones } => up(check, zones).await,
+        Cmd::Up { check, zones, tls } => up(check, zones, tls).await,
         Cmd::E2e => e2e::run().await,
         Cmd::DockerE2e { file } => docker::run(&file).await,
     }

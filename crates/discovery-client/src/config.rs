@@ -19,13 +19,14 @@
 //!         _ => None,
 //!     });
 //! assert_eq!(config.nodes, ["127.0.0.1:7171", "127.0.0.2:7171"]);
+//! assert!(!config.https);
 //! assert_eq!(config.zone, "sh001");
 //! assert_eq!(config.region, "region01");
 //! assert_eq!(config.env, "dev");
 //! assert_eq!(config.hostname, "demo-1");
 //! ```
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use naming::env;
 
@@ -35,6 +36,18 @@ use naming::env;
 pub struct Config {
     /// Seed nodes, `host:port`, without scheme.
     pub nodes: Vec<String>,
+    /// Every node is reached over HTTPS: set when a configured node is
+    /// written `https://`. The SDK then never sends plain HTTP, to the
+    /// seeds or to the nodes self-discovery finds.
+    pub https: bool,
+    /// PEM bundle verifying the nodes' certificates (`DISCOVERY_CA`);
+    /// without it, the system's roots.
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate shown to the nodes (`DISCOVERY_CERT`), for
+    /// nodes with `client_auth`; needs [`Config::key`].
+    pub cert: Option<PathBuf>,
+    /// PEM private key of [`Config::cert`] (`DISCOVERY_KEY`).
+    pub key: Option<PathBuf>,
     /// Region of this process.
     pub region: String,
     /// Zone of this process.
@@ -94,6 +107,10 @@ impl Config {
 #[derive(Debug, Clone, Default)]
 pub struct ConfigBuilder {
     nodes: Option<Vec<String>>,
+    https: bool,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
     region: Option<String>,
     zone: Option<String>,
     env: Option<String>,
@@ -103,18 +120,40 @@ pub struct ConfigBuilder {
 }
 
 impl ConfigBuilder {
-    /// Seed nodes (`host:port`, a leading `http://` is stripped). An empty
-    /// list counts as unset, so the environment still applies.
+    /// Seed nodes (`host:port`, a leading `http://` is stripped; an
+    /// `https://` one turns HTTPS on, see [`Config::https`]). An empty list
+    /// counts as unset, so the environment still applies.
     pub fn nodes<I, S>(mut self, nodes: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let list: Vec<String> = nodes
-            .into_iter()
-            .flat_map(|n| parse_nodes(n.as_ref()))
-            .collect();
+        let mut list = Vec::new();
+        let mut https = false;
+        for n in nodes {
+            https |= has_https(n.as_ref());
+            list.extend(parse_nodes(n.as_ref()));
+        }
+        self.https = https;
         self.nodes = (!list.is_empty()).then_some(list);
+        self
+    }
+
+    /// The PEM bundle verifying `https://` nodes.
+    pub fn ca(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca = non_empty_path(path.into());
+        self
+    }
+
+    /// The PEM client certificate shown to `https://` nodes.
+    pub fn cert(mut self, path: impl Into<PathBuf>) -> Self {
+        self.cert = non_empty_path(path.into());
+        self
+    }
+
+    /// The PEM private key of the client certificate.
+    pub fn key(mut self, path: impl Into<PathBuf>) -> Self {
+        self.key = non_empty_path(path.into());
         self
     }
 
@@ -165,12 +204,20 @@ impl ConfigBuilder {
         let pick = |set: Option<String>, name: &str, default: &dyn Fn() -> String| {
             set.or_else(|| var(name)).unwrap_or_else(default)
         };
-        let nodes = self
-            .nodes
-            .or_else(|| var(env::NODES).map(|v| parse_nodes(&v)))
-            .unwrap_or_default();
+        let (nodes, https) = match self.nodes {
+            Some(n) => (n, self.https),
+            None => match var(env::NODES) {
+                Some(v) => (parse_nodes(&v), has_https(&v)),
+                None => (Vec::new(), false),
+            },
+        };
+        let file = |set: Option<PathBuf>, name: &str| set.or_else(|| var(name).map(PathBuf::from));
         Config {
             nodes,
+            https,
+            ca: file(self.ca, env::CA),
+            cert: file(self.cert, env::CERT),
+            key: file(self.key, env::KEY),
             region: pick(self.region, env::REGION, &|| env::DEFAULT_REGION.into()),
             zone: pick(self.zone, env::ZONE, &|| env::DEFAULT_ZONE.into()),
             env: pick(self.env, env::DEPLOY_ENV, &|| {
@@ -240,6 +287,15 @@ pub struct Flags {
     /// Own appid [env: APP_ID]
     #[arg(long, global = true)]
     pub appid: Option<String>,
+    /// PEM bundle verifying https:// nodes [env: DISCOVERY_CA; default: the system's roots]
+    #[arg(long, value_name = "PEM", global = true)]
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate for https:// nodes [env: DISCOVERY_CERT]
+    #[arg(long, value_name = "PEM", global = true)]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert [env: DISCOVERY_KEY]
+    #[arg(long, value_name = "PEM", global = true)]
+    pub key: Option<PathBuf>,
 }
 
 #[cfg(feature = "cli")]
@@ -250,6 +306,18 @@ impl Flags {
         let mut b = Config::builder();
         if let Some(n) = &self.discovery_nodes {
             b = b.nodes([n]);
+        }
+        for (path, set) in [
+            (
+                &self.ca,
+                ConfigBuilder::ca as fn(ConfigBuilder, PathBuf) -> ConfigBuilder,
+            ),
+            (&self.cert, ConfigBuilder::cert),
+            (&self.key, ConfigBuilder::key),
+        ] {
+            if let Some(p) = path {
+                b = set(b, p.clone());
+            }
         }
         let set = |v: &Option<String>| v.clone().unwrap_or_default();
         b.region(set(&self.region))
@@ -285,6 +353,16 @@ pub fn parse_nodes(text: &str) -> Vec<String> {
             }
         })
         .collect()
+}
+
+/// Whether a `DISCOVERY_NODES`-style list names a node `https://`.
+fn has_https(text: &str) -> bool {
+    text.split(',')
+        .any(|n| naming::addr::Addr::parse(n.trim()).is_ok_and(|a| a.has_scheme("https")))
+}
+
+fn non_empty_path(p: PathBuf) -> Option<PathBuf> {
+    (!p.as_os_str().is_empty()).then_some(p)
 }
 
 fn non_empty(v: String) -> Option<String> {

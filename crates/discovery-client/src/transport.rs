@@ -140,15 +140,18 @@ pub(crate) struct Transport {
     /// `None` once closed, which drops the connection pool.
     http: Mutex<Option<reqwest::Client>>,
     nodes: Mutex<Nodes>,
+    /// `https` or `http`, for every node.
+    scheme: &'static str,
 }
 
 impl Transport {
     pub(crate) fn new(config: &Config) -> Result<Self, Error> {
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .tcp_keepalive(Duration::from_secs(40))
             .tcp_nodelay(true)
-            .no_proxy()
+            .no_proxy();
+        let http = tls(builder, config)?
             .build()
             .map_err(|e| Error::InvalidConfig(format!("http client: {e}")))?;
         let seeds = config.nodes.clone();
@@ -162,6 +165,7 @@ impl Transport {
                 failures: 0,
                 epoch: 0,
             }),
+            scheme: if config.https { "https" } else { "http" },
         })
     }
 
@@ -262,7 +266,7 @@ impl Transport {
     /// One call on `node`. A transport failure advances the current node.
     pub(crate) async fn call(&self, node: &str, call: &Call<'_>) -> Result<Envelope, CallError> {
         let http = self.http.lock().clone().ok_or(CallError::Closed)?;
-        let url = format!("http://{node}{}", call.path);
+        let url = format!("{}://{node}{}", self.scheme, call.path);
         let header_ms = call
             .header_ms
             .unwrap_or_else(|| u64::try_from(call.timeout.as_millis()).unwrap_or(u64::MAX));
@@ -284,6 +288,72 @@ impl Transport {
             }
         }
     }
+}
+
+/// HTTPS settings of the client. With [`Config::https`] every request is
+/// HTTPS (reqwest refuses an `http://` URL), verified with the CA file
+/// (else the system's roots); the TLS files are read once, here.
+fn tls(builder: reqwest::ClientBuilder, config: &Config) -> Result<reqwest::ClientBuilder, Error> {
+    if !config.https {
+        return Ok(builder);
+    }
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| Error::InvalidConfig(format!("{what} {}: {e}", path.display())))
+    };
+    let mut builder = builder.use_rustls_tls().https_only(true);
+    if let Some(ca) = &config.ca {
+        let pem = read(naming::env::CA, ca)?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            Error::InvalidConfig(format!("{} {}: {e}", naming::env::CA, ca.display()))
+        })?;
+        if certs.is_empty() {
+            return Err(Error::InvalidConfig(format!(
+                "{} {}: holds no PEM certificate",
+                naming::env::CA,
+                ca.display()
+            )));
+        }
+        // Only the configured authority: a registry's CA is usually
+        // private, and a public one must not vouch for it.
+        builder = builder.tls_built_in_root_certs(false);
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    match (&config.cert, &config.key) {
+        (Some(cert), Some(key)) => {
+            let mut pem = read(naming::env::CERT, cert)?;
+            pem.push(b'\n');
+            pem.extend(read(naming::env::KEY, key)?);
+            let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                Error::InvalidConfig(format!(
+                    "{} {} with {} {}: {e}",
+                    naming::env::CERT,
+                    cert.display(),
+                    naming::env::KEY,
+                    key.display()
+                ))
+            })?;
+            builder = builder.identity(id);
+        }
+        (None, None) => {}
+        (Some(_), None) => {
+            return Err(Error::InvalidConfig(format!(
+                "{} needs {}",
+                naming::env::CERT,
+                naming::env::KEY
+            )));
+        }
+        (None, Some(_)) => {
+            return Err(Error::InvalidConfig(format!(
+                "{} needs {}",
+                naming::env::KEY,
+                naming::env::CERT
+            )));
+        }
+    }
+    Ok(builder)
 }
 
 async fn send(req: reqwest::RequestBuilder) -> Result<Envelope, String> {

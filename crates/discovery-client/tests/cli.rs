@@ -328,3 +328,69 @@ fn help_opens_with_a_one_line_description() {
     assert_eq!(lines.next(), Some(""), "one line, then usage: {text}");
     assert!(!text.contains("```"), "no doc block in --help: {text}");
 }
+
+#[tokio::test]
+async fn fetch_over_https_with_ca_cert_and_key() {
+    let ca = testkit::tls::TestCa::temp("ctl-tls");
+    let id = ca.issue("node", &["127.0.0.1"]);
+    let s = server(&format!(
+        "[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\nclient_auth = \"required\"\n",
+        id.cert,
+        id.key,
+        ca.ca_path()
+    ))
+    .await;
+    put(&s, "demo.svc", "p1", 9000);
+    let me = ca.issue("ctl", &["ctl.example"]);
+    let node = format!("https://{}", addr_of(&s));
+    let vars = vec![
+        ("DISCOVERY_NODES".to_string(), node.clone()),
+        (
+            "DISCOVERY_CA".to_string(),
+            ca.ca_path().display().to_string(),
+        ),
+        ("DISCOVERY_CERT".to_string(), me.cert.display().to_string()),
+        ("DISCOVERY_KEY".to_string(), me.key.display().to_string()),
+    ];
+    let run = |args: Vec<String>, vars: Vec<(String, String)>| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_discoveryctl"))
+                .args(&args)
+                .envs(vars)
+                .env("ZONE", "zone01")
+                .env("DEPLOY_ENV", "dev")
+                .output()
+                .unwrap()
+        })
+    };
+    let fetch = || vec!["fetch".to_string(), "demo.svc".to_string()];
+    let out = run(fetch(), vars.clone()).await.unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("p1"), "{}", text(&out.stdout));
+
+    // The same files as flags.
+    let mut args: Vec<String> = [
+        ("--ca", ca.ca_path()),
+        ("--cert", me.cert.clone()),
+        ("--key", me.key.clone()),
+    ]
+    .into_iter()
+    .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
+    .collect();
+    args.extend(fetch());
+    let out = run(args, vec![vars[0].clone()]).await.unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("p1"), "{}", text(&out.stdout));
+
+    // Without the client certificate the node refuses, and the error says
+    // which node.
+    let out = run(fetch(), vec![vars[0].clone(), vars[1].clone()])
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains(&addr_of(&s)),
+        "{}",
+        text(&out.stderr)
+    );
+}

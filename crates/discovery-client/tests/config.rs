@@ -159,3 +159,33 @@ fn new_outside_a_runtime_is_an_error() {
     let err = Discovery::new(common::config(&["127.0.0.1:1".into()])).unwrap_err();
     assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
 }
+
+/// `https://` nodes turn HTTPS on; the TLS files come from the builder,
+/// else `DISCOVERY_CA/CERT/KEY`.
+#[test]
+fn https_nodes_and_tls_files() {
+    let c = Config::builder().hostname("h").build_with(env(&[
+        ("DISCOVERY_NODES", "https://a:7171, b:7171"),
+        ("DISCOVERY_CA", "/etc/ca.pem"),
+        ("DISCOVERY_CERT", "/etc/me.pem"),
+        ("DISCOVERY_KEY", "/etc/me.key"),
+    ]));
+    assert!(c.https);
+    assert_eq!(c.nodes, ["a:7171", "b:7171"]);
+    assert_eq!(c.ca.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
+    assert_eq!(c.cert.as_deref(), Some(std::path::Path::new("/etc/me.pem")));
+    assert_eq!(c.key.as_deref(), Some(std::path::Path::new("/etc/me.key")));
+
+    let c = Config::builder()
+        .nodes(["HTTPS://a:7171"])
+        .ca("/code/ca.pem")
+        .hostname("h")
+        .build_with(env(&[("DISCOVERY_CA", "/env/ca.pem")]));
+    assert!(c.https);
+    assert_eq!(c.ca.as_deref(), Some(std::path::Path::new("/code/ca.pem")));
+
+    let c = Config::builder()
+        .hostname("h")
+        .build_with(env(&[("DISCOVERY_NODES", "http://a:7171,b:7171")]));
+    assert!(!c.https);
+}

@@ -23,6 +23,14 @@
 //!   answer instead of a reset. A lingering close gives its connection slot
 //!   back at once; lingering sockets have a bound of their own
 //!   ([`MAX_LINGERING`]), past which they are closed outright.
+//!
+//! With `[tls]`, the listener of `[httpServer] addr` speaks HTTPS only:
+//! each accepted socket goes through the TLS handshake (within the read
+//! deadline, so a silent or slow client holds its slot no longer than one
+//! that sends no request head) before hyper sees the decrypted stream;
+//! anything that is not a TLS client hello, plain HTTP included, fails the
+//! handshake and is closed. `[httpServer] plainAddr` adds a plain listener
+//! served by the same loop, with the same bounds.
 
 use std::{
     net::SocketAddr,
@@ -125,17 +133,41 @@ impl ConnLimits {
     }
 }
 
+/// The listeners of a node: `addr` (HTTPS when `tls` is set) and,
+/// optionally, a plain one beside it.
+pub(crate) struct Listeners {
+    /// `[httpServer] addr`.
+    pub(crate) main: TcpListener,
+    /// Set when `main` serves HTTPS.
+    pub(crate) tls: Option<Arc<crate::tls::Tls>>,
+    /// `[httpServer] plainAddr`.
+    pub(crate) plain: Option<TcpListener>,
+}
+
+/// Accepts from `plain`, or never when there is none.
+async fn accept_plain(plain: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match plain {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Accepts and serves connections until `down` turns true (or its sender
 /// is gone); then stops accepting, lets every connection finish its
 /// request in flight, and returns once all are closed. Dropping the future
-/// aborts the remaining connections.
+/// aborts the remaining connections. Both listeners share the bounds.
 pub(crate) async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     app: Router,
     limits: ConnLimits,
     api: Arc<crate::api::Api>,
     mut down: watch::Receiver<bool>,
 ) {
+    let Listeners {
+        main: listener,
+        tls,
+        plain,
+    } = listeners;
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let lingering = Arc::new(Semaphore::new(MAX_LINGERING));
     let per_ip = Arc::new(PerIp::default());
@@ -152,8 +184,9 @@ pub(crate) async fn serve(
     });
     let mut conns = JoinSet::new();
     loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
+        let (accepted, tls) = tokio::select! {
+            r = listener.accept() => (r, tls.clone()),
+            r = accept_plain(plain.as_ref()) => (r, None),
             _ = down.wait_for(|d| *d) => break,
             Some(_) = conns.join_next() => continue,
         };
@@ -194,7 +227,15 @@ pub(crate) async fn serve(
         conns.spawn(async move {
             let open = &shared.metrics().open;
             open.inc();
-            let unread = serve_one(&shared, stream, remote, down).await;
+            let unread = match tls {
+                None => {
+                    let io = Deadlined::new(stream, shared.write_deadline);
+                    serve_one(&shared, io, remote, down, false)
+                        .await
+                        .map(|io| io.inner)
+                }
+                Some(tls) => serve_tls(&shared, &tls, stream, remote, down).await,
+            };
             open.dec();
             // The slots go back before the lingering close: a client that
             // keeps sending into it must not hold a connection slot.
@@ -208,7 +249,51 @@ pub(crate) async fn serve(
         });
     }
     drop(listener);
+    drop(plain);
     while conns.join_next().await.is_some() {}
+}
+
+/// The TLS handshake, within the read deadline, then [`serve_one`] on the
+/// decrypted stream.
+async fn serve_tls(
+    shared: &Shared,
+    tls: &crate::tls::Tls,
+    stream: TcpStream,
+    remote: SocketAddr,
+    down: watch::Receiver<bool>,
+) -> Option<TcpStream> {
+    // The write deadline sits under TLS: it bounds the socket writes that
+    // carry the encrypted answer.
+    let io = Deadlined::new(stream, shared.write_deadline);
+    let mut stopping = down.clone();
+    let handshake = tokio::select! {
+        r = tokio::time::timeout(shared.read_deadline, tls.acceptor().accept(io)) => r,
+        // No request is in flight yet: a node shutting down drops it.
+        _ = stopping.wait_for(|d| *d) => return None,
+    };
+    let io = match handshake {
+        Ok(Ok(io)) => io,
+        Ok(Err(e)) => {
+            shared.metrics().tls_failed.inc();
+            debug!(%remote, "TLS handshake failed: {e}");
+            return None;
+        }
+        Err(_) => {
+            shared.metrics().timed_out.inc();
+            debug!(%remote, "TLS handshake not done within the read deadline; closed");
+            return None;
+        }
+    };
+    // The verifier refused any certificate that does not chain to `ca`: a
+    // presented certificate is a verified one.
+    let verified = io
+        .get_ref()
+        .1
+        .peer_certificates()
+        .is_some_and(|c| !c.is_empty());
+    serve_one(shared, io, remote, down, verified)
+        .await
+        .map(|io| io.into_inner().0.inner)
 }
 
 struct Shared {
@@ -263,15 +348,19 @@ impl Shared {
     }
 }
 
-/// Serves one connection; returns its socket when it must be closed
-/// lingeringly.
-async fn serve_one(
+/// Serves one connection, plain or decrypted; returns its stream when the
+/// socket must be closed lingeringly. `verified`: the client presented a
+/// certificate verified against `[tls] ca`.
+async fn serve_one<I>(
     shared: &Shared,
-    stream: TcpStream,
+    io: I,
     remote: SocketAddr,
     mut down: watch::Receiver<bool>,
-) -> Option<TcpStream> {
-    let _ = stream.set_nodelay(true);
+    verified: bool,
+) -> Option<I>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let app = shared.app.clone();
     let read_deadline = shared.read_deadline;
     // The peer address matters to `[auth]` rules and to the audited routes;
@@ -295,12 +384,12 @@ async fn serve_one(
         {
             req.extensions_mut().insert(ConnectInfo(remote));
         }
+        if verified {
+            req.extensions_mut().insert(crate::tls::VerifiedClient);
+        }
         tower::ServiceExt::oneshot(app.clone(), req)
     });
-    let mut conn = shared.builder.serve_connection(
-        TokioIo::new(Deadlined::new(stream, shared.write_deadline)),
-        service,
-    );
+    let mut conn = shared.builder.serve_connection(TokioIo::new(io), service);
     let mut draining = false;
     let ended = loop {
         let stop = tokio::select! {
@@ -315,7 +404,7 @@ async fn serve_one(
         }
     };
     match ended {
-        Ok(()) => return Some(conn.into_parts().io.into_inner().inner),
+        Ok(()) => return Some(conn.into_parts().io.into_inner()),
         Err(e) if e.is_timeout() => {
             shared.metrics().timed_out.inc();
             debug!(%remote, "request head not received within the read deadline; closed");
@@ -364,6 +453,7 @@ pin_project_lite::pin_project! {
 
 impl Deadlined {
     fn new(inner: TcpStream, limit: Duration) -> Self {
+        let _ = inner.set_nodelay(true);
         Deadlined {
             inner,
             limit,

@@ -54,6 +54,7 @@ pub mod node;
 pub mod registry;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 
 pub mod replication;
 

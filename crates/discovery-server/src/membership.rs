@@ -106,6 +106,9 @@ pub enum Proof {
     /// This node pulled it from a peer it chose (start-up sync, a peer's
     /// `-409` answer): it holds only records that peer admitted.
     Pulled,
+    /// The write came over a TLS connection whose client certificate
+    /// verified against `[tls] ca`: the writer is a node of the cluster.
+    Certificate,
 }
 
 /// Who may be a peer (docs/cluster.md#who-is-a-peer). The registry's
@@ -116,7 +119,10 @@ pub enum Proof {
 ///   `[zones]` lists, in the zone the record names (how Go nodes of a
 ///   mixed cluster are configured); or
 /// * `[auth] peer_token` is set and the record was written with a valid
-///   signature, or pulled from a peer that admitted it.
+///   signature, or pulled from a peer that admitted it; or
+/// * `[tls] client_auth` asks for certificates and the record was written
+///   by a client whose certificate verified against `ca`, or pulled from a
+///   peer (reached over HTTPS and verified against `ca`).
 ///
 /// Anything else is refused with a message that names the fix; no request
 /// is ever sent to a record's address to "check" it, since any process can
@@ -128,6 +134,8 @@ pub struct PeerRule {
     /// Configured address → the zone the config puts it in.
     statics: std::collections::HashMap<String, String>,
     secret: bool,
+    /// Client certificates are verified against `[tls] ca`.
+    certificates: bool,
     max_peers: usize,
     /// Addresses already logged as refused, so that a flood logs each once
     /// (bounded: forgotten wholesale past [`MAX_LOGGED`]).
@@ -155,6 +163,8 @@ impl PeerRule {
             own_zone,
             statics,
             secret: config.auth.peer_token.is_some(),
+            certificates: config.tls.enabled()
+                && config.tls.client_auth != crate::config::ClientAuth::None,
             max_peers: config.limits.max_peers,
             logged: parking_lot::Mutex::new(std::collections::HashSet::new()),
         }
@@ -213,7 +223,8 @@ impl PeerRule {
         if unknown.is_empty() {
             return Vetted::Admit;
         }
-        let vouched = self.secret && matches!(proof, Proof::Signed | Proof::Pulled);
+        let vouched = (self.secret && matches!(proof, Proof::Signed | Proof::Pulled))
+            || (self.certificates && matches!(proof, Proof::Certificate | Proof::Pulled));
         if vouched && learned < self.max_peers {
             return Vetted::Admit;
         }
@@ -225,7 +236,8 @@ impl PeerRule {
         } else {
             format!(
                 "{} is not a configured peer of zone {:?}: list it in `nodes` (or `[zones]`), \
-                 or set `[auth] peer_token` on every node",
+                 set `[auth] peer_token` on every node, \
+                 or give every node a certificate signed by `[tls] ca`",
                 unknown[0], ins.zone
             )
         };

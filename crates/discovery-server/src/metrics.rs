@@ -135,6 +135,7 @@ pub(crate) struct ConnMetrics {
     pub(crate) refused_per_ip: Counter,
     pub(crate) timed_out: Counter,
     pub(crate) write_timed_out: Counter,
+    pub(crate) tls_failed: Counter,
 }
 
 impl ConnMetrics {
@@ -148,7 +149,7 @@ impl ConnMetrics {
         );
         r.register(
             "connections_timed_out",
-            "Connections closed because a request head was not received within the read deadline",
+            "Connections closed because a TLS handshake or a request head was not received within the read deadline",
             m.timed_out.clone(),
         );
         r.register(
@@ -160,6 +161,11 @@ impl ConnMetrics {
             "connections_write_timed_out",
             "Connections closed because an answer made no progress within the write deadline",
             m.write_timed_out.clone(),
+        );
+        r.register(
+            "connections_tls_failed",
+            "Connections closed because their TLS handshake failed (plain HTTP, an unknown or missing client certificate)",
+            m.tls_failed.clone(),
         );
         m
     }

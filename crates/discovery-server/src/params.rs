@@ -28,6 +28,9 @@ pub(crate) struct Params {
     /// The request carried a valid peer signature (see
     /// [`crate::auth::sign`]).
     pub(crate) signed: bool,
+    /// The request came over a connection with a client certificate
+    /// verified against `[tls] ca` (see [`crate::tls::VerifiedClient`]).
+    pub(crate) certified: bool,
 }
 
 /// The (key, value) ranges of an url-encoded text, empty pairs skipped,

@@ -41,6 +41,9 @@ pub enum StartError {
         /// Why.
         reason: String,
     },
+    /// A `[tls]` file is unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// Binding failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -62,6 +65,10 @@ pub struct ServerHandle {
     addr: SocketAddr,
     api: Arc<Api>,
     cluster: Arc<Cluster>,
+    /// `[tls]` material, reloadable.
+    tls: Option<Arc<crate::tls::Tls>>,
+    /// The bound `[httpServer] plainAddr`.
+    plain_addr: Option<SocketAddr>,
     /// What stopping needs; `None` once stopped.
     running: Option<Running>,
 }
@@ -109,6 +116,23 @@ impl ServerHandle {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The bound `[httpServer] plainAddr`, when a node with `[tls]` has one.
+    pub fn plain_addr(&self) -> Option<SocketAddr> {
+        self.plain_addr
+    }
+
+    /// Re-reads the `[tls]` files (SIGHUP). New connections, accepted and
+    /// dialled, use the new material; on an error the old one stays.
+    /// `Ok(false)`: the node has no `[tls]`.
+    pub fn reload_tls(&self) -> Result<bool, crate::tls::TlsError> {
+        let Some(tls) = &self.tls else {
+            return Ok(false);
+        };
+        tls.reload()?;
+        self.cluster.use_tls(tls.client_config());
+        Ok(true)
     }
 
     /// The handlers' state (registry, phase).
@@ -191,7 +215,15 @@ fn self_instance(api: &Api) -> Instance {
         env: env.deploy_env.clone(),
         appid: DISCOVERY_APPID.to_string(),
         hostname: env.host.clone(),
-        addrs: vec![format!("http://{}", api.node.advertise)],
+        addrs: vec![format!(
+            "{}://{}",
+            if api.config.tls.enabled() {
+                "https"
+            } else {
+                "http"
+            },
+            api.node.advertise
+        )],
         version: env!("CARGO_PKG_VERSION").to_string(),
         // Tells peers of ours that this node takes batched replication.
         metadata: [("replication_batch".to_string(), "1".to_string())].into(),
@@ -229,6 +261,8 @@ pub async fn start(
     mut config: Config,
     listen: Option<SocketAddr>,
 ) -> Result<ServerHandle, StartError> {
+    // Bad `[tls]` files stop the node before it binds anything.
+    crate::tls::Tls::load(&config.tls)?;
     let addr = match listen {
         Some(a) => a,
         None => config
@@ -270,6 +304,30 @@ pub async fn start_on(
     // Identity values left empty take their defaults (the binary has already
     // applied flags and environment variables).
     config.fill_env(&crate::config::EnvFlags::default(), |_| None);
+    let tls = crate::tls::Tls::load(&config.tls)?.map(Arc::new);
+    let plain = match &config.http_server.plain_addr {
+        Some(a) => {
+            let addr: SocketAddr =
+                a.parse()
+                    .map_err(|e: std::net::AddrParseError| StartError::Address {
+                        addr: a.clone(),
+                        reason: e.to_string(),
+                    })?;
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: a.clone(),
+                    source,
+                })?;
+            warn!(
+                plain_addr = %a,
+                "[httpServer] plainAddr serves plain HTTP beside HTTPS: tokens and records cross it in clear"
+            );
+            Some(l)
+        }
+        None => None,
+    };
+    let plain_addr = plain.as_ref().and_then(|l| l.local_addr().ok());
     let bound = listener.local_addr().map_err(|source| StartError::Bind {
         addr: config.http_server.addr.clone(),
         source,
@@ -292,6 +350,9 @@ pub async fn start_on(
         clock.clone(),
         node.clone(),
     );
+    if let Some(tls) = &tls {
+        cluster.use_tls(tls.client_config());
+    }
     let replicator: Arc<dyn Replicator> = cluster.clone();
     let members: Arc<dyn Members> = cluster.clone();
     let api = Arc::new(Api::new(
@@ -316,7 +377,11 @@ pub async fn start_on(
     // can sync from each other.
     let app = api::router(Arc::clone(&api));
     let serve = tokio::spawn(crate::conn::serve(
-        listener,
+        crate::conn::Listeners {
+            main: listener,
+            tls: tls.clone(),
+            plain,
+        },
         app,
         crate::conn::ConnLimits::of(&config),
         Arc::clone(&api),
@@ -346,6 +411,7 @@ pub async fn start_on(
         advertise = %advertise,
         zone = %config.env.zone,
         env = %config.env.deploy_env,
+        tls = config.tls.enabled(),
         "discovery listening on {bound}"
     );
 
@@ -361,6 +427,8 @@ pub async fn start_on(
         addr: bound,
         api,
         cluster,
+        tls,
+        plain_addr,
         running: Some(Running {
             shutdown_tx,
             tasks,

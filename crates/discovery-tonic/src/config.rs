@@ -158,6 +158,14 @@ pub struct ClientConfig {
     /// kernel's hostname, so that clients on different hosts get different
     /// subsets even when nobody sets it.
     pub client_id: String,
+    /// PEM bundle verifying the certificates of `grpcs://` endpoints
+    /// (docs/tls.md#grpc). Without it, `grpcs://` endpoints are skipped.
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM client certificate shown to `grpcs://` endpoints that ask for
+    /// one; needs `key`.
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<std::path::PathBuf>,
 }
 
 impl Default for ClientConfig {
@@ -185,6 +193,9 @@ impl Default for ClientConfig {
             caller: String::new(),
             color: String::new(),
             client_id: default_client_id(),
+            ca: None,
+            cert: None,
+            key: None,
         }
     }
 }
@@ -238,6 +249,23 @@ impl ClientConfig {
     pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
         self.keepalive_interval = interval;
         self.keepalive_timeout = timeout;
+        self
+    }
+
+    /// Sets the CA bundle that verifies `grpcs://` endpoints.
+    pub fn ca(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.ca = Some(path.into());
+        self
+    }
+
+    /// Sets the client certificate and key shown to `grpcs://` endpoints.
+    pub fn identity(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.cert = Some(cert.into());
+        self.key = Some(key.into());
         self
     }
 

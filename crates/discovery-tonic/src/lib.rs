@@ -42,6 +42,7 @@ pub mod picker;
 pub mod pipeline;
 pub mod resolvers;
 pub mod target;
+pub mod tls;
 
 pub use balance::{BackendState, Balanced, PoolState, ResponseBody, ServedBy};
 pub use config::{BalancerKind, ClientConfig};

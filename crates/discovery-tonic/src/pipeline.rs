@@ -86,7 +86,10 @@ pub fn filter(instances: &mut BTreeMap<String, Vec<Instance>>, scheme: &str, clu
                 || ins
                     .cluster()
                     .is_some_and(|c| clusters.iter().any(|x| x == c));
-            cluster_ok && ins.addr(scheme).is_some()
+            // `grpcs://` is gRPC over TLS (docs/tls.md#grpc): a `grpc`
+            // target takes both.
+            cluster_ok
+                && (ins.addr(scheme).is_some() || (scheme == "grpc" && ins.addr("grpcs").is_some()))
         });
     }
 }

@@ -2,7 +2,10 @@
 //!
 //! | constant | variable | meaning | default when unset |
 //! | --- | --- | --- | --- |
-//! | [`NODES`] | `DISCOVERY_NODES` | comma-separated `host:port` registry nodes (an `http://` prefix is dropped) | none: the SDK refuses to start |
+//! | [`NODES`] | `DISCOVERY_NODES` | comma-separated `host:port` registry nodes (an `http://` prefix is dropped; `https://` makes the SDK use HTTPS for every node) | none: the SDK refuses to start |
+//! | [`CA`] | `DISCOVERY_CA` | PEM bundle verifying `https://` nodes | the system's roots |
+//! | [`CERT`] | `DISCOVERY_CERT` | PEM client certificate presented to `https://` nodes (with [`KEY`]) | none |
+//! | [`KEY`] | `DISCOVERY_KEY` | PEM private key of [`CERT`] | none |
 //! | [`REGION`] | `REGION` | region of this process | `region01` ([`DEFAULT_REGION`]) |
 //! | [`ZONE`] | `ZONE` | zone of this process | `zone01` ([`DEFAULT_ZONE`]) |
 //! | [`DEPLOY_ENV`] | `DEPLOY_ENV` | deploy env (`dev`, `uat`, `prod`…) | `dev` ([`DEFAULT_DEPLOY_ENV`]) |
@@ -10,6 +13,8 @@
 //! | [`COLOR`] | `DEPLOY_COLOR` | traffic colour | empty: uncoloured |
 //! | [`APPID`] | `APP_ID` | the process's own appid | empty (the demos: `demo.service`, `demo.client`) |
 //! | [`GRPC_ADDR`] | `GRPC_ADDR` | `demo-server`'s gRPC listen address | `0.0.0.0:9000` |
+//! | [`GRPC_TLS_CERT`], [`GRPC_TLS_KEY`] | `GRPC_TLS_CERT`, `GRPC_TLS_KEY` | `demo-server`'s PEM certificate and key: it serves TLS and registers `grpcs://` | unset: plain gRPC |
+//! | [`GRPC_TLS_CA`] | `GRPC_TLS_CA` | PEM bundle `demo-client` verifies `grpcs://` endpoints with | unset: `grpcs://` endpoints are skipped |
 //! | [`ADVERTISE_IP`] | `ADVERTISE_IP` | `demo-server`'s registered IP | the listen IP, else [`crate::host::primary_ip`] |
 //! | [`HTTP_ADDR`] | `HTTP_ADDR` | `demo-client`'s HTTP listen address | `0.0.0.0:8000` |
 //! | [`DEMO_TARGET`] | `DEMO_TARGET` | `demo-client`'s gRPC target | `discovery://default/demo.service` |
@@ -29,6 +34,20 @@
 
 /// `DISCOVERY_NODES`: the registry nodes, comma-separated `host:port`.
 pub const NODES: &str = "DISCOVERY_NODES";
+/// `DISCOVERY_CA`: the PEM bundle that verifies `https://` nodes.
+pub const CA: &str = "DISCOVERY_CA";
+/// `DISCOVERY_CERT`: the PEM client certificate shown to `https://` nodes.
+pub const CERT: &str = "DISCOVERY_CERT";
+/// `DISCOVERY_KEY`: the PEM private key of [`CERT`].
+pub const KEY: &str = "DISCOVERY_KEY";
+/// `GRPC_TLS_CERT`: `demo-server`'s PEM certificate chain; with
+/// [`GRPC_TLS_KEY`] it serves TLS and registers `grpcs://`.
+pub const GRPC_TLS_CERT: &str = "GRPC_TLS_CERT";
+/// `GRPC_TLS_KEY`: `demo-server`'s PEM private key.
+pub const GRPC_TLS_KEY: &str = "GRPC_TLS_KEY";
+/// `GRPC_TLS_CA`: the PEM bundle `demo-client` verifies `grpcs://`
+/// endpoints with.
+pub const GRPC_TLS_CA: &str = "GRPC_TLS_CA";
 /// `REGION`: region of this process.
 pub const REGION: &str = "REGION";
 /// `ZONE`: zone of this process.
@@ -60,14 +79,20 @@ pub const DEFAULT_ZONE: &str = "zone01";
 pub const DEFAULT_DEPLOY_ENV: &str = "dev";
 
 /// Every variable above but [`HOSTNAME`] (which a shell always sets).
-pub const IDENTITY: [&str; 11] = [
+pub const IDENTITY: [&str; 17] = [
     NODES,
+    CA,
+    CERT,
+    KEY,
     REGION,
     ZONE,
     DEPLOY_ENV,
     COLOR,
     APPID,
     GRPC_ADDR,
+    GRPC_TLS_CERT,
+    GRPC_TLS_KEY,
+    GRPC_TLS_CA,
     ADVERTISE_IP,
     HTTP_ADDR,
     DEMO_TARGET,

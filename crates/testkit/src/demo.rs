@@ -15,12 +15,12 @@
 //! # Ok(()) }
 //! ```
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitStatus, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitStatus, sync::Arc, time::Duration};
 
 use naming::env;
 use tokio::process::Command;
 
-use crate::{Layout, Process, ProcessTopology, sibling_bin};
+use crate::{Layout, Process, ProcessTopology, sibling_bin, tls::TestCa};
 
 /// Where the three binaries are.
 #[derive(Debug, Clone)]
@@ -59,6 +59,8 @@ pub struct DemoTopology {
     pub clients: Vec<Process>,
     /// The zone of each server, when they were started in one.
     pub server_zones: Vec<Option<String>>,
+    /// The throwaway authority of a topology started with TLS.
+    tls: Option<Arc<TestCa>>,
     http: reqwest::Client,
 }
 
@@ -79,14 +81,41 @@ impl DemoTopology {
         servers: usize,
         zone: Option<&str>,
     ) -> std::io::Result<Self> {
-        let cluster = ProcessTopology::start_with(
+        Self::start_with_tls(bins, nodes, servers, zone, None).await
+    }
+
+    /// Like [`DemoTopology::start`], all over TLS with a throwaway
+    /// authority: the nodes serve HTTPS with `client_auth = "required"`,
+    /// the SDKs use `https://` nodes with `DISCOVERY_CA/CERT/KEY`, the demo
+    /// servers serve gRPC over TLS (`grpcs://`) and the client dials them
+    /// with `GRPC_TLS_CA`.
+    pub async fn start_tls(bins: DemoBins, nodes: usize, servers: usize) -> std::io::Result<Self> {
+        Self::start_with_tls(
+            bins,
+            nodes,
+            servers,
+            None,
+            Some(Arc::new(TestCa::temp("demo-ca"))),
+        )
+        .await
+    }
+
+    async fn start_with_tls(
+        bins: DemoBins,
+        nodes: usize,
+        servers: usize,
+        zone: Option<&str>,
+        tls: Option<Arc<TestCa>>,
+    ) -> std::io::Result<Self> {
+        let cluster = ProcessTopology::start_tls(
             &Layout::zones(&[("zone01", nodes)]),
             bins.discovery.clone(),
+            tls.clone(),
         )
         .await?;
         cluster.wait_ready().await;
-        let nodes_env = nodes_list(cluster.addrs());
-        let client = start_client(&bins, &nodes_env, zone).await?;
+        let nodes_env = nodes_list(cluster.addrs(), tls.is_some());
+        let client = start_client(&bins, &nodes_env, zone, tls.as_deref()).await?;
         let mut topo = DemoTopology {
             bins,
             cluster,
@@ -94,6 +123,7 @@ impl DemoTopology {
             client,
             clients: Vec::new(),
             server_zones: Vec::new(),
+            tls,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()
@@ -107,7 +137,12 @@ impl DemoTopology {
 
     /// `DISCOVERY_NODES` of the cluster: every node, dead or alive.
     pub fn discovery_nodes(&self) -> String {
-        nodes_list(self.cluster.addrs())
+        nodes_list(self.cluster.addrs(), self.tls.is_some())
+    }
+
+    /// The authority of a topology started with TLS.
+    pub fn tls(&self) -> Option<&TestCa> {
+        self.tls.as_deref()
     }
 
     /// The demo client's base URL.
@@ -136,6 +171,12 @@ impl DemoTopology {
         cmd.args(["--grpc-addr", "127.0.0.1:0", "--advertise-ip", "127.0.0.1"])
             .env(env::NODES, self.discovery_nodes())
             .env(env::HOSTNAME, &name);
+        if let Some(ca) = &self.tls {
+            tls_env(&mut cmd, ca, &name);
+            let id = ca.issue(&format!("{name}-grpc"), &["127.0.0.1"]);
+            cmd.env(env::GRPC_TLS_CERT, &id.cert)
+                .env(env::GRPC_TLS_KEY, &id.key);
+        }
         if let Some(zone) = zone {
             cmd.env(env::ZONE, zone);
         }
@@ -160,6 +201,9 @@ impl DemoTopology {
             .args(args)
             .env(env::NODES, self.discovery_nodes())
             .env(env::HOSTNAME, name);
+        if let Some(ca) = &self.tls {
+            tls_env(&mut cmd, ca, name);
+        }
         if let Some(zone) = zone {
             cmd.env(env::ZONE, zone);
         }
@@ -260,12 +304,16 @@ async fn start_client(
     bins: &DemoBins,
     nodes: &str,
     zone: Option<&str>,
+    tls: Option<&TestCa>,
 ) -> std::io::Result<Process> {
     let mut cmd = Command::new(&bins.demo_client);
     demo_env(&mut cmd);
     cmd.args(["--http-addr", "127.0.0.1:0"])
         .env(env::NODES, nodes)
         .env(env::HOSTNAME, "demo-client-1");
+    if let Some(ca) = tls {
+        tls_env(&mut cmd, ca, "demo-client-1");
+    }
     if let Some(zone) = zone {
         cmd.env(env::ZONE, zone);
     }
@@ -282,10 +330,27 @@ fn demo_env(cmd: &mut Command) {
     cmd.env("RUST_LOG", crate::child_log());
 }
 
-fn nodes_list(addrs: &[SocketAddr]) -> String {
+/// The TLS environment of a demo process: the SDK's CA and a client
+/// certificate of its own, and the CA that verifies `grpcs://` Greeters.
+fn tls_env(cmd: &mut Command, ca: &TestCa, name: &str) {
+    let id = ca.issue(name, &[&format!("{name}.client")]);
+    cmd.env(env::CA, ca.ca_path())
+        .env(env::CERT, &id.cert)
+        .env(env::KEY, &id.key)
+        .env(env::GRPC_TLS_CA, ca.ca_path());
+}
+
+/// `DISCOVERY_NODES` for `addrs`, `https://` ones with TLS.
+fn nodes_list(addrs: &[SocketAddr], tls: bool) -> String {
     addrs
         .iter()
-        .map(ToString::to_string)
+        .map(|a| {
+            if tls {
+                format!("https://{a}")
+            } else {
+                a.to_string()
+            }
+        })
         .collect::<Vec<_>>()
         .join(",")
 }

@@ -112,8 +112,35 @@ impl GoGreeter {
     /// # Panics
     /// When a call fails (with the client's error) or the run hangs.
     pub async fn call(&self, addr: SocketAddr, name: &str, calls: usize) -> Vec<GoReply> {
+        self.call_with(addr, &[], name, calls).await
+    }
+
+    /// As [`GoGreeter::call`] over TLS, verifying the server with the PEM
+    /// bundle `ca` (the authority stays the warden one).
+    ///
+    /// # Panics
+    /// As [`GoGreeter::call`].
+    pub async fn call_tls(
+        &self,
+        addr: SocketAddr,
+        ca: &Path,
+        name: &str,
+        calls: usize,
+    ) -> Vec<GoReply> {
+        let ca = ca.display().to_string();
+        self.call_with(addr, &["-ca", &ca], name, calls).await
+    }
+
+    async fn call_with(
+        &self,
+        addr: SocketAddr,
+        extra: &[&str],
+        name: &str,
+        calls: usize,
+    ) -> Vec<GoReply> {
         let mut cmd = self.client(addr);
-        cmd.args(["-name", name, "-calls", &calls.to_string()]);
+        cmd.args(extra)
+            .args(["-name", name, "-calls", &calls.to_string()]);
         let out = tokio::time::timeout(CALL_WITHIN, cmd.output())
             .await
             .unwrap_or_else(|_| panic!("grpc-go client → {addr}: no exit within {CALL_WITHIN:?}"))

@@ -28,6 +28,7 @@ pub mod demo;
 pub mod go_double;
 pub mod grpc_go;
 pub mod signal;
+pub mod tls;
 
 use std::{
     net::SocketAddr,
@@ -374,12 +375,24 @@ impl Process {
         addr: SocketAddr,
         path: &str,
     ) -> std::io::Result<Self> {
-        let mut child = spawn_echoing(cmd, name)?;
-        let url = format!("http://{addr}{path}");
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()
             .map_err(std::io::Error::other)?;
+        Process::spawn_url(cmd, name, addr, &format!("http://{addr}{path}"), http).await
+    }
+
+    /// Spawns `cmd`, a server that listens on `addr`, and waits until
+    /// `GET url` with `http` (an HTTPS client with the right CA and
+    /// certificate, for a node with `[tls]`) answers 200.
+    pub async fn spawn_url(
+        cmd: Command,
+        name: &str,
+        addr: SocketAddr,
+        url: &str,
+        http: reqwest::Client,
+    ) -> std::io::Result<Self> {
+        let mut child = spawn_echoing(cmd, name)?;
         let deadline = tokio::time::Instant::now() + READY_WITHIN;
         loop {
             if let Some(status) = child.try_wait()? {
@@ -388,7 +401,7 @@ impl Process {
                 )));
             }
             if http
-                .get(&url)
+                .get(url)
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success())
@@ -536,6 +549,11 @@ pub struct ProcessTopology {
     addrs: Vec<SocketAddr>,
     dir: PathBuf,
     bin: PathBuf,
+    /// Set when the nodes serve HTTPS with certificates of this authority.
+    tls: Option<std::sync::Arc<tls::TestCa>>,
+    /// The client for readiness checks: an HTTPS one with a certificate
+    /// of `tls` when it is set.
+    http: reqwest::Client,
     /// The processes; `None` when stopped.
     pub nodes: Vec<Option<Process>>,
 }
@@ -549,7 +567,22 @@ impl ProcessTopology {
 
     /// Starts every node at once, running `bin`.
     pub async fn start_with(layout: &Layout, bin: PathBuf) -> std::io::Result<Self> {
+        Self::start_tls(layout, bin, None).await
+    }
+
+    /// Starts every node at once, running `bin`; with `ca`, every node
+    /// serves HTTPS with a certificate of it (`client_auth = "required"`)
+    /// and calls its peers over HTTPS.
+    pub async fn start_tls(
+        layout: &Layout,
+        bin: PathBuf,
+        ca: Option<std::sync::Arc<tls::TestCa>>,
+    ) -> std::io::Result<Self> {
         let addrs = reserve(layout.count()).await;
+        let http = match &ca {
+            Some(ca) => ca.client("topology-probe"),
+            None => reqwest::Client::new(),
+        };
         let dir = std::env::temp_dir().join(format!(
             "testkit-{}-{}",
             std::process::id(),
@@ -560,6 +593,8 @@ impl ProcessTopology {
             addrs,
             dir,
             bin,
+            tls: ca,
+            http,
             nodes: Vec::new(),
         };
         let starts: Vec<_> = (0..topo.addrs.len()).map(|i| topo.spawn_node(i)).collect();
@@ -585,6 +620,8 @@ impl ProcessTopology {
             addrs,
             dir,
             bin: discovery_bin(),
+            tls: None,
+            http: reqwest::Client::new(),
         }
     }
 
@@ -598,7 +635,7 @@ impl ProcessTopology {
     /// readiness check operators use.
     pub async fn is_ready(&self, i: usize) -> bool {
         let url = format!("{}/discovery/nodes", self.url(i));
-        let Ok(r) = reqwest::get(&url).await else {
+        let Ok(r) = self.http.get(&url).send().await else {
             return false;
         };
         r.json::<serde_json::Value>()
@@ -620,11 +657,35 @@ impl ProcessTopology {
     }
 
     fn spawn_node(&self, i: usize) -> tokio::task::JoinHandle<std::io::Result<Process>> {
-        let text = self.layout.config_text(i, &self.addrs);
+        let mut text = self.layout.config_text(i, &self.addrs);
         let (bin, dir, addr) = (self.bin.clone(), self.dir.clone(), self.addrs[i]);
-        tokio::spawn(
-            async move { Process::start(&bin, &text, addr, &dir, &format!("node-{i}")).await },
-        )
+        let Some(ca) = &self.tls else {
+            return tokio::spawn(async move {
+                Process::start(&bin, &text, addr, &dir, &format!("node-{i}")).await
+            });
+        };
+        let id = ca.issue(&format!("node-{i}"), &["127.0.0.1", "localhost"]);
+        text.push_str(&format!(
+            "\n[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\nclient_auth = \"required\"\n",
+            id.cert,
+            id.key,
+            ca.ca_path()
+        ));
+        let (url, http) = (format!("{}/readyz", self.url(i)), self.http.clone());
+        tokio::spawn(async move {
+            let name = format!("node-{i}");
+            std::fs::create_dir_all(&dir)?;
+            let conf = dir.join(format!("{name}.toml"));
+            std::fs::write(&conf, text)?;
+            let mut cmd = Command::new(bin);
+            cmd.arg("-conf").arg(&conf).env("RUST_LOG", child_log());
+            Process::spawn_url(cmd, &name, addr, &url, http).await
+        })
+    }
+
+    /// The authority of a topology with TLS.
+    pub fn tls(&self) -> Option<&tls::TestCa> {
+        self.tls.as_deref()
     }
 
     /// Node `i`'s address.
@@ -632,9 +693,10 @@ impl ProcessTopology {
         self.addrs[i]
     }
 
-    /// Node `i`'s base URL.
+    /// Node `i`'s base URL (`https://` with TLS).
     pub fn url(&self, i: usize) -> String {
-        format!("http://{}", self.addrs[i])
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addrs[i])
     }
 
     /// Every node's address (running or not).
@@ -658,7 +720,7 @@ impl ProcessTopology {
 
     /// Waits until every running node answers `/readyz` with 200.
     pub async fn wait_ready(&self) {
-        let http = reqwest::Client::new();
+        let http = self.http.clone();
         for (i, _) in self.nodes.iter().enumerate().filter(|(_, n)| n.is_some()) {
             let url = format!("{}/readyz", self.url(i));
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

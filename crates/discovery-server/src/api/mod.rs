@@ -279,8 +279,14 @@ impl FromRequest<Arc<Api>> for Bound {
 
     async fn from_request(req: Request<Body>, api: &Arc<Api>) -> Result<Self, Reply> {
         let max = api.config.limits.max_body_bytes;
+        let certified = req
+            .extensions()
+            .get::<crate::tls::VerifiedClient>()
+            .is_some();
         if !req.headers().contains_key(SIGNATURE_HEADER) {
-            return Params::bind(req, max).await.map(Bound);
+            let mut p = Params::bind(req, max).await?;
+            p.certified = certified;
+            return Ok(Bound(p));
         }
         // A signature covers the body as sent: read it, check it, then bind
         // from the same bytes.
@@ -289,6 +295,7 @@ impl FromRequest<Arc<Api>> for Bound {
         api.verify_signature(&parts, &bytes)?;
         let mut p = Params::bind(Request::from_parts(parts, Body::from(bytes)), max).await?;
         p.signed = true;
+        p.certified = certified;
         Ok(Bound(p))
     }
 }

@@ -126,7 +126,13 @@ async fn register_apply(api: &Api, p: &Params) -> Result<Reply, Reply> {
         peer,
     };
     if ins.appid == naming::DISCOVERY_APPID {
-        let proof = if p.signed { Proof::Signed } else { Proof::None };
+        let proof = if p.signed {
+            Proof::Signed
+        } else if p.certified {
+            Proof::Certificate
+        } else {
+            Proof::None
+        };
         if let Vetted::Refused(why) = api.members.vet(&ins, proof) {
             api.metrics.peer_record_refused();
             return Err(Reply::message(BAD_REQUEST, why));
@@ -423,6 +429,10 @@ pub(super) async fn replicate(
     let (parts, body) = req.into_parts();
     let body = crate::params::read_body(body, api.config.limits.max_body_bytes).await?;
     let signed = api.verify_signature(&parts, &body)?;
+    let certified = parts
+        .extensions
+        .get::<crate::tls::VerifiedClient>()
+        .is_some();
     let mut whole = Params::default();
     whole.signed = signed;
     api.authorize(crate::auth::Need::PeerWrite, &caller, &whole)?;
@@ -432,8 +442,9 @@ pub(super) async fn replicate(
     out.push(b'[');
     for (i, op) in batch.ops.iter().enumerate() {
         let mut p = Params::from_query(&op.form);
-        // The batch's signature covers every write in it.
+        // The batch's signature (and connection) covers every write in it.
         p.signed = signed;
+        p.certified = certified;
         let result = if !is_peer(&p) {
             Err(Reply::bad_param(
                 "replication",

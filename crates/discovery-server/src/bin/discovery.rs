@@ -147,7 +147,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let api = std::sync::Arc::clone(node.api());
     let sig = loop {
         tokio::select! {
-            _ = hup.recv() => server::reload_schedulers(&api),
+            _ = hup.recv() => {
+                server::reload_schedulers(&api);
+                match node.reload_tls() {
+                    Ok(true) => info!("TLS certificate, key and CA reloaded"),
+                    Ok(false) => {}
+                    Err(e) => warn!("TLS reload failed, keeping the files in use: {e}"),
+                }
+            }
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
             _ = quit.recv() => break "SIGQUIT",

@@ -109,8 +109,8 @@ async fn get_json<T: serde::de::DeserializeOwned>(
 async fn reconcile(cluster: &Cluster, target: &str) -> Result<usize, String> {
     cluster.entropy.rounds.fetch_add(1, Ordering::Relaxed);
     let root = cluster.registry.root_digest();
-    let url = format!("http://{target}/discovery/digest?root={root:016x}");
-    let Some(theirs) = get_json::<Digest>(cluster, cluster.http.get(url)).await? else {
+    let url = cluster.url(target, &format!("/discovery/digest?root={root:016x}"));
+    let Some(theirs) = get_json::<Digest>(cluster, cluster.http().get(url)).await? else {
         return Ok(0);
     };
     if theirs.root == format!("{root:016x}") {
@@ -134,8 +134,8 @@ async fn reconcile(cluster: &Cluster, target: &str) -> Result<usize, String> {
     let mut applied = 0;
     for chunk in want.chunks(MAX_APPS_PER_PULL) {
         let req = cluster
-            .http
-            .post(format!("http://{target}/discovery/apps"))
+            .http()
+            .post(cluster.url(target, "/discovery/apps"))
             .json(&AppsRequest {
                 apps: chunk.to_vec(),
             });

@@ -58,13 +58,34 @@ struct Slot {
     task: JoinHandle<()>,
 }
 
+/// The peer HTTP client. Peers are addresses the operator configured or a
+/// secret holder announced; even so, a peer's answer never sends this
+/// node elsewhere (no redirects) and is bounded in time and size.
+fn peer_client(config: &Config, tls: Option<rustls::ClientConfig>) -> reqwest::Client {
+    let hc = &config.http_client;
+    let builder = reqwest::Client::builder()
+        .connect_timeout(hc.dial)
+        .read_timeout(hc.timeout)
+        .tcp_keepalive(hc.keep_alive)
+        .timeout(hc.timeout)
+        .tcp_nodelay(true)
+        .pool_idle_timeout(hc.keep_alive)
+        .redirect(reqwest::redirect::Policy::none());
+    let builder = match tls {
+        Some(tls) => builder.use_preconfigured_tls(tls).https_only(true),
+        None => builder,
+    };
+    builder.build().expect("a peer client builds")
+}
+
 /// Membership and replication of one node.
 pub struct Cluster {
     pub(crate) config: Arc<Config>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) clock: Clock,
     pub(crate) node: NodeIdentity,
-    pub(crate) http: reqwest::Client,
+    /// The peer client; replaced when the TLS material is reloaded.
+    http: parking_lot::RwLock<reqwest::Client>,
     /// Same-zone replication targets, by address.
     same_zone: Mutex<BTreeMap<String, Slot>>,
     /// One replication target per other zone, by zone name.
@@ -101,20 +122,7 @@ impl Cluster {
         clock: Clock,
         node: NodeIdentity,
     ) -> Arc<Self> {
-        let hc = &config.http_client;
-        // Peers are addresses the operator configured or a secret holder
-        // announced; even so, a peer's answer never sends this node
-        // elsewhere (no redirects) and is bounded in time and size.
-        let http = reqwest::Client::builder()
-            .connect_timeout(hc.dial)
-            .read_timeout(hc.timeout)
-            .tcp_keepalive(hc.keep_alive)
-            .timeout(hc.timeout)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(hc.keep_alive)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("a plain HTTP client builds");
+        let http = parking_lot::RwLock::new(peer_client(&config, None));
         let rule = PeerRule::new(&node.advertise, &config);
         Arc::new(Cluster {
             config,
@@ -132,6 +140,29 @@ impl Cluster {
             entropy_task: Mutex::new(None),
             membership: Mutex::new(None),
         })
+    }
+
+    /// The client for peer requests.
+    pub(crate) fn http(&self) -> reqwest::Client {
+        self.http.read().clone()
+    }
+
+    /// Reaches peers over HTTPS with `tls` (our certificate, and `ca` to
+    /// verify theirs) from now on; exchanges in flight finish as they began.
+    pub(crate) fn use_tls(&self, tls: rustls::ClientConfig) {
+        *self.http.write() = peer_client(&self.config, Some(tls));
+    }
+
+    /// The URL of `path` on the peer at `target` (`host:port`): HTTPS when
+    /// this node has `[tls]`, as every node of a TLS cluster serves HTTPS
+    /// only.
+    pub(crate) fn url(&self, target: &str, path: &str) -> String {
+        let scheme = if self.config.tls.enabled() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{target}{path}")
     }
 
     /// Starts the peer workers of the static lists and the membership task.
@@ -199,7 +230,7 @@ impl Cluster {
                 http::HeaderValue::from_str(&sig).expect("hex and digits"),
             );
         }
-        self.http.execute(req).await
+        self.http().execute(req).await
     }
 
     /// A peer's answer body, read up to `limits.max_peer_answer_bytes`.
@@ -550,10 +581,7 @@ impl Cluster {
     /// One `fetch/all`; `Ok(None)` when the address is this node.
     async fn fetch_all(&self, target: &str) -> Result<Option<usize>, SyncError> {
         let res = self
-            .send(
-                self.http
-                    .get(format!("http://{target}/discovery/fetch/all")),
-            )
+            .send(self.http().get(self.url(target, "/discovery/fetch/all")))
             .await
             .map_err(|e| SyncError {
                 absent: e.is_connect(),

@@ -385,8 +385,8 @@ async fn post(
     body: String,
 ) -> Result<Answer, Failure> {
     let req = cluster
-        .http
-        .post(format!("http://{target}{path}"))
+        .http()
+        .post(cluster.url(target, path))
         .header(
             http::header::CONTENT_TYPE,
             "application/x-www-form-urlencoded",
@@ -435,8 +435,8 @@ async fn post_batch(
         })
         .collect();
     let req = cluster
-        .http
-        .post(format!("http://{target}/discovery/replicate"))
+        .http()
+        .post(cluster.url(target, "/discovery/replicate"))
         .json(&wire::Batch { ops });
     let answer: wire::BatchAnswer = exchange(cluster, req).await?;
     match answer.data {
@@ -466,7 +466,7 @@ fn check_self(cluster: &Cluster, res: &reqwest::Response) -> Result<(), Failure>
 /// metadata, which any client could write.
 async fn probe(cluster: &Cluster, target: &str) -> Result<bool, Failure> {
     let res = cluster
-        .send(cluster.http.get(format!("http://{target}/discovery/nodes")))
+        .send(cluster.http().get(cluster.url(target, "/discovery/nodes")))
         .await
         .map_err(|e| Failure::Transport(e.to_string()))?;
     check_self(cluster, &res)?;

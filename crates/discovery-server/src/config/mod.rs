@@ -108,6 +108,9 @@ pub struct HttpServer {
     pub read_timeout: Option<Duration>,
     /// Write timeout; caps the poll hold at `write_timeout − 1 s`.
     pub write_timeout: Option<Duration>,
+    /// `plainAddr`: a plain-HTTP listener kept beside the HTTPS one of a
+    /// node with `[tls]`, for SDKs that cannot speak TLS. Off by default.
+    pub plain_addr: Option<String>,
 }
 
 impl HttpServer {
@@ -134,6 +137,7 @@ impl Default for HttpServer {
             timeout: Duration::from_secs(40),
             read_timeout: None,
             write_timeout: None,
+            plain_addr: None,
         }
     }
 }
@@ -156,6 +160,42 @@ impl Default for HttpClient {
             keep_alive: Duration::from_secs(120),
             timeout: Duration::from_secs(40),
         }
+    }
+}
+
+/// Whether a client must present a certificate (`[tls] client_auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAuth {
+    /// No certificate is asked for.
+    #[default]
+    None,
+    /// A certificate is asked for and, when presented, must verify
+    /// against `ca`; clients without one are still served.
+    Optional,
+    /// Only clients with a certificate that verifies against `ca` are
+    /// served.
+    Required,
+}
+
+/// `[tls]`: HTTPS for clients and peers (docs/tls.md). Paths are relative
+/// to the working directory.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// PEM bundle verifying peers, and clients when `client_auth` asks.
+    pub ca: Option<PathBuf>,
+    /// Whether clients must present a certificate.
+    pub client_auth: ClientAuth,
+}
+
+impl Tls {
+    /// Whether `[httpServer] addr` serves HTTPS (and peers are reached
+    /// over HTTPS).
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
     }
 }
 
@@ -366,6 +406,8 @@ pub struct Config {
     pub snapshot: Snapshot,
     /// Tokens (off by default).
     pub auth: crate::auth::Auth,
+    /// HTTPS (off by default).
+    pub tls: Tls,
     /// Schedulers loaded from the config directory.
     pub schedulers: BTreeMap<AppKey, Scheduler>,
     /// The directory scheduler files come from (SIGHUP reloads it).

@@ -35,6 +35,7 @@ struct Raw {
     limits: RawLimits,
     snapshot: RawSnapshot,
     auth: RawAuth,
+    tls: RawTls,
     scheduler: Option<toml::Value>,
 }
 
@@ -45,6 +46,15 @@ struct RawAuth {
     admin_token: Option<String>,
     peer_token: Option<String>,
     trusted_cidrs: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawTls {
+    cert: Option<String>,
+    key: Option<String>,
+    ca: Option<String>,
+    client_auth: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +83,7 @@ struct RawHttpServer {
     timeout: Option<GoDuration>,
     readtimeout: Option<GoDuration>,
     writetimeout: Option<GoDuration>,
+    plainaddr: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -390,7 +401,15 @@ impl Config {
             timeout: positive("httpServer.timeout", hs.timeout, dh.timeout)?,
             read_timeout: optional(hs.readtimeout),
             write_timeout: optional(hs.writetimeout),
+            plain_addr: hs.plainaddr.filter(|a| !a.is_empty()),
         };
+        let tls = tls_table(raw.tls)?;
+        if http_server.plain_addr.is_some() && !tls.enabled() {
+            return Err(invalid(
+                "httpServer.plainAddr",
+                "only with [tls] cert and key: addr already serves plain HTTP",
+            ));
+        }
         let hc = raw.httpclient;
         let http_client = HttpClient {
             dial: positive("httpClient.dial", hc.dial, dhc.dial)?,
@@ -467,8 +486,53 @@ impl Config {
                     trusted_cidrs: trusted,
                 }
             },
+            tls,
             schedulers: BTreeMap::new(),
             scheduler_dir: None,
         })
     }
+}
+
+/// `[tls]`: both of `cert` and `key` or neither; `ca` whenever TLS is on
+/// (it verifies the peers) and whenever clients must present certificates.
+fn tls_table(raw: RawTls) -> Result<Tls, ConfigError> {
+    let path = |v: Option<String>| v.filter(|p| !p.is_empty()).map(PathBuf::from);
+    let client_auth = match raw.client_auth.as_deref().map(str::to_ascii_lowercase) {
+        None => ClientAuth::None,
+        Some(v) => match v.as_str() {
+            "" | "none" => ClientAuth::None,
+            "optional" => ClientAuth::Optional,
+            "required" => ClientAuth::Required,
+            other => {
+                return Err(invalid(
+                    "tls.client_auth",
+                    format!("{other:?} is not one of none, optional, required"),
+                ));
+            }
+        },
+    };
+    let tls = Tls {
+        cert: path(raw.cert),
+        key: path(raw.key),
+        ca: path(raw.ca),
+        client_auth,
+    };
+    match (&tls.cert, &tls.key) {
+        (Some(_), None) => return Err(invalid("tls.key", "needed with tls.cert")),
+        (None, Some(_)) => return Err(invalid("tls.cert", "needed with tls.key")),
+        _ => {}
+    }
+    if tls.enabled() && tls.ca.is_none() {
+        return Err(invalid(
+            "tls.ca",
+            "needed with tls.cert: it verifies the peers this node calls",
+        ));
+    }
+    if !tls.enabled() && (tls.ca.is_some() || client_auth != ClientAuth::None) {
+        return Err(invalid(
+            "tls.cert",
+            "tls.ca and tls.client_auth need tls.cert and tls.key",
+        ));
+    }
+    Ok(tls)
 }

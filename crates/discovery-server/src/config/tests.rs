@@ -152,3 +152,29 @@ fn bad_scheduler_file_is_skipped_and_named() {
     assert_eq!(errors.len(), 1);
     assert!(errors[0].contains("b.json"));
 }
+
+#[test]
+fn tls_table_is_parsed_and_checked() {
+    let (c, warnings) = Config::parse(
+        "[httpServer]\nplainAddr = \"127.0.0.1:7172\"\n\
+         [tls]\ncert = \"s.pem\"\nkey = \"s.key\"\nca = \"ca.pem\"\nclient_auth = \"Required\"\n",
+    )
+    .unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert!(c.tls.enabled());
+    assert_eq!(c.tls.client_auth, ClientAuth::Required);
+    assert_eq!(c.tls.ca.as_deref(), Some(Path::new("ca.pem")));
+    assert_eq!(c.http_server.plain_addr.as_deref(), Some("127.0.0.1:7172"));
+    assert!(!Config::default().tls.enabled());
+
+    let err = |text: &str| Config::parse(text).unwrap_err().to_string();
+    assert!(err("[tls]\ncert = \"s.pem\"\nca = \"ca.pem\"\n").contains("tls.key"));
+    assert!(err("[tls]\nkey = \"s.key\"\n").contains("tls.cert"));
+    assert!(err("[tls]\ncert = \"s.pem\"\nkey = \"s.key\"\n").contains("tls.ca"));
+    assert!(
+        err("[tls]\ncert = \"s\"\nkey = \"k\"\nca = \"c\"\nclient_auth = \"sometimes\"\n")
+            .contains("tls.client_auth")
+    );
+    assert!(err("[tls]\nclient_auth = \"required\"\n").contains("tls.cert"));
+    assert!(err("[httpServer]\nplainAddr = \"127.0.0.1:1\"\n").contains("httpServer.plainAddr"));
+}

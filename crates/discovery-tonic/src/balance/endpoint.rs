@@ -14,6 +14,8 @@ pub(super) struct Backend {
     pub(super) ejected: AtomicBool,
     pub(super) health: Mutex<Health>,
     pub(super) target: tonic::transport::Endpoint,
+    /// Set for a `grpcs://` endpoint: connections are TLS with this.
+    pub(super) tls: Option<Arc<rustls::ClientConfig>>,
     pub(super) connect_timeout: Duration,
     pub(super) first_attempt_done: AtomicBool,
     /// The dial whose channel is in use; connections of older dials may end
@@ -36,6 +38,7 @@ impl Backend {
         hostname: String,
         fallback: bool,
         config: &ClientConfig,
+        tls: Option<Arc<rustls::ClientConfig>>,
         lost: mpsc::UnboundedSender<Lost>,
     ) -> Option<Self> {
         let target = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -54,6 +57,7 @@ impl Backend {
             ejected: AtomicBool::new(false),
             health: Mutex::new(Health::default()),
             target,
+            tls,
             connect_timeout: config.connect_timeout,
             first_attempt_done: AtomicBool::new(false),
             generation: AtomicU64::new(0),
@@ -81,6 +85,7 @@ impl Backend {
                 probing: false,
             }),
             target: self.target.clone(),
+            tls: self.tls.clone(),
             connect_timeout: self.connect_timeout,
             first_attempt_done: AtomicBool::new(self.first_attempt_done.load(Ordering::Relaxed)),
             generation: AtomicU64::new(self.generation.load(Ordering::Relaxed)),
@@ -139,10 +144,21 @@ impl Backend {
         let generation = self.generation.load(Ordering::Relaxed) + 1;
         let addr: Arc<str> = Arc::from(self.endpoint.addr());
         let lost = self.lost.clone();
+        let tls = match &self.tls {
+            None => None,
+            Some(config) => {
+                let host = addr.rsplit_once(':').map_or(&*addr, |(h, _)| h);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                    .map_err(|e| format!("{host} is not a TLS server name: {e}"))?;
+                Some((tokio_rustls::TlsConnector::from(Arc::clone(config)), name))
+            }
+        };
         let dialled = AtomicBool::new(false);
         let connector = tower::service_fn(move |_: http::Uri| {
             let addr = addr.clone();
             let lost = lost.clone();
+            let tls = tls.clone();
             // One connection per channel: once it ends, tonic would
             // reconnect on the next call and send it unchecked, to a server
             // that may be draining (its listener still accepts until the
@@ -157,8 +173,14 @@ impl Backend {
                         format!("the connection to {addr} ended; the balancer dials anew"),
                     ));
                 }
-                let io = TcpStream::connect(&*addr).await?;
-                io.set_nodelay(true)?;
+                let tcp = TcpStream::connect(&*addr).await?;
+                tcp.set_nodelay(true)?;
+                let io = match tls {
+                    None => Io::Plain(tcp),
+                    Some((connector, name)) => {
+                        Io::Tls(Box::new(connector.connect(name, tcp).await?))
+                    }
+                };
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(Tracked {
                     io,
                     _hook: LostHook {
@@ -219,8 +241,64 @@ pub(super) async fn answers(channel: &Channel, addr: &str) -> Result<(), String>
 /// A connection's socket; dropping it (the connection ended: keepalive
 /// timeout, reset, GOAWAY, EOF) tells the updater.
 pub(super) struct Tracked {
-    pub(super) io: TcpStream,
+    pub(super) io: Io,
     pub(super) _hook: LostHook,
+}
+
+/// A `grpc://` connection, or a `grpcs://` one.
+pub(super) enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Forwards an IO call to the stream inside [`Io`].
+macro_rules! either {
+    ($io:expr, $s:ident => $e:expr) => {
+        match $io {
+            Io::Plain($s) => $e,
+            Io::Tls($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        either!(self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        either!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        either!(self.get_mut(), s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        either!(self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        either!(self.get_mut(), s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        either!(self, s => s.is_write_vectored())
+    }
 }
 
 pub(super) struct LostHook {

@@ -145,6 +145,8 @@ pub struct Balanced {
 struct Shared {
     appid: String,
     config: ClientConfig,
+    /// TLS for `grpcs://` endpoints, from `config.ca` (and `cert`, `key`).
+    tls: Option<Arc<rustls::ClientConfig>>,
     picker: Arc<dyn Picker>,
     state: watch::Sender<Arc<Snapshot>>,
     republish: Notify,
@@ -263,11 +265,13 @@ impl Balanced {
                 "a balanced channel must be built inside a tokio runtime".to_string(),
             )
         })?;
+        let tls = crate::tls::client_config(config)?.map(Arc::new);
         let (state, _) = watch::channel(Arc::new(Snapshot::default()));
         let (lost, lost_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             appid: resolver.appid().to_string(),
             config: config.clone(),
+            tls,
             picker,
             state,
             republish: Notify::new(),

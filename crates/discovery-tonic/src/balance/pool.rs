@@ -12,16 +12,18 @@ pub(super) struct Pool {
     pub(super) undialable: Undialable,
 }
 
-/// The `host:port` of an instance's last `grpc://` address that a channel
-/// can dial. Registries keep addresses opaque (`unix://`, no port, a
-/// comma-joined list), so anything else is skipped.
-pub(super) fn dialable(ins: &naming::Instance) -> Option<&str> {
+/// The `host:port` of an instance's last `grpc://` or `grpcs://` address
+/// that a channel can dial, and whether it is `grpcs://` (TLS). Registries
+/// keep addresses opaque (`unix://`, no port, a comma-joined list), so
+/// anything else is skipped.
+pub(super) fn dialable(ins: &naming::Instance) -> Option<(&str, bool)> {
     ins.addrs.iter().rev().find_map(|a| {
         // kratos v2 endpoints carry `?isSecure=false`: the rest is ignored.
         let a = naming::addr::Addr::parse(a).ok()?;
         let host_ok = !a.host().contains(',') && a.userinfo().is_none();
-        (a.has_scheme("grpc") && host_ok && a.port().is_some_and(|p| p != 0))
-            .then_some(a.authority())
+        let tls = a.has_scheme("grpcs");
+        ((a.has_scheme("grpc") || tls) && host_ok && a.port().is_some_and(|p| p != 0))
+            .then_some((a.authority(), tls))
     })
 }
 
@@ -51,7 +53,7 @@ impl Undialable {
                 appid = shared.appid,
                 hostname = ins.hostname,
                 addr = a,
-                "skipping an instance address the gRPC client cannot dial (needs grpc://host:port)"
+                "skipping an instance address the gRPC client cannot dial (needs grpc:// or grpcs://host:port)"
             );
         }
     }
@@ -98,12 +100,12 @@ impl Pool {
         let fallback = pipeline::fallback(info, zone)
             .into_iter()
             .map(|i| (i, true));
-        let mut wanted: Vec<(String, u32, Option<String>, String, bool)> = Vec::new();
+        let mut wanted: Vec<(String, u32, Option<String>, String, bool, bool)> = Vec::new();
         for (ins, fallback) in preferred.chain(fallback) {
             if ins.status != naming::Status::Up {
                 continue;
             }
-            let Some(addr) = dialable(ins) else {
+            let Some((addr, tls)) = dialable(ins) else {
                 continue;
             };
             if wanted.iter().any(|(a, ..)| a == addr) {
@@ -114,6 +116,7 @@ impl Pool {
                 ins.weight(),
                 ins.color().map(str::to_string),
                 ins.hostname.clone(),
+                tls,
                 fallback,
             ));
         }
@@ -133,8 +136,10 @@ impl Pool {
             .drain(..)
             .map(|b| (b.endpoint.addr().to_string(), b))
             .collect();
-        for (addr, weight, color, hostname, fallback) in wanted {
-            let backend = match old.remove(&addr) {
+        for (addr, weight, color, hostname, tls, fallback) in wanted {
+            // An address that turned from grpc:// to grpcs:// (or back)
+            // needs a new connection.
+            let backend = match old.remove(&addr).filter(|b| b.tls.is_some() == tls) {
                 Some(b)
                     if b.endpoint.weight() == weight.max(1)
                         && b.endpoint.color() == color.as_deref()
@@ -155,6 +160,20 @@ impl Pool {
                     next
                 }
                 None => {
+                    let tls = match (tls, &shared.tls) {
+                        (false, _) => None,
+                        (true, Some(c)) => Some(Arc::clone(c)),
+                        (true, None) => {
+                            if self.undialable.seen.insert(format!("grpcs://{addr}")) {
+                                tracing::warn!(
+                                    appid = shared.appid,
+                                    addr,
+                                    "skipping a grpcs:// endpoint: the client has no CA (ClientConfig::ca)"
+                                );
+                            }
+                            continue;
+                        }
+                    };
                     let Some(b) = Backend::new(
                         &addr,
                         weight,
@@ -162,6 +181,7 @@ impl Pool {
                         hostname,
                         fallback,
                         &shared.config,
+                        tls,
                         shared.lost.clone(),
                     ) else {
                         continue;

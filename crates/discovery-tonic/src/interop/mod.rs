@@ -93,6 +93,48 @@ pub fn incoming_with(
     })
 }
 
+/// As [`incoming`], over TLS: each accepted connection goes through the
+/// handshake of `acceptor` (within `handshake_timeout`, concurrently with
+/// the others) and is then wrapped in [`LenientAuthority`], which so reads
+/// the decrypted HTTP/2 stream. Failed handshakes are logged at debug
+/// level and dropped. The accept task ends when the stream is dropped.
+pub fn incoming_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    handshake_timeout: std::time::Duration,
+) -> impl Stream<Item = io::Result<LenientAuthority<tokio_rustls::server::TlsStream<TcpStream>>>>
++ Send
++ 'static {
+    // Handshakes finished but not yet taken by the server wait here.
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "accept failed");
+                        continue;
+                    }
+                },
+                () = tx.closed() => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let (tx, acceptor) = (tx.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(LenientAuthority::new(tls))).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
 /// A server-side connection whose incoming HTTP/2 request headers are
 /// normalised by [`lenient_authority`]; writes pass straight through.
 pub struct LenientAuthority<IO> {
