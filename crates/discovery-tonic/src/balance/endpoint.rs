@@ -31,6 +31,9 @@ pub(super) struct Health {
 }
 
 impl Backend {
+    // One constructor for every field a backend starts with; a builder
+    // would only move the list elsewhere.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         addr: &str,
         weight: u32,
