@@ -140,3 +140,38 @@ async fn idle_rounds_exchange_only_the_root() {
     assert!(per_round < 200.0, "{per_round} bytes per idle round");
     topo.shutdown().await;
 }
+
+/// A client's cancel reaching a node still in its start-up sync is
+/// remembered and passed on, not answered `-404`: the node does not know
+/// yet what its peers hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_during_the_start_up_sync_is_remembered() {
+    // A configured peer that accepts connections and never answers keeps
+    // the node syncing for `sync_timeout` (3 s in FAST).
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer = silent.local_addr().unwrap().to_string();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let own = l.local_addr().unwrap().to_string();
+    let text = format!(
+        "nodes = [\"{own}\", \"{peer}\"]\n[env]\nzone = \"sh001\"\nhost = \"n\"\nDeployEnv = \"dev\"\n[httpServer]\naddr = \"{own}\"\n{FAST}"
+    );
+    let cfg = discovery_server::config::Config::parse(&text).unwrap().0;
+    let n = discovery_server::server::start_on(cfg, l).await.unwrap();
+    let base = format!("http://{own}");
+    let ready = reqwest::get(format!("{base}/readyz"))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(ready, 503, "still syncing");
+    let r = post(&base, "/discovery/cancel", KEY).await;
+    assert_eq!(r["code"], 0, "{r}");
+    assert_eq!(get_metric(&base, "discovery_tombstones").await, 1.0);
+    n.shutdown().await;
+    hold.abort();
+}

@@ -294,8 +294,29 @@ async fn cancel_apply(api: &Api, p: &Params) -> Result<Reply, Reply> {
     } else {
         now
     };
-    let Some(gone) = api.registry.cancel_at(&key, now, at, is_peer(p)) else {
-        return Ok(Reply::code(NOT_FOUND));
+    // A node still in its start-up sync does not know yet what its peers
+    // hold: a client's cancel of a key it lacks is remembered and passed
+    // on (bounded by `max_tombstones`), instead of a -404 that would leave
+    // the instance alive on the peers.
+    let syncing = !is_peer(p) && api.phase() == crate::node::Phase::Syncing;
+    let Some(gone) = api.registry.cancel_at(&key, now, at, is_peer(p) || syncing) else {
+        if !syncing {
+            return Ok(Reply::code(NOT_FOUND));
+        }
+        tracing::info!(appid = %key.appid, hostname = %key.hostname, "cancel while syncing: remembered and passed on");
+        let gone = Instance {
+            env: key.env,
+            appid: key.appid,
+            zone: key.zone,
+            hostname: key.hostname,
+            ..Default::default()
+        };
+        if let Some(origin) = origin(p) {
+            api.replicator
+                .replicate(Op::Cancel(gone.into(), now), origin)
+                .await;
+        }
+        return Ok(Reply::ok());
     };
     tracing::info!(appid = %key.appid, env = %key.env, zone = %key.zone, hostname = %key.hostname, "cancel");
     if let Some(origin) = origin(p) {
