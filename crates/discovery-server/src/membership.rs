@@ -172,12 +172,9 @@ impl PeerRule {
 
     /// Whether `ip` is the host of a configured peer (written as an IP).
     pub fn is_peer_ip(&self, ip: std::net::IpAddr) -> bool {
-        self.statics.keys().any(|a| {
-            naming::addr::PeerAddr::parse(a).is_ok_and(|p| {
-                let host = p.host().trim_start_matches('[').trim_end_matches(']');
-                host.parse::<std::net::IpAddr>() == Ok(ip)
-            })
-        })
+        self.statics
+            .keys()
+            .any(|a| naming::addr::PeerAddr::parse(a).is_ok_and(|p| p.ip() == Some(ip)))
     }
 
     /// Whether `addr` (canonical `host:port`) is this node or configured.

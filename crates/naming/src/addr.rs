@@ -145,6 +145,12 @@ impl<'a> Addr<'a> {
         self.port
     }
 
+    /// The host as an IP address, when it is one (an IPv6 literal without
+    /// its brackets).
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        host_ip(self.host)
+    }
+
     /// `user[:password]` before an `@`, when present.
     pub fn userinfo(&self) -> Option<&'a str> {
         self.userinfo
@@ -154,6 +160,14 @@ impl<'a> Addr<'a> {
     pub fn rest(&self) -> &'a str {
         self.rest
     }
+}
+
+/// A host that is an IP literal, brackets of IPv6 removed.
+fn host_ip(host: &str) -> Option<std::net::IpAddr> {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
 }
 
 /// `host[:port]` → host and port; `None` when the host is empty or the port
@@ -263,6 +277,11 @@ impl PeerAddr {
     /// The port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The host as an IP address, when it is one.
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        host_ip(&self.host)
     }
 
     /// `http://host:port` or `https://host:port`.

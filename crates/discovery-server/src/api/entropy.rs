@@ -82,8 +82,7 @@ pub(super) async fn apps(
     }
     let (parts, body) = req.into_parts();
     let body = crate::params::read_body(body, api.config.limits.max_body_bytes).await?;
-    let mut whole = crate::params::Params::default();
-    whole.signed = api.verify_signature(&parts, &body)?;
+    let whole = api.raw_proofs(&parts, &body)?;
     api.authorize(Need::PeerRead, &caller, &whole)?;
     let asked: AppsRequest = serde_json::from_slice(&body)
         .map_err(|e| Reply::bad_param("apps", format!("not a list of apps: {e}")))?;

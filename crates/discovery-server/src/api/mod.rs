@@ -361,6 +361,19 @@ impl Api {
         })
     }
 
+    /// The proofs a request with a raw body carries (a signature over
+    /// `body`, a verified client certificate), as otherwise empty
+    /// parameters to authorize it with. A bad signature is `-401`.
+    pub(crate) fn raw_proofs(&self, parts: &Parts, body: &[u8]) -> Result<Params, Reply> {
+        let mut p = Params::default();
+        p.signed = self.verify_signature(parts, body)?;
+        p.certified = parts
+            .extensions
+            .get::<crate::tls::VerifiedClient>()
+            .is_some();
+        Ok(p)
+    }
+
     /// Signature nonces remembered now.
     pub fn peer_nonces(&self) -> usize {
         self.verifier.held()

@@ -262,12 +262,9 @@ fn audit_cancel(api: &Api, caller: &Caller, grant: Grant, p: &Params) {
         return;
     };
     let own = caller.ip.is_some_and(|ip| {
-        ins.addrs.iter().any(|a| {
-            naming::addr::Addr::parse(a).is_ok_and(|a| {
-                let host = a.host().trim_start_matches('[').trim_end_matches(']');
-                host.parse::<std::net::IpAddr>().is_ok_and(|h| h == ip)
-            })
-        })
+        ins.addrs
+            .iter()
+            .any(|a| naming::addr::Addr::parse(a).is_ok_and(|a| a.ip() == Some(ip)))
     });
     if !own {
         api.metrics.admin_write("/discovery/cancel");
@@ -449,13 +446,7 @@ pub(super) async fn replicate(
     let api = &*api;
     let (parts, body) = req.into_parts();
     let body = crate::params::read_body(body, api.config.limits.max_body_bytes).await?;
-    let signed = api.verify_signature(&parts, &body)?;
-    let certified = parts
-        .extensions
-        .get::<crate::tls::VerifiedClient>()
-        .is_some();
-    let mut whole = Params::default();
-    whole.signed = signed;
+    let whole = api.raw_proofs(&parts, &body)?;
     api.authorize(crate::auth::Need::PeerWrite, &caller, &whole)?;
     let batch: Batch = serde_json::from_slice(&body)
         .map_err(|e| Reply::bad_param("ops", format!("not a batch: {e}")))?;
@@ -464,8 +455,8 @@ pub(super) async fn replicate(
     for (i, op) in batch.ops.iter().enumerate() {
         let mut p = Params::from_query(&op.form);
         // The batch's signature (and connection) covers every write in it.
-        p.signed = signed;
-        p.certified = certified;
+        p.signed = whole.signed;
+        p.certified = whole.certified;
         let result = if !is_peer(&p) {
             Err(Reply::bad_param(
                 "replication",

@@ -28,7 +28,6 @@ use tracing::debug;
 use super::Cluster;
 use crate::{
     api::entropy::{AppsRequest, AppsState, Digest, MAX_APPS_PER_PULL},
-    node::NODE_ID_HEADER,
     registry::InstanceKey,
 };
 
@@ -81,12 +80,7 @@ async fn get_json<T: serde::de::DeserializeOwned>(
     req: reqwest::RequestBuilder,
 ) -> Result<Option<T>, String> {
     let res = cluster.send(req).await.map_err(|e| e.to_string())?;
-    if res
-        .headers()
-        .get(NODE_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        == Some(cluster.node.id.as_str())
-    {
+    if cluster.answered_by_self(&res) {
         return Ok(None);
     }
     if !res.status().is_success() {

@@ -233,6 +233,15 @@ impl Cluster {
         self.http().execute(req).await
     }
 
+    /// Whether an answer came from this very node (an address of ours in a
+    /// peer list): it carries our own id.
+    pub(crate) fn answered_by_self(&self, res: &reqwest::Response) -> bool {
+        res.headers()
+            .get(NODE_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            == Some(self.node.id.as_str())
+    }
+
     /// A peer's answer body, read up to `limits.max_peer_answer_bytes`.
     pub(crate) async fn read_answer(
         &self,
@@ -588,11 +597,7 @@ impl Cluster {
                 why: e.to_string(),
             })?;
         let present = |why: String| SyncError { absent: false, why };
-        let id = res
-            .headers()
-            .get(NODE_ID_HEADER)
-            .and_then(|v| v.to_str().ok());
-        if id == Some(self.node.id.as_str()) {
+        if self.answered_by_self(&res) {
             self.own_addrs.lock().insert(target.to_string());
             return Ok(None);
         }

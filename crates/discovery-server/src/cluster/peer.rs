@@ -449,11 +449,7 @@ async fn post_batch(
 }
 
 fn check_self(cluster: &Cluster, res: &reqwest::Response) -> Result<(), Failure> {
-    let id = res
-        .headers()
-        .get(NODE_ID_HEADER)
-        .and_then(|v| v.to_str().ok());
-    if id == Some(cluster.node.id.as_str()) {
+    if cluster.answered_by_self(res) {
         return Err(Failure::IsSelf);
     }
     Ok(())
